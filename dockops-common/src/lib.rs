@@ -4,14 +4,15 @@
 //! with a compile-time size check: the kernel copies these as raw bytes.
 #![no_std]
 
-/// Names of the eBPF maps and programs, as the object file knows them.
+/// Names of the eBPF maps and programs, as the object file knows them. Program names stay
+/// within 15 characters: the kernel truncates longer ones, and netlink filters are found by it.
 pub mod names {
     /// Per-CPU hash map: host-side veth ifindex (`u32`) → [`super::TrafficCounters`].
     pub const TRAFFIC: &str = "TRAFFIC";
     /// tc ingress of the host-side veth: packets the container sends.
-    pub const TC_INGRESS_COUNT: &str = "tc_ingress_count";
+    pub const TC_INGRESS_ACCT: &str = "tc_ingress_acct";
     /// tc egress of the host-side veth: packets delivered into the container.
-    pub const TC_EGRESS_COUNT: &str = "tc_egress_count";
+    pub const TC_EGRESS_ACCT: &str = "tc_egress_acct";
 }
 
 /// Room for this many host-side veths (several per container are possible).
@@ -56,11 +57,26 @@ mod tests {
 
     #[test]
     fn plus_adds_each_field() {
-        let a = TrafficCounters { rx_packets: 1, rx_bytes: 100, tx_packets: 2, tx_bytes: 200 };
-        let b = TrafficCounters { rx_packets: 3, rx_bytes: 300, tx_packets: 4, tx_bytes: 400 };
+        let a = TrafficCounters {
+            rx_packets: 1,
+            rx_bytes: 100,
+            tx_packets: 2,
+            tx_bytes: 200,
+        };
+        let b = TrafficCounters {
+            rx_packets: 3,
+            rx_bytes: 300,
+            tx_packets: 4,
+            tx_bytes: 400,
+        };
         assert_eq!(
             a.plus(b),
-            TrafficCounters { rx_packets: 4, rx_bytes: 400, tx_packets: 6, tx_bytes: 600 }
+            TrafficCounters {
+                rx_packets: 4,
+                rx_bytes: 400,
+                tx_packets: 6,
+                tx_bytes: 600
+            }
         );
     }
 }

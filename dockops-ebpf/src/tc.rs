@@ -15,12 +15,11 @@ use dockops_common::{MAX_INTERFACES, TrafficCounters};
 /// Host veth ifindex → counters. Userspace inserts the entry when it attaches and removes it
 /// when the container goes, so the datapath never allocates and ignores unknown interfaces.
 #[map(name = "TRAFFIC")]
-static TRAFFIC: PerCpuHashMap<u32, TrafficCounters> =
-    PerCpuHashMap::pinned(MAX_INTERFACES, 0);
+static TRAFFIC: PerCpuHashMap<u32, TrafficCounters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
 
 /// `struct __sk_buff` of a packet the container sent (tc ingress of the host veth).
 #[classifier]
-pub fn tc_ingress_count(ctx: TcContext) -> i32 {
+pub fn tc_ingress_acct(ctx: TcContext) -> i32 {
     if let Some(c) = counters(&ctx) {
         let (packets, bytes) = sizes(&ctx);
         c.tx_packets += packets;
@@ -31,7 +30,7 @@ pub fn tc_ingress_count(ctx: TcContext) -> i32 {
 
 /// `struct __sk_buff` of a packet delivered into the container (tc egress of the host veth).
 #[classifier]
-pub fn tc_egress_count(ctx: TcContext) -> i32 {
+pub fn tc_egress_acct(ctx: TcContext) -> i32 {
     if let Some(c) = counters(&ctx) {
         let (packets, bytes) = sizes(&ctx);
         c.rx_packets += packets;

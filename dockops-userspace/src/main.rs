@@ -1,4 +1,94 @@
-fn main() {
-    let obj = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockops"));
-    println!("{}", obj.len());
+//! `dockops-bpf`: the command line. Parses arguments and wires the library's stages.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "dockops-bpf",
+    version,
+    about = "Per-container network accounting for Docker hosts, on eBPF",
+    long_about = "Per-container network accounting for Docker hosts, on eBPF.\n\n\
+        The first command attaches counting programs to every running container's host-side \
+        veth and pins them under /sys/fs/bpf/dockops, so counting goes on between commands. \
+        `reset` removes everything dockops attached or pinned. Needs root."
+)]
+struct Cli {
+    /// Diagnostics format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log what is attached and removed (info level); RUST_LOG overrides.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// How to attach tc programs: tcx links (Linux >= 6.6) or netlink clsact filters.
+    #[arg(long, global = true, value_enum, default_value_t = cli::TcAttach::Auto)]
+    tc_attach: cli::TcAttach,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print one snapshot of per-container counters.
+    Stats(cli::stats::Args),
+    /// Live view: refresh every interval; picks up containers as they start and stop.
+    Watch(cli::watch::Args),
+    /// Remove every program, link, filter, qdisc and pin dockops created.
+    Reset,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Stats(args) => cli::stats::run(args, cli.tc_attach).await,
+            Command::Watch(args) => cli::watch::run(args, cli.tc_attach).await,
+            Command::Reset => cli::reset::run(),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.downcast_ref::<cli::InputError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

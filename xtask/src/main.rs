@@ -1,1 +1,56 @@
-fn main(){}
+//! Developer and operator tasks: `cargo xtask <setup|build|run|test>`.
+
+mod docker;
+mod run;
+mod setup;
+mod sh;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, build, run and test dockops")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent; fast when done): nightly rust-src,
+    /// bpf-linker built against nightly's LLVM, and on Debian/Ubuntu as root docker.io,
+    /// busybox-static, iperf3, bpftool; mount bpffs and tracefs when absent.
+    Setup,
+    /// Build `dockops-bpf` (release), the eBPF object embedded in it.
+    Build,
+    /// Set up, build, and run `dockops-bpf ARGS` as root (default: `watch`). Starts a Docker
+    /// engine when none answers but dockerd is installed.
+    Run(run::Args),
+    /// Set up, then fmt check, clippy, unit tests, and the integration tests against a real
+    /// dockerd (the running one, or a private one under target/ that is stopped afterwards).
+    Test(test::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => build(),
+        Command::Run(args) => run::run(&args),
+        Command::Test(args) => test::run(&args),
+    }
+}
+
+/// Builds the release binary and returns its path.
+fn build() -> anyhow::Result<()> {
+    sh::run(sh::cargo().args(["build", "--release", "--package", "dockops-userspace"]))
+}
+
+/// The workspace root (xtask's parent directory).
+fn workspace() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn binary() -> std::path::PathBuf {
+    workspace().join("target/release/dockops-bpf")
+}

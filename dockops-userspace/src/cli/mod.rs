@@ -1,0 +1,59 @@
+//! One module per subcommand, and the start-up they share.
+
+pub mod reset;
+pub mod stats;
+pub mod watch;
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use dockops::{
+    capabilities::{Capabilities, TcMode},
+    collection::Snapshot,
+    datapath::Datapath,
+    discovery::{Container, Docker},
+};
+
+/// A mistake in what the user asked for (exit status 2), as opposed to a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TcAttach {
+    /// tcx where the kernel has it (>= 6.6), netlink otherwise.
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+/// Discovery and datapath, ready to reconcile and read.
+pub struct Agent {
+    pub docker: Docker,
+    datapath: Datapath,
+}
+
+impl Agent {
+    pub async fn start(tc_attach: TcAttach) -> anyhow::Result<Self> {
+        let tc_mode = match tc_attach {
+            TcAttach::Auto => None,
+            TcAttach::Tcx => Some(TcMode::Tcx),
+            TcAttach::Netlink => Some(TcMode::Netlink),
+        };
+        let caps = Capabilities::probe(tc_mode)?;
+        let docker = Docker::connect().await?;
+        let datapath = Datapath::open(caps.tc_mode).context("preparing the eBPF datapath")?;
+        Ok(Self { docker, datapath })
+    }
+
+    /// Discovers running containers and brings the datapath in line with them.
+    pub async fn refresh(&mut self) -> anyhow::Result<Vec<Container>> {
+        let containers = self.docker.running().await?;
+        let report = self.datapath.reconcile(&containers)?;
+        tracing::debug!(?report, containers = containers.len(), "reconciled");
+        Ok(containers)
+    }
+
+    pub fn snapshot(&self, containers: &[Container]) -> anyhow::Result<Snapshot> {
+        Ok(Snapshot::take(containers, &self.datapath.counters()?))
+    }
+}

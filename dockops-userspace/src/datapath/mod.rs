@@ -1,0 +1,385 @@
+//! The eBPF side: load once, attach to every container's host veths, pin, adopt, clean up.
+//!
+//! Everything lives under [`pins::ROOT`], so counting goes on between commands and a later
+//! command adopts what an earlier one attached instead of attaching twice.
+
+mod attach;
+mod bpffs;
+pub mod pins;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
+    programs::{ProgramError, SchedClassifier},
+};
+use dockops_common::{TrafficCounters, names};
+pub use pins::Direction;
+use pins::{Layout, PinName};
+
+use crate::{capabilities::TcMode, discovery::Container};
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockops"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount bpffs at {path}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("loading the eBPF object failed (is this kernel built with BPF and BTF?)")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching to {direction:?} of {interface} failed")]
+    Attach {
+        interface: String,
+        direction: Direction,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("detaching from {interface} failed")]
+    Detach {
+        interface: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+    #[error("adding a clsact qdisc to {interface} failed")]
+    Clsact {
+        interface: String,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+    #[error("pinning {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("BPF link {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    #[error("counters map")]
+    Map(#[from] MapError),
+    #[error("the eBPF object has no {0}: binary and object are out of step")]
+    Missing(&'static str),
+}
+
+/// What a reconcile changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Hooks newly attached.
+    pub attached: usize,
+    /// Hooks found pinned and kept.
+    pub adopted: usize,
+    /// Hooks removed because their container or interface is gone.
+    pub removed: usize,
+}
+
+/// The loaded (or adopted) programs and the counters map.
+pub struct Datapath {
+    layout: Layout,
+    mode: TcMode,
+    ingress: SchedClassifier,
+    egress: SchedClassifier,
+    traffic: PerCpuHashMap<MapData, u32, TrafficCounters>,
+}
+
+impl Datapath {
+    /// Loads the programs, or adopts the ones pinned by an earlier run, and the pinned maps.
+    pub fn open(mode: TcMode) -> Result<Self, DatapathError> {
+        let layout = Layout::default();
+        bpffs::prepare(&layout)?;
+        let _lock = bpffs::lock()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(layout.maps())
+            .load(OBJECT)?;
+        let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT)?;
+        let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT)?;
+        let traffic = ebpf
+            .take_map(names::TRAFFIC)
+            .ok_or(DatapathError::Missing(names::TRAFFIC))?;
+        let traffic = PerCpuHashMap::try_from(traffic)?;
+        Ok(Self {
+            layout,
+            mode,
+            ingress,
+            egress,
+            traffic,
+        })
+    }
+
+    /// Makes the kernel match `containers`: attaches to new host veths, adopts pinned
+    /// attachments, and removes those of containers and interfaces that are gone.
+    /// Containers whose interfaces are unknown keep what they have.
+    pub fn reconcile(&mut self, containers: &[Container]) -> Result<Report, DatapathError> {
+        let _lock = bpffs::lock()?;
+        let mut report = Report::default();
+        let pinned = scan(&self.layout)?;
+        let by_id: HashMap<&str, &Container> =
+            containers.iter().map(|c| (c.id.as_str(), c)).collect();
+
+        let mut live = HashSet::new();
+        for (id, pins) in &pinned {
+            let wanted = by_id.get(id.as_str()).map(|c| c.interfaces.as_deref());
+            for pin in pins {
+                let keep = match wanted {
+                    None => false,
+                    Some(None) => true,
+                    Some(Some(ifaces)) => ifaces.iter().any(|i| i.ifindex == pin.ifindex),
+                };
+                if keep {
+                    live.insert(pin.ifindex);
+                } else {
+                    attach::detach(&self.layout.container(id).join(pin.to_string()), *pin)?;
+                    report.removed += 1;
+                }
+            }
+            if wanted.is_none() {
+                remove_dir(&self.layout.container(id))?;
+            }
+        }
+
+        for container in containers {
+            let Some(ifaces) = &container.interfaces else {
+                continue;
+            };
+            let dir = self.layout.container(&container.id);
+            for iface in ifaces {
+                // Two containers can share one network namespace (`--network container:`):
+                // the first one listed owns its veth.
+                if !live.insert(iface.ifindex) && !has_pin(&pinned, &container.id, iface.ifindex) {
+                    continue;
+                }
+                self.ensure_counters(iface.ifindex)?;
+                for direction in Direction::BOTH {
+                    let present = pinned.get(&container.id).is_some_and(|pins| {
+                        pins.iter()
+                            .any(|p| p.ifindex == iface.ifindex && p.direction == direction)
+                    });
+                    if present {
+                        report.adopted += 1;
+                        continue;
+                    }
+                    fs::create_dir_all(&dir).map_err(|source| DatapathError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    let prog = match direction {
+                        Direction::Ingress => &mut self.ingress,
+                        Direction::Egress => &mut self.egress,
+                    };
+                    attach::attach(prog, iface, direction, self.mode, &dir)?;
+                    tracing::info!(
+                        container = container.name,
+                        interface = iface.name,
+                        ?direction,
+                        "attached"
+                    );
+                    report.attached += 1;
+                }
+            }
+        }
+
+        let stale: Vec<u32> = self
+            .traffic
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(k))
+            .collect();
+        for key in stale {
+            self.traffic.remove(&key)?;
+        }
+        Ok(report)
+    }
+
+    /// Counters of every attached interface, summed over CPUs.
+    pub fn counters(&self) -> Result<HashMap<u32, TrafficCounters>, DatapathError> {
+        let mut out = HashMap::new();
+        for entry in self.traffic.iter() {
+            let (ifindex, per_cpu) = entry?;
+            let sum = per_cpu
+                .iter()
+                .fold(TrafficCounters::default(), |acc, c| acc.plus(*c));
+            out.insert(ifindex, sum);
+        }
+        Ok(out)
+    }
+
+    /// Starts an interface's counters at zero unless they already exist (adoption).
+    fn ensure_counters(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
+            path: PathBuf::from(path),
+            source,
+        })?;
+        let zeros =
+            PerCpuValues::try_from(vec![TrafficCounters::default(); cpus]).map_err(|source| {
+                DatapathError::Io {
+                    path: PathBuf::from("nr_cpus"),
+                    source,
+                }
+            })?;
+        match self
+            .traffic
+            .insert(ifindex, zeros, u64::from(aya_obj_flags::BPF_NOEXIST))
+        {
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(())
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+mod aya_obj_flags {
+    /// `BPF_NOEXIST` from uapi/linux/bpf.h: create the element only if it does not exist.
+    pub const BPF_NOEXIST: u32 = 1;
+}
+
+fn has_pin(pinned: &BTreeMap<String, Vec<PinName>>, id: &str, ifindex: u32) -> bool {
+    pinned
+        .get(id)
+        .is_some_and(|pins| pins.iter().any(|p| p.ifindex == ifindex))
+}
+
+/// The pinned program `name`, loading and pinning it from the object the first time.
+fn program(
+    ebpf: &mut Ebpf,
+    layout: &Layout,
+    name: &'static str,
+) -> Result<SchedClassifier, DatapathError> {
+    let prog_err = |source| DatapathError::Program { name, source };
+    let path = layout.progs().join(name);
+    if !path.exists() {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Missing(name))?
+            .try_into()
+            .map_err(prog_err)?;
+        prog.load().map_err(prog_err)?;
+        prog.pin(&path).map_err(|source| DatapathError::Pin {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    SchedClassifier::from_pin(&path).map_err(prog_err)
+}
+
+/// Attachment pins by container id.
+fn scan(layout: &Layout) -> Result<BTreeMap<String, Vec<PinName>>, DatapathError> {
+    let mut out = BTreeMap::new();
+    for id in read_dir_names(&layout.links())? {
+        if !pins::is_container_id(&id) {
+            continue;
+        }
+        let pins = read_dir_names(&layout.container(&id))?
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .collect();
+        out.insert(id, pins);
+    }
+    Ok(out)
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, DatapathError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(DatapathError::Io {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn remove_dir(dir: &Path) -> Result<(), DatapathError> {
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DatapathError::Io {
+            path: dir.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Removes everything dockops attached or pinned: attachments (and the clsact qdiscs it
+/// created), programs, maps, and the directory. Needs neither Docker nor the object.
+pub fn reset() -> Result<Vec<String>, DatapathError> {
+    let layout = Layout::default();
+    if !layout.root().exists() {
+        return Ok(Vec::new());
+    }
+    let _lock = bpffs::lock()?;
+    let mut removed = Vec::new();
+    for (id, pins) in scan(&layout)? {
+        let dir = layout.container(&id);
+        for pin in pins {
+            attach::detach(&dir.join(pin.to_string()), pin)?;
+            removed.push(format!(
+                "{} {}",
+                dir.join(pin.to_string()).display(),
+                describe(pin)
+            ));
+        }
+    }
+    for dir in [layout.links(), layout.progs(), layout.maps()] {
+        for name in read_dir_names(&dir)? {
+            let path = dir.join(&name);
+            let result = if path.is_dir() {
+                // Only container directories remain under links/, now empty or foreign.
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            result.map_err(|source| DatapathError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            removed.push(path.display().to_string());
+        }
+        remove_dir(&dir)?;
+    }
+    remove_dir(layout.root())?;
+    Ok(removed)
+}
+
+fn describe(pin: PinName) -> &'static str {
+    match pin.kind {
+        pins::AttachKind::Tcx => "(tcx link detached)",
+        pins::AttachKind::Netlink {
+            created_clsact: false,
+        } => "(tc filter removed)",
+        pins::AttachKind::Netlink {
+            created_clsact: true,
+        } => "(tc filter and clsact qdisc removed)",
+    }
+}

@@ -1,0 +1,136 @@
+//! Containers and their lifecycle events from the Docker API.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use futures::{Stream, StreamExt as _};
+
+use super::{Container, netns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error(
+        "cannot reach the Docker engine at {host} (is dockerd running? DOCKER_HOST selects \
+         another engine)"
+    )]
+    Connect {
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("Docker API request {what} failed")]
+    Api {
+        what: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// A container lifecycle change that may add or remove host interfaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub action: String,
+    pub id: String,
+}
+
+/// Client of the Docker engine named by `DOCKER_HOST` (default: the local socket).
+#[derive(Clone)]
+pub struct Docker {
+    client: bollard::Docker,
+}
+
+impl Docker {
+    pub async fn connect() -> Result<Self, DiscoveryError> {
+        let host = std::env::var("DOCKER_HOST")
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+        let connect_err = |source| DiscoveryError::Connect {
+            host: host.clone(),
+            source,
+        };
+        // Negotiation lets a current client talk to older engines (Debian 12 ships API 1.41).
+        let client = bollard::Docker::connect_with_defaults()
+            .map_err(connect_err)?
+            .negotiate_version()
+            .await
+            .map_err(connect_err)?;
+        Ok(Self { client })
+    }
+
+    /// Every running container with its pid and host-side interfaces.
+    pub async fn running(&self) -> Result<Vec<Container>, DiscoveryError> {
+        let summaries = self
+            .client
+            .list_containers(Some(ListContainersOptions::default()))
+            .await
+            .map_err(|source| DiscoveryError::Api {
+                what: "list containers",
+                source,
+            })?;
+        let mut containers = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            // A container can stop between the list and the inspect: it is then simply gone.
+            let pid = match self.client.inspect_container(&id, None).await {
+                Ok(inspect) => inspect.state.and_then(|s| s.pid).unwrap_or(0),
+                Err(error) => {
+                    tracing::debug!(%id, %error, "container vanished during discovery");
+                    continue;
+                }
+            };
+            let Ok(pid) = u32::try_from(pid) else {
+                continue;
+            };
+            if pid == 0 {
+                continue;
+            }
+            let interfaces = netns::host_interfaces(pid)
+                .inspect_err(|error| {
+                    tracing::warn!(%id, pid, %error, "cannot read the container's interfaces");
+                })
+                .ok();
+            let name = summary
+                .names
+                .and_then(|names| names.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default();
+            containers.push(Container {
+                id,
+                name,
+                image: summary.image.unwrap_or_default(),
+                labels: summary
+                    .labels
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect::<BTreeMap<_, _>>(),
+                pid,
+                interfaces,
+            });
+        }
+        Ok(containers)
+    }
+
+    /// Container starts and stops, as they happen. The stream ends when the engine goes away.
+    pub fn events(&self) -> impl Stream<Item = Result<Event, DiscoveryError>> + use<> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "event".to_owned(),
+                vec!["start".to_owned(), "die".to_owned(), "destroy".to_owned()],
+            ),
+        ]);
+        let options = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        self.client.events(Some(options)).map(|message| {
+            let message = message.map_err(|source| DiscoveryError::Api {
+                what: "events",
+                source,
+            })?;
+            Ok(Event {
+                action: message.action.unwrap_or_default(),
+                id: message.actor.and_then(|a| a.id).unwrap_or_default(),
+            })
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! Which containers run, and where their traffic crosses into the host.
+
+mod docker;
+mod netns;
+
+pub use docker::{DiscoveryError, Docker, Event};
+
+use std::collections::BTreeMap;
+
+/// A running container as the rest of the pipeline needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// Full 64-hex-digit id.
+    pub id: String,
+    /// Name without Docker's leading `/`.
+    pub name: String,
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// Pid of the container's init process on the host.
+    pub pid: u32,
+    /// Host-side veths of the container's interfaces; `None` when they could not be read
+    /// (the container is exiting, say), so later stages leave its state alone.
+    pub interfaces: Option<Vec<HostInterface>>,
+}
+
+/// The host end of a veth pair whose other end is inside a container.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HostInterface {
+    pub ifindex: u32,
+    pub name: String,
+}
+
+impl Container {
+    /// True when `query` names this container: its name, full id or an id prefix of at least
+    /// 4 characters, as the docker CLI accepts them.
+    pub fn matches(&self, query: &str) -> bool {
+        let query = query.strip_prefix('/').unwrap_or(query);
+        self.name == query || (query.len() >= 4 && self.id.starts_with(query))
+    }
+
+    /// The short id the docker CLI prints.
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container() -> Container {
+        Container {
+            id: "3f2a9c0d1e4b5a6978c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2".into(),
+            name: "web".into(),
+            image: "nginx".into(),
+            labels: BTreeMap::new(),
+            pid: 1,
+            interfaces: None,
+        }
+    }
+
+    #[test]
+    fn matches_name_id_and_prefix() {
+        let c = container();
+        assert!(c.matches("web"));
+        assert!(c.matches("/web"));
+        assert!(c.matches("3f2a9c"));
+        assert!(c.matches(&c.id.clone()));
+        assert!(!c.matches("we"));
+        assert!(
+            !c.matches("3f2"),
+            "prefixes shorter than 4 are too ambiguous"
+        );
+        assert!(!c.matches("db"));
+        assert_eq!(c.short_id(), "3f2a9c0d1e4b");
+    }
+}

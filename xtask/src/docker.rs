@@ -1,0 +1,196 @@
+//! A Docker engine for running and testing, and the test image made without a registry.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::sh;
+
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// busybox-static with its applets, imported from a folder (no registry is needed).
+pub const TEST_IMAGE: &str = "dockops-test/busybox:latest";
+
+/// An engine that answers; a private one is stopped on drop.
+pub struct Engine {
+    pub host: String,
+    private: Option<Child>,
+}
+
+impl Engine {
+    /// The engine at DOCKER_HOST (default socket) if it answers. Otherwise, with `private_dir`,
+    /// a private engine whose state and socket live there (stopped on drop); without it, a
+    /// system-style engine on the default socket that keeps running.
+    pub fn ensure(private_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned());
+        if answers(&host) {
+            eprintln!("docker: using the engine at {host}");
+            return Ok(Self {
+                host,
+                private: None,
+            });
+        }
+        if !sh::ok(Command::new("dockerd").arg("--version")) {
+            bail!(
+                "no Docker engine answers at {host} and dockerd is not installed (run `cargo xtask setup` as root)"
+            );
+        }
+        match private_dir {
+            Some(dir) => {
+                let dir = fs::canonicalize(dir.parent().unwrap_or(dir))?
+                    .join(dir.file_name().unwrap_or_default());
+                fs::create_dir_all(&dir)?;
+                let host = format!("unix://{}", dir.join("docker.sock").display());
+                let child = spawn_dockerd(
+                    &[
+                        "--data-root".into(),
+                        dir.join("data").display().to_string(),
+                        "--exec-root".into(),
+                        dir.join("exec").display().to_string(),
+                        "--pidfile".into(),
+                        dir.join("dockerd.pid").display().to_string(),
+                        "-H".into(),
+                        host.clone(),
+                    ],
+                    &dir.join("dockerd.log"),
+                )?;
+                eprintln!(
+                    "docker: started a private dockerd at {host} (log: {})",
+                    dir.join("dockerd.log").display()
+                );
+                let engine = Self {
+                    host,
+                    private: Some(child),
+                };
+                wait_until_answers(&engine.host)?;
+                Ok(engine)
+            }
+            None => {
+                let log = crate::workspace().join("target/dockerd.log");
+                fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
+                let child = spawn_dockerd(&[], &log)?;
+                eprintln!(
+                    "docker: no engine was running; started dockerd (pid {}, log {}). It keeps running.",
+                    child.id(),
+                    log.display()
+                );
+                wait_until_answers(DEFAULT_HOST)?;
+                Ok(Self {
+                    host: DEFAULT_HOST.to_owned(),
+                    private: None,
+                })
+            }
+        }
+    }
+
+    /// `docker` talking to this engine.
+    pub fn docker(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.env("DOCKER_HOST", &self.host);
+        cmd
+    }
+
+    /// Imports [`TEST_IMAGE`] unless present.
+    pub fn ensure_test_image(&self) -> anyhow::Result<()> {
+        if sh::ok(self.docker().args(["image", "inspect", TEST_IMAGE])) {
+            return Ok(());
+        }
+        let root = crate::workspace().join("target/images/busybox");
+        make_busybox_root(&root)?;
+        eprintln!("docker: importing {TEST_IMAGE} from {}", root.display());
+        let tar = Command::new("tar")
+            .args(["-C"])
+            .arg(&root)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running tar")?;
+        let status = self
+            .docker()
+            .args(["import", "-", TEST_IMAGE])
+            .stdin(tar.stdout.context("tar stdout")?)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("docker import failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.private {
+            eprintln!("docker: stopping the private dockerd");
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn answers(host: &str) -> bool {
+    sh::ok(Command::new("docker").env("DOCKER_HOST", host).args([
+        "version",
+        "--format",
+        "{{.Server.Version}}",
+    ]))
+}
+
+fn spawn_dockerd(args: &[String], log: &Path) -> anyhow::Result<Child> {
+    let log = fs::File::create(log)?;
+    Command::new("dockerd")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting dockerd")
+}
+
+fn wait_until_answers(host: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if answers(host) {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    bail!("dockerd did not answer at {host} within 60 s (see its log)")
+}
+
+/// A root folder with busybox and a symlink per applet.
+fn make_busybox_root(root: &Path) -> anyhow::Result<()> {
+    let busybox = PathBuf::from("/bin/busybox");
+    let applets = sh::output(Command::new(&busybox).arg("--list"))
+        .context("/bin/busybox is missing: install busybox-static")?;
+    let _ = fs::remove_dir_all(root);
+    let bin = root.join("bin");
+    fs::create_dir_all(&bin)?;
+    for dir in ["tmp", "www", "proc", "sys", "dev", "etc"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    fs::copy(&busybox, bin.join("busybox"))?;
+    for applet in applets
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    Ok(())
+}
