@@ -20,7 +20,7 @@ struct Cli {
     /// Diagnostics format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log what is attached and removed (info level); RUST_LOG overrides.
+    /// Log what is attached and removed (info level); `RUST_LOG` overrides.
     #[arg(short, long, global = true)]
     verbose: bool,
     /// How to attach tc programs: tcx links (Linux >= 6.6) or netlink clsact filters.

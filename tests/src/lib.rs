@@ -1,1 +1,312 @@
+//! Helpers for the privileged integration tests: run `dockops-bpf` and `docker` against the
+//! engine `cargo xtask test` provides, with guards that remove what a test created even when
+//! it panics. Tests panic on failure rather than return errors.
 
+#![expect(
+    clippy::missing_panics_doc,
+    reason = "test helpers fail tests by panicking, by design"
+)]
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const PINS: &str = "/sys/fs/bpf/dockops";
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is unset: run these tests through `cargo xtask test`"))
+}
+
+/// `dockops-bpf` with the test engine.
+pub fn dockops_cmd() -> Command {
+    let mut cmd = Command::new(env("DOCKOPS_BIN"));
+    cmd.env("DOCKER_HOST", env("DOCKER_HOST"));
+    cmd
+}
+
+/// Runs `dockops-bpf ARGS`, returns its output whatever the exit status.
+pub fn dockops(args: &[&str]) -> Output {
+    dockops_cmd()
+        .args(args)
+        .output()
+        .expect("running dockops-bpf")
+}
+
+/// Runs `dockops-bpf ARGS` and panics unless it succeeds; returns stdout.
+pub fn dockops_ok(args: &[&str]) -> String {
+    let out = dockops(args);
+    assert!(
+        out.status.success(),
+        "dockops-bpf {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// `stats --format json`, keyed by container name.
+pub fn stats_json() -> HashMap<String, Value> {
+    dockops_ok(&["stats", "--format", "json"])
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+            (v["name"].as_str().expect("name").to_owned(), v)
+        })
+        .collect()
+}
+
+/// Runs `docker ARGS` against the test engine; panics unless it succeeds; returns stdout.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .env("DOCKER_HOST", env("DOCKER_HOST"))
+        .args(args)
+        .output()
+        .expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A test container, removed (with `docker rm -f`) on drop.
+pub struct Container {
+    pub name: String,
+    pub id: String,
+}
+
+impl Container {
+    /// Starts `sh -c script` in the busybox test image, named `dockops-it-<name>`.
+    pub fn start(name: &str, script: &str) -> Self {
+        let name = format!("dockops-it-{name}");
+        // A leftover from an aborted run would make `docker run` fail on the name.
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", env("DOCKER_HOST"))
+            .args(["rm", "-f", &name])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+        let id = docker(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            &env("DOCKOPS_TEST_IMAGE"),
+            "sh",
+            "-c",
+            script,
+        ]);
+        Self { name, id }
+    }
+
+    pub fn ip(&self) -> String {
+        docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &self.id])
+    }
+
+    pub fn exec(&self, script: &str) -> String {
+        docker(&["exec", &self.id, "sh", "-c", script])
+    }
+
+    /// The host-side veth (ifindex, name), found independently of dockops: the container's
+    /// own sysfs gives eth0's peer index, the host's sysfs its name.
+    pub fn host_veth(&self) -> (u32, String) {
+        let ifindex: u32 = self
+            .exec("cat /sys/class/net/eth0/iflink")
+            .parse()
+            .expect("iflink");
+        for entry in fs::read_dir("/sys/class/net").expect("/sys/class/net") {
+            let path = entry.expect("entry").path();
+            if fs::read_to_string(path.join("ifindex"))
+                .is_ok_and(|s| s.trim() == ifindex.to_string())
+            {
+                let name = path
+                    .file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                return (ifindex, name);
+            }
+        }
+        panic!("no host interface with ifindex {ifindex}");
+    }
+
+    /// Directory of this container's attachment pins.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(PINS).join("links").join(&self.id)
+    }
+
+    /// Removes the container now (the guard then has nothing left to do).
+    pub fn remove(&self) {
+        docker(&["rm", "-f", &self.id]);
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", env("DOCKER_HOST"))
+            .args(["rm", "-f", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A background `dockops-bpf` (e.g. `watch`), killed on drop; stdout goes to a file.
+pub struct Background {
+    child: Child,
+    pub stdout: PathBuf,
+}
+
+impl Background {
+    pub fn start(args: &[&str]) -> Self {
+        let stdout = std::env::temp_dir().join(format!(
+            "dockops-it-{}-{}.out",
+            std::process::id(),
+            args.join("_")
+        ));
+        let file = fs::File::create(&stdout).expect("stdout file");
+        let child = dockops_cmd()
+            .args(args)
+            .stdout(file)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dockops-bpf");
+        Self { child, stdout }
+    }
+
+    pub fn output(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_for(
+            Duration::from_secs(10),
+            "dockops-bpf to exit on SIGTERM",
+            || self.child.try_wait().expect("try_wait").is_some(),
+        );
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_file(&self.stdout);
+    }
+}
+
+/// Polls `check` until it holds, panicking with `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Names of the files in `dir`, sorted; empty if it does not exist.
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// BPF link ids of a container's pinned tcx links.
+pub fn link_ids(container: &Container) -> Vec<u64> {
+    let mut ids: Vec<u64> = list(&container.pin_dir())
+        .iter()
+        .map(|pin| {
+            let path = container.pin_dir().join(pin);
+            let out = Command::new("bpftool")
+                .args(["--json", "link", "show", "pinned"])
+                .arg(&path)
+                .output()
+                .expect("bpftool");
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("bpftool link show pinned {}: {e}", path.display()));
+            v["id"].as_u64().expect("link id")
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Every BPF link id on the host.
+pub fn all_link_ids() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["--json", "link", "show"])
+        .output()
+        .expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+/// Loaded BPF programs whose name is one of dockops' tc programs.
+pub fn dockops_programs() -> Vec<u64> {
+    let out = Command::new("bpftool")
+        .args(["--json", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            matches!(
+                p["name"].as_str(),
+                Some("tc_ingress_acct" | "tc_egress_acct")
+            )
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// `tc ARGS` output.
+pub fn tc(args: &[&str]) -> String {
+    let out = Command::new("tc").args(args).output().expect("tc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A counter of a container from a stats JSON object.
+pub fn counter<S: std::hash::BuildHasher>(
+    stats: &HashMap<String, Value, S>,
+    name: &str,
+    field: &str,
+) -> u64 {
+    stats
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing from stats: {:?}", stats.keys()))["network"]
+        [field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name}.network.{field} is not a number"))
+}

@@ -23,7 +23,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The engine at DOCKER_HOST (default socket) if it answers. Otherwise, with `private_dir`,
+    /// The engine at `DOCKER_HOST` (default socket) if it answers. Otherwise, with `private_dir`,
     /// a private engine whose state and socket live there (stopped on drop); without it, a
     /// system-style engine on the default socket that keeps running.
     pub fn ensure(private_dir: Option<&Path>) -> anyhow::Result<Self> {
@@ -40,52 +40,22 @@ impl Engine {
                 "no Docker engine answers at {host} and dockerd is not installed (run `cargo xtask setup` as root)"
             );
         }
-        match private_dir {
-            Some(dir) => {
-                let dir = fs::canonicalize(dir.parent().unwrap_or(dir))?
-                    .join(dir.file_name().unwrap_or_default());
-                fs::create_dir_all(&dir)?;
-                let host = format!("unix://{}", dir.join("docker.sock").display());
-                let child = spawn_dockerd(
-                    &[
-                        "--data-root".into(),
-                        dir.join("data").display().to_string(),
-                        "--exec-root".into(),
-                        dir.join("exec").display().to_string(),
-                        "--pidfile".into(),
-                        dir.join("dockerd.pid").display().to_string(),
-                        "-H".into(),
-                        host.clone(),
-                    ],
-                    &dir.join("dockerd.log"),
-                )?;
-                eprintln!(
-                    "docker: started a private dockerd at {host} (log: {})",
-                    dir.join("dockerd.log").display()
-                );
-                let engine = Self {
-                    host,
-                    private: Some(child),
-                };
-                wait_until_answers(&engine.host)?;
-                Ok(engine)
-            }
-            None => {
-                let log = crate::workspace().join("target/dockerd.log");
-                fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
-                let child = spawn_dockerd(&[], &log)?;
-                eprintln!(
-                    "docker: no engine was running; started dockerd (pid {}, log {}). It keeps running.",
-                    child.id(),
-                    log.display()
-                );
-                wait_until_answers(DEFAULT_HOST)?;
-                Ok(Self {
-                    host: DEFAULT_HOST.to_owned(),
-                    private: None,
-                })
-            }
+        if let Some(dir) = private_dir {
+            return start_private(dir);
         }
+        let log = crate::workspace().join("target/dockerd.log");
+        fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
+        let child = spawn_dockerd(&[], &log)?;
+        eprintln!(
+            "docker: no engine was running; started dockerd (pid {}, log {}). It keeps running.",
+            child.id(),
+            log.display()
+        );
+        wait_until_answers(DEFAULT_HOST)?;
+        Ok(Self {
+            host: DEFAULT_HOST.to_owned(),
+            private: None,
+        })
     }
 
     /// `docker` talking to this engine.
@@ -143,6 +113,37 @@ impl Drop for Engine {
     }
 }
 
+/// A dockerd whose state, socket, pidfile and log live under `dir`; stopped on drop.
+fn start_private(dir: &Path) -> anyhow::Result<Engine> {
+    fs::create_dir_all(dir)?;
+    let dir = fs::canonicalize(dir)?;
+    let host = format!("unix://{}", dir.join("docker.sock").display());
+    let path = |name: &str| dir.join(name).display().to_string();
+    let child = spawn_dockerd(
+        &[
+            "--data-root".into(),
+            path("data"),
+            "--exec-root".into(),
+            path("exec"),
+            "--pidfile".into(),
+            path("dockerd.pid"),
+            "-H".into(),
+            host.clone(),
+        ],
+        &dir.join("dockerd.log"),
+    )?;
+    eprintln!(
+        "docker: started a private dockerd at {host} (log: {})",
+        path("dockerd.log")
+    );
+    let engine = Engine {
+        host,
+        private: Some(child),
+    };
+    wait_until_answers(&engine.host)?;
+    Ok(engine)
+}
+
 fn answers(host: &str) -> bool {
     sh::ok(Command::new("docker").env("DOCKER_HOST", host).args([
         "version",
@@ -163,7 +164,7 @@ fn spawn_dockerd(args: &[String], log: &Path) -> anyhow::Result<Child> {
 }
 
 fn wait_until_answers(host: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     while Instant::now() < deadline {
         if answers(host) {
             return Ok(());

@@ -53,5 +53,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .env("DOCKER_HOST", &engine.host)
         .env("DOCKOPS_BIN", crate::binary())
         .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE);
-    sh::run(&mut cmd)
+    let result = sh::run(&mut cmd);
+    // Tests leave pins for the containers they removed; leave the host as it was.
+    let reset = sh::run(
+        std::process::Command::new(crate::binary())
+            .arg("reset")
+            .env("DOCKER_HOST", &engine.host),
+    );
+    result.and(reset)
 }

@@ -217,7 +217,7 @@ impl Datapath {
     /// Counters of every attached interface, summed over CPUs.
     pub fn counters(&self) -> Result<HashMap<u32, TrafficCounters>, DatapathError> {
         let mut out = HashMap::new();
-        for entry in self.traffic.iter() {
+        for entry in &self.traffic {
             let (ifindex, per_cpu) = entry?;
             let sum = per_cpu
                 .iter()

@@ -32,7 +32,10 @@ pub fn stats_table(snapshot: &Snapshot) -> String {
 
 /// Rates and totals (`watch`); a container without a previous reading shows `-` rates.
 #[expect(clippy::cast_precision_loss, reason = "display only")]
-pub fn watch_table(snapshot: &Snapshot, rates: &HashMap<String, Rates>) -> String {
+pub fn watch_table<S: std::hash::BuildHasher>(
+    snapshot: &Snapshot,
+    rates: &HashMap<String, Rates, S>,
+) -> String {
     let mut out = format!(
         "{:<NAME_WIDTH$} {:>10} {:>10} {:>7} {:>7} {:>10} {:>10}\n",
         "NAME", "RX/s", "TX/s", "RXpk/s", "TXpk/s", "RX TOTAL", "TX TOTAL"

@@ -1,0 +1,145 @@
+//! The persistent datapath: adoption, pick-up of new containers, cleanup, reset.
+
+use std::{path::Path, time::Duration};
+
+use dockops_integration::{
+    Background, Container, PINS, all_link_ids, dockops, dockops_ok, dockops_programs, link_ids,
+    list, tc, wait_for,
+};
+
+#[test]
+fn second_stats_adopts_instead_of_attaching() {
+    let c = Container::start("adopt", "sleep 600");
+    dockops_ok(&["stats"]);
+    let (ifindex, _) = c.host_veth();
+    assert_eq!(
+        list(&c.pin_dir()),
+        [
+            format!("{ifindex}-egress-tcx"),
+            format!("{ifindex}-ingress-tcx")
+        ]
+    );
+    let first = link_ids(&c);
+    assert_eq!(first.len(), 2);
+    dockops_ok(&["stats"]);
+    assert_eq!(link_ids(&c), first, "a second stats attached again");
+}
+
+#[test]
+fn removed_container_loses_its_pins_and_links() {
+    let c = Container::start("removed", "sleep 600");
+    dockops_ok(&["stats"]);
+    let ids = link_ids(&c);
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| all_link_ids().contains(id)));
+    c.remove();
+    dockops_ok(&["stats"]);
+    assert!(
+        !c.pin_dir().exists(),
+        "{} still exists",
+        c.pin_dir().display()
+    );
+    let live = all_link_ids();
+    assert!(
+        ids.iter().all(|id| !live.contains(id)),
+        "links {ids:?} still exist: {live:?}"
+    );
+}
+
+#[test]
+fn watch_picks_up_a_container_started_after_it() {
+    let watch = Background::start(&["watch", "--format", "json", "--interval", "200ms"]);
+    // The first tick shows that watch is up before the container exists.
+    wait_for(Duration::from_secs(20), "watch to print", || {
+        Path::new(PINS).join("progs").exists()
+    });
+    let c = Container::start("late", "sleep 600");
+    wait_for(
+        Duration::from_secs(20),
+        "watch to list the late container",
+        || watch.output().contains(&c.id),
+    );
+    wait_for(Duration::from_secs(5), "pins of the late container", || {
+        list(&c.pin_dir()).len() == 2
+    });
+    // And drops it again once it is gone.
+    c.remove();
+    wait_for(
+        Duration::from_secs(20),
+        "watch to remove the container's pins",
+        || !c.pin_dir().exists(),
+    );
+    let status = watch.terminate();
+    assert!(status.success(), "watch exited with {status} on SIGTERM");
+    assert!(
+        Path::new(PINS).join("progs").exists(),
+        "the pinned datapath outlives watch"
+    );
+}
+
+#[test]
+fn reset_leaves_nothing_behind() {
+    let c = Container::start("reset", "sleep 600");
+    dockops_ok(&["stats"]);
+    let (_, veth) = c.host_veth();
+    assert!(!dockops_programs().is_empty());
+    let out = dockops_ok(&["reset"]);
+    assert!(
+        out.contains(&c.id),
+        "reset did not report the container's links: {out}"
+    );
+    assert!(!Path::new(PINS).exists(), "{PINS} still exists");
+    assert_eq!(
+        dockops_programs(),
+        Vec::<u64>::new(),
+        "dockops programs still loaded"
+    );
+    assert!(!tc(&["filter", "show", "dev", &veth, "ingress"]).contains("acct"));
+    assert!(!tc(&["qdisc", "show", "dev", &veth]).contains("clsact"));
+    let again = dockops_ok(&["reset"]);
+    assert!(again.contains("nothing to remove"), "{again}");
+}
+
+#[test]
+fn netlink_mode_attaches_counts_and_cleans_up() {
+    dockops_ok(&["reset"]);
+    let server = Container::start("nl-server", "httpd -f -p 8080 -h /www");
+    let client = Container::start("nl-client", "sleep 600");
+    dockops_ok(&["--tc-attach", "netlink", "stats"]);
+    let (ifindex, veth) = client.host_veth();
+    assert_eq!(
+        list(&client.pin_dir()),
+        [
+            format!("{ifindex}-egress-netlink"),
+            format!("{ifindex}-ingress-netlink-clsact")
+        ]
+    );
+    assert!(tc(&["qdisc", "show", "dev", &veth]).contains("clsact"));
+    assert!(tc(&["filter", "show", "dev", &veth, "ingress"]).contains("tc_ingress_acct"));
+    assert!(tc(&["filter", "show", "dev", &veth, "egress"]).contains("tc_egress_acct"));
+
+    client.exec(&format!(
+        "wget -q -O /dev/null http://{}:8080/ || true",
+        server.ip()
+    ));
+    let stats = dockops_integration::stats_json();
+    assert!(dockops_integration::counter(&stats, &client.name, "tx_packets_total") > 0);
+    assert!(dockops_integration::counter(&stats, &client.name, "rx_packets_total") > 0);
+
+    // A removed container's filters go with its veth; a live one's are removed by reset.
+    dockops_ok(&["reset"]);
+    assert!(
+        !tc(&["qdisc", "show", "dev", &veth]).contains("clsact"),
+        "reset left the clsact qdisc"
+    );
+    assert!(tc(&["filter", "show", "dev", &veth, "ingress"]).is_empty());
+    // tc frees a deleted filter's program after an RCU grace period, not synchronously.
+    wait_for(
+        Duration::from_secs(5),
+        "the filters' programs to be freed",
+        || dockops_programs().is_empty(),
+    );
+    drop(server);
+    drop(client);
+    assert!(dockops(&["reset"]).status.success());
+}
