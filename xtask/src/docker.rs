@@ -19,7 +19,14 @@ pub const TEST_IMAGE: &str = "dockops-test/busybox:latest";
 /// An engine that answers; a private one is stopped on drop.
 pub struct Engine {
     pub host: String,
-    private: Option<Child>,
+    private: Option<Private>,
+}
+
+/// A dockerd this run is responsible for stopping.
+struct Private {
+    pidfile: PathBuf,
+    /// Set when this run started it (to reap it); `None` when adopted from an interrupted run.
+    child: Option<Child>,
 }
 
 impl Engine {
@@ -93,38 +100,36 @@ impl Engine {
     }
 }
 
-impl Drop for Engine {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.private {
-            eprintln!("docker: stopping the private dockerd");
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(200));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A dockerd whose state, socket, pidfile and log live under `dir`; stopped on drop.
 fn start_private(dir: &Path) -> anyhow::Result<Engine> {
     fs::create_dir_all(dir)?;
     let dir = fs::canonicalize(dir)?;
     let host = format!("unix://{}", dir.join("docker.sock").display());
+    if answers(&host) {
+        // Left running by an interrupted run: adopt it (and stop it at the end).
+        eprintln!("docker: reusing the private dockerd at {host}");
+        let private = Private {
+            pidfile: dir.join("dockerd.pid"),
+            child: None,
+        };
+        return Ok(Engine {
+            host,
+            private: Some(private),
+        });
+    }
     let path = |name: &str| dir.join(name).display().to_string();
+    // containerd's sockets live under the exec root; unix socket paths max out at 108 bytes.
+    let exec_root = if path("exec").len() <= 50 {
+        path("exec")
+    } else {
+        "/run/dockops-test-dockerd".to_owned()
+    };
     let child = spawn_dockerd(
         &[
             "--data-root".into(),
             path("data"),
             "--exec-root".into(),
-            path("exec"),
+            exec_root,
             "--pidfile".into(),
             path("dockerd.pid"),
             "-H".into(),
@@ -136,12 +141,48 @@ fn start_private(dir: &Path) -> anyhow::Result<Engine> {
         "docker: started a private dockerd at {host} (log: {})",
         path("dockerd.log")
     );
+    let private = Private {
+        pidfile: dir.join("dockerd.pid"),
+        child: Some(child),
+    };
     let engine = Engine {
         host,
-        private: Some(child),
+        private: Some(private),
     };
     wait_until_answers(&engine.host)?;
     Ok(engine)
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let Some(private) = &mut self.private else {
+            return;
+        };
+        eprintln!("docker: stopping the private dockerd");
+        let pid = match &private.child {
+            Some(child) => Some(child.id().to_string()),
+            None => fs::read_to_string(&private.pidfile)
+                .ok()
+                .map(|s| s.trim().to_owned()),
+        };
+        let Some(pid) = pid else { return };
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let gone = match &mut private.child {
+                Some(child) => matches!(child.try_wait(), Ok(Some(_))),
+                None => !Path::new("/proc").join(&pid).exists(),
+            };
+            if gone {
+                return;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        if let Some(child) = &mut private.child {
+            let _ = child.wait();
+        }
+    }
 }
 
 fn answers(host: &str) -> bool {

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use anyhow::Context as _;
+
 use crate::{docker::Engine, sh};
 
 #[derive(clap::Args)]
@@ -21,6 +23,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::build()?;
     let engine = Engine::ensure(None)?;
+    // Ctrl-C reaches dockops-bpf too, which exits cleanly; this process must outlive it to
+    // remove the demo containers, so it only notes the signal.
+    ctrlc::set_handler(|| {}).context("installing the Ctrl-C handler")?;
     let demo = if args.demo {
         Some(Demo::start(&engine)?)
     } else {
