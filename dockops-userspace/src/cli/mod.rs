@@ -22,7 +22,9 @@ pub struct InputError(pub String);
 pub enum TcAttach {
     /// tcx where the kernel has it (>= 6.6), netlink otherwise.
     Auto,
+    /// BPF links on the tcx hook: pinned, no qdisc.
     Tcx,
+    /// BPF filters on a clsact qdisc (added, and removed again, if absent).
     Netlink,
 }
 

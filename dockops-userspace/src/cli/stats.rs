@@ -8,6 +8,7 @@ use super::{Agent, InputError, TcAttach};
 pub struct Args {
     /// Containers to show, by name or id (prefix); all running containers when omitted.
     containers: Vec<String>,
+    /// table: for people; json: one object per container per line, for log shippers.
     #[arg(long, value_enum, default_value_t = super::watch::Format::Table)]
     format: super::watch::Format,
 }

@@ -23,6 +23,7 @@ pub struct Args {
     /// Time between refreshes, e.g. 500ms, 1s, 2m.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
+    /// table: for people; json: one object per container per line, for log shippers.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }

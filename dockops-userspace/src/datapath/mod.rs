@@ -104,6 +104,8 @@ pub struct Datapath {
     ingress: SchedClassifier,
     egress: SchedClassifier,
     traffic: PerCpuHashMap<MapData, u32, TrafficCounters>,
+    /// Possible CPUs: the length of every per-CPU value.
+    cpus: usize,
 }
 
 impl Datapath {
@@ -121,12 +123,17 @@ impl Datapath {
             .take_map(names::TRAFFIC)
             .ok_or(DatapathError::Missing(names::TRAFFIC))?;
         let traffic = PerCpuHashMap::try_from(traffic)?;
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
+            path: PathBuf::from(path),
+            source,
+        })?;
         Ok(Self {
             layout,
             mode,
             ingress,
             egress,
             traffic,
+            cpus,
         })
     }
 
@@ -229,17 +236,12 @@ impl Datapath {
 
     /// Starts an interface's counters at zero unless they already exist (adoption).
     fn ensure_counters(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
-            path: PathBuf::from(path),
-            source,
-        })?;
-        let zeros =
-            PerCpuValues::try_from(vec![TrafficCounters::default(); cpus]).map_err(|source| {
-                DatapathError::Io {
-                    path: PathBuf::from("nr_cpus"),
-                    source,
-                }
-            })?;
+        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); self.cpus]).map_err(
+            |source| DatapathError::Io {
+                path: PathBuf::from("nr_cpus"),
+                source,
+            },
+        )?;
         match self
             .traffic
             .insert(ifindex, zeros, u64::from(aya_obj_flags::BPF_NOEXIST))
