@@ -78,6 +78,29 @@ fn watch_picks_up_a_container_started_after_it() {
 }
 
 #[test]
+fn watch_follows_a_restart_to_the_new_veth() {
+    let c = Container::start("restart", "sleep 600");
+    let watch = Background::start(&["watch", "--format", "json", "--interval", "200ms"]);
+    let (old, _) = c.host_veth();
+    wait_for(Duration::from_secs(20), "pins on the first veth", || {
+        list(&c.pin_dir())
+            .iter()
+            .filter(|p| p.starts_with(&format!("{old}-")))
+            .count()
+            == 2
+    });
+    dockops_integration::docker(&["restart", "-t", "0", &c.id]);
+    let (new, _) = c.host_veth();
+    assert_ne!(old, new, "a restarted container gets a new veth");
+    wait_for(
+        Duration::from_secs(20),
+        "pins to move to the new veth",
+        || list(&c.pin_dir()) == [format!("{new}-egress-tcx"), format!("{new}-ingress-tcx")],
+    );
+    drop(watch);
+}
+
+#[test]
 fn reset_leaves_nothing_behind() {
     let c = Container::start("reset", "sleep 600");
     dockops_ok(&["stats"]);

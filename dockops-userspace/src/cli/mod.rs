@@ -4,6 +4,8 @@ pub mod reset;
 pub mod stats;
 pub mod watch;
 
+use std::collections::HashSet;
+
 use anyhow::Context as _;
 use clap::ValueEnum;
 use dockops::{
@@ -32,6 +34,8 @@ pub enum TcAttach {
 pub struct Agent {
     pub docker: Docker,
     datapath: Datapath,
+    /// What the last refresh found.
+    pub containers: Vec<Container>,
 }
 
 impl Agent {
@@ -44,18 +48,31 @@ impl Agent {
         let caps = Capabilities::probe(tc_mode)?;
         let docker = Docker::connect().await?;
         let datapath = Datapath::open(caps.tc_mode).context("preparing the eBPF datapath")?;
-        Ok(Self { docker, datapath })
+        Ok(Self {
+            docker,
+            datapath,
+            containers: Vec::new(),
+        })
     }
 
-    /// Discovers running containers and brings the datapath in line with them.
-    pub async fn refresh(&mut self) -> anyhow::Result<Vec<Container>> {
-        let containers = self.docker.running().await?;
+    /// Discovers running containers (re-reading those in `changed`) and brings the datapath
+    /// in line with them.
+    pub async fn refresh(&mut self, changed: &HashSet<String>) -> anyhow::Result<()> {
+        let containers = self.docker.running(&self.containers, changed).await?;
         let report = self.datapath.reconcile(&containers)?;
         tracing::debug!(?report, containers = containers.len(), "reconciled");
-        Ok(containers)
+        self.containers = containers;
+        Ok(())
     }
 
-    pub fn snapshot(&self, containers: &[Container]) -> anyhow::Result<Snapshot> {
-        Ok(Snapshot::take(containers, &self.datapath.counters()?))
+    /// Counters of the containers `keep` selects.
+    pub fn snapshot(&self, keep: impl Fn(&Container) -> bool) -> anyhow::Result<Snapshot> {
+        let containers: Vec<Container> = self
+            .containers
+            .iter()
+            .filter(|c| keep(c))
+            .cloned()
+            .collect();
+        Ok(Snapshot::take(&containers, &self.datapath.counters()?))
     }
 }

@@ -1,41 +1,40 @@
 //! `dockops-bpf stats`: one snapshot.
 
-use dockops::output;
+use std::collections::HashSet;
 
-use super::{Agent, InputError, TcAttach};
+use dockops::{discovery::Container, output};
+
+use super::{Agent, InputError, TcAttach, watch::Format};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Containers to show, by name or id (prefix); all running containers when omitted.
     containers: Vec<String>,
     /// table: for people; json: one object per container per line, for log shippers.
-    #[arg(long, value_enum, default_value_t = super::watch::Format::Table)]
-    format: super::watch::Format,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     let mut agent = Agent::start(tc_attach).await?;
-    let mut containers = agent.refresh().await?;
-    if !args.containers.is_empty() {
-        if let Some(missing) = args
-            .containers
-            .iter()
-            .find(|q| !containers.iter().any(|c| c.matches(q)))
-        {
-            return Err(InputError(format!(
-                "no running container is named or has the id {missing:?}"
-            ))
-            .into());
-        }
-        containers.retain(|c| args.containers.iter().any(|q| c.matches(q)));
+    agent.refresh(&HashSet::new()).await?;
+    let wanted =
+        |c: &Container| args.containers.is_empty() || args.containers.iter().any(|q| c.matches(q));
+    if let Some(missing) = args
+        .containers
+        .iter()
+        .find(|q| !agent.containers.iter().any(|c| c.matches(q)))
+    {
+        return Err(InputError(format!(
+            "no running container is named or has the id {missing:?}"
+        ))
+        .into());
     }
-    let snapshot = agent.snapshot(&containers)?;
-    print!(
-        "{}",
-        match args.format {
-            super::watch::Format::Table => output::stats_table(&snapshot),
-            super::watch::Format::Json => output::json_lines(&snapshot),
-        }
-    );
+    let snapshot = agent.snapshot(wanted)?;
+    let text = match args.format {
+        Format::Table => output::stats_table(&snapshot),
+        Format::Json => output::json_lines(&snapshot),
+    };
+    print!("{text}");
     Ok(())
 }

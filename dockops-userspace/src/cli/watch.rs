@@ -1,6 +1,7 @@
 //! `dockops-bpf watch`: a live view, refreshed in place on a terminal, or JSON lines.
 
 use std::{
+    collections::HashSet,
     io::{IsTerminal as _, Write as _},
     time::Duration,
 };
@@ -38,7 +39,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     let mut agent = Agent::start(tc_attach).await?;
-    let mut containers = agent.refresh().await?;
+    agent.refresh(&HashSet::new()).await?;
     let mut events = Box::pin(agent.docker.events());
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -49,7 +50,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let snapshot = agent.snapshot(&containers)?;
+                let snapshot = agent.snapshot(|_| true)?;
                 let text = match args.format {
                     Format::Json => output::json_lines(&snapshot),
                     Format::Table => {
@@ -66,23 +67,27 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                 }
                 previous = Some(snapshot);
             }
-            event = events.next() => match event {
-                Some(Ok(event)) => {
-                    tracing::debug!(action = event.action, id = event.id, "docker event");
-                    containers = agent.refresh().await?;
+            event = events.next() => {
+                let changed = match event {
+                    Some(Ok(event)) => {
+                        tracing::debug!(action = event.action, id = event.id, "docker event");
+                        HashSet::from([event.id])
+                    }
+                    lost => {
+                        if let Some(Err(error)) = lost {
+                            tracing::warn!(%error, "lost the Docker event stream; resubscribing");
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        events = Box::pin(agent.docker.events());
+                        // Events may have been missed meanwhile: re-read every container.
+                        agent.containers.iter().map(|c| c.id.clone()).collect()
+                    }
+                };
+                // An engine restarting is no reason to stop watching: keep the last view.
+                if let Err(error) = agent.refresh(&changed).await {
+                    tracing::warn!("{error:#}");
                 }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "lost the Docker event stream; resubscribing");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    events = Box::pin(agent.docker.events());
-                    containers = agent.refresh().await.unwrap_or(containers);
-                }
-                None => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    events = Box::pin(agent.docker.events());
-                    containers = agent.refresh().await.unwrap_or(containers);
-                }
-            },
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }

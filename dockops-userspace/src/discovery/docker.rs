@@ -1,6 +1,6 @@
 //! Containers and their lifecycle events from the Docker API.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures::{Stream, StreamExt as _};
@@ -57,7 +57,20 @@ impl Docker {
     }
 
     /// Every running container with its pid and host-side interfaces.
-    pub async fn running(&self) -> Result<Vec<Container>, DiscoveryError> {
+    ///
+    /// Pid and interfaces of a container in `previous` are reused unless its id is in
+    /// `changed` (it started or stopped since): a list call then costs one API request
+    /// instead of an inspect and a namespace visit per container.
+    pub async fn running(
+        &self,
+        previous: &[Container],
+        changed: &HashSet<String>,
+    ) -> Result<Vec<Container>, DiscoveryError> {
+        let known: HashMap<&str, &Container> = previous
+            .iter()
+            .filter(|c| c.interfaces.is_some() && !changed.contains(&c.id))
+            .map(|c| (c.id.as_str(), c))
+            .collect();
         let summaries = self
             .client
             .list_containers(Some(ListContainersOptions::default()))
@@ -69,25 +82,13 @@ impl Docker {
         let mut containers = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
-            // A container can stop between the list and the inspect: it is then simply gone.
-            let pid = match self.client.inspect_container(&id, None).await {
-                Ok(inspect) => inspect.state.and_then(|s| s.pid).unwrap_or(0),
-                Err(error) => {
-                    tracing::debug!(%id, %error, "container vanished during discovery");
-                    continue;
-                }
+            let (pid, interfaces) = match known.get(id.as_str()) {
+                Some(c) => (c.pid, c.interfaces.clone()),
+                None => match self.inspect(&id).await {
+                    Some(found) => found,
+                    None => continue,
+                },
             };
-            let Ok(pid) = u32::try_from(pid) else {
-                continue;
-            };
-            if pid == 0 {
-                continue;
-            }
-            let interfaces = netns::host_interfaces(pid)
-                .inspect_err(|error| {
-                    tracing::warn!(%id, pid, %error, "cannot read the container's interfaces");
-                })
-                .ok();
             let name = summary
                 .names
                 .and_then(|names| names.into_iter().next())
@@ -107,6 +108,25 @@ impl Docker {
             });
         }
         Ok(containers)
+    }
+
+    /// Pid and host interfaces of a running container; `None` if it is gone or not running.
+    async fn inspect(&self, id: &str) -> Option<(u32, Option<Vec<super::HostInterface>>)> {
+        // A container can stop between the list and the inspect: it is then simply gone.
+        let pid = match self.client.inspect_container(id, None).await {
+            Ok(inspect) => inspect.state.and_then(|s| s.pid).unwrap_or(0),
+            Err(error) => {
+                tracing::debug!(%id, %error, "container vanished during discovery");
+                return None;
+            }
+        };
+        let pid = u32::try_from(pid).ok().filter(|&p| p != 0)?;
+        let interfaces = netns::host_interfaces(pid)
+            .inspect_err(|error| {
+                tracing::warn!(%id, pid, %error, "cannot read the container's interfaces");
+            })
+            .ok();
+        Some((pid, interfaces))
     }
 
     /// Container starts and stops, as they happen. The stream ends when the engine goes away.
