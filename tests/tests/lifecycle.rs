@@ -104,7 +104,8 @@ fn watch_follows_a_restart_to_the_new_veth() {
 fn reset_leaves_nothing_behind() {
     let c = Container::start("reset", "sleep 600");
     dockops_ok(&["stats"]);
-    let (_, veth) = c.host_veth();
+    let links = link_ids(&c);
+    assert_eq!(links.len(), 2);
     assert!(!dockops_programs().is_empty());
     let out = dockops_ok(&["reset"]);
     assert!(
@@ -112,13 +113,29 @@ fn reset_leaves_nothing_behind() {
         "reset did not report the container's links: {out}"
     );
     assert!(!Path::new(PINS).exists(), "{PINS} still exists");
+    let live = all_link_ids();
+    assert!(
+        links.iter().all(|id| !live.contains(id)),
+        "links {links:?} survived reset"
+    );
     assert_eq!(
         dockops_programs(),
         Vec::<u64>::new(),
         "dockops programs still loaded"
     );
-    assert!(!tc(&["filter", "show", "dev", &veth, "ingress"]).contains("acct"));
-    assert!(!tc(&["qdisc", "show", "dev", &veth]).contains("clsact"));
+    for dev in list(Path::new("/sys/class/net")) {
+        for hook in ["ingress", "egress"] {
+            let filters = tc(&["filter", "show", "dev", &dev, hook]);
+            assert!(
+                !filters.contains("_acct"),
+                "{dev} {hook} still has {filters}"
+            );
+        }
+        assert!(
+            !tc(&["qdisc", "show", "dev", &dev]).contains("clsact"),
+            "clsact left on {dev}"
+        );
+    }
     let again = dockops_ok(&["reset"]);
     assert!(again.contains("nothing to remove"), "{again}");
 }
