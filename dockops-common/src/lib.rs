@@ -13,10 +13,20 @@ pub mod names {
     pub const TC_INGRESS_ACCT: &str = "tc_ingress_acct";
     /// tc egress of the host-side veth: packets delivered into the container.
     pub const TC_EGRESS_ACCT: &str = "tc_egress_acct";
+    /// Hash map: cgroup v2 id (`u64`) of each container → 1. Host-wide hooks count only these.
+    pub const WATCHED_CGROUPS: &str = "WATCHED_CGROUPS";
+    /// Per-CPU hash map: [`super::BlockKey`] → [`super::BlockCounters`].
+    pub const BLOCK_IO: &str = "BLOCK_IO";
+    /// Tracepoint `block:block_bio_queue`: every bio, in the submitting task's context.
+    pub const BLOCK_BIO_ACCT: &str = "block_bio_acct";
 }
 
 /// Room for this many host-side veths (several per container are possible).
 pub const MAX_INTERFACES: u32 = 8192;
+/// Room for this many containers' cgroups.
+pub const MAX_CGROUPS: u32 = 8192;
+/// Room for this many (cgroup, block device) pairs.
+pub const MAX_BLOCK_KEYS: u32 = 32768;
 
 /// Packet and byte counts of one host-side veth, seen from the container: `rx` is traffic
 /// delivered into the container, `tx` traffic it sent. One copy per CPU, summed in userspace.
@@ -47,13 +57,80 @@ impl TrafficCounters {
     }
 }
 
-// SAFETY: repr(C), only u64 fields, no padding (size asserted above).
+/// One container's IO on one block device. `dev` is the kernel's `dev_t`
+/// (major << 20 | minor), as the block tracepoints report it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BlockKey {
+    pub cgroup_id: u64,
+    pub dev: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<BlockKey>() == 16);
+
+impl BlockKey {
+    pub const fn major(&self) -> u32 {
+        self.dev >> 20
+    }
+    pub const fn minor(&self) -> u32 {
+        self.dev & ((1 << 20) - 1)
+    }
+}
+
+/// Bytes and bios submitted, by direction. Discards and flushes are not counted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCounters {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<BlockCounters>() == 32);
+
+impl BlockCounters {
+    /// Adds another CPU's (or device's) counts to these.
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        Self {
+            read_bytes: self.read_bytes.wrapping_add(other.read_bytes),
+            write_bytes: self.write_bytes.wrapping_add(other.write_bytes),
+            reads: self.reads.wrapping_add(other.reads),
+            writes: self.writes.wrapping_add(other.writes),
+        }
+    }
+}
+
+// SAFETY: repr(C), only integer fields, no padding (sizes asserted above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TrafficCounters {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BlockKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BlockCounters {}
 
 #[cfg(test)]
 mod tests {
-    use super::TrafficCounters;
+    use super::{BlockKey, TrafficCounters};
+
+    #[test]
+    fn dev_t_splits_like_the_kernel() {
+        // 254:0 (virtio) and 8:17 (sdb1) as the tracepoint encodes them.
+        let vda = BlockKey {
+            cgroup_id: 1,
+            dev: 254 << 20,
+            pad: 0,
+        };
+        assert_eq!((vda.major(), vda.minor()), (254, 0));
+        let sdb1 = BlockKey {
+            cgroup_id: 1,
+            dev: (8 << 20) | 0x11,
+            pad: 0,
+        };
+        assert_eq!((sdb1.major(), sdb1.minor()), (8, 17));
+    }
 
     #[test]
     fn plus_adds_each_field() {

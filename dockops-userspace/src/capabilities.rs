@@ -1,8 +1,12 @@
 //! What this host supports, probed once at start-up.
 
-use std::fmt;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use aya::util::KernelVersion;
+use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 
 /// How tc programs are attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,10 +26,48 @@ impl fmt::Display for TcMode {
     }
 }
 
+/// Which cgroup hierarchies hold the containers' resource files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Controllers in per-controller v1 hierarchies under `/sys/fs/cgroup/<controller>`;
+    /// `unified` is the v2 hierarchy mounted beside them (hybrid), if any.
+    V1 { unified: Option<PathBuf> },
+    /// One v2 hierarchy with the controllers (`cpu.stat`, `memory.current`, `io.stat`...).
+    V2 { root: PathBuf },
+}
+
+impl CgroupMode {
+    /// Mount point of the v2 hierarchy, whose directory inodes are the cgroup ids that BPF
+    /// programs see (`bpf_get_current_cgroup_id`).
+    pub fn unified(&self) -> Option<&Path> {
+        match self {
+            Self::V1 { unified } => unified.as_deref(),
+            Self::V2 { root } => Some(root),
+        }
+    }
+
+    /// Looks at `/sys/fs/cgroup` (and `/sys/fs/cgroup/unified` for the hybrid layout).
+    pub fn detect() -> Self {
+        let is_v2 = |p: &str| statfs(p).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC);
+        if is_v2(CGROUP_ROOT) {
+            return Self::V2 {
+                root: CGROUP_ROOT.into(),
+            };
+        }
+        let unified = Path::new(CGROUP_ROOT).join("unified");
+        Self::V1 {
+            unified: is_v2(&unified.to_string_lossy()).then_some(unified),
+        }
+    }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
 /// Host features the other modules consult instead of probing themselves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Capabilities {
     pub tc_mode: TcMode,
+    pub cgroup: CgroupMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +103,10 @@ impl Capabilities {
                 TcMode::Netlink
             }
         });
-        Ok(Self { tc_mode })
+        let cgroup = CgroupMode::detect();
+        if cgroup.unified().is_none() {
+            tracing::warn!("no cgroup v2 hierarchy: block IO per container is not available");
+        }
+        Ok(Self { tc_mode, cgroup })
     }
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand, and the start-up they share.
 
+pub mod metrics;
 pub mod reset;
 pub mod stats;
 pub mod watch;
@@ -10,7 +11,7 @@ use anyhow::Context as _;
 use clap::ValueEnum;
 use dockops::{
     capabilities::{Capabilities, TcMode},
-    collection::Snapshot,
+    collection::{Snapshot, Sources},
     datapath::Datapath,
     discovery::{Container, Docker},
 };
@@ -34,6 +35,7 @@ pub enum TcAttach {
 pub struct Agent {
     pub docker: Docker,
     datapath: Datapath,
+    caps: Capabilities,
     /// What the last refresh found.
     pub containers: Vec<Container>,
 }
@@ -46,11 +48,12 @@ impl Agent {
             TcAttach::Netlink => Some(TcMode::Netlink),
         };
         let caps = Capabilities::probe(tc_mode)?;
-        let docker = Docker::connect().await?;
+        let docker = Docker::connect(caps.cgroup.unified().map(Into::into)).await?;
         let datapath = Datapath::open(caps.tc_mode).context("preparing the eBPF datapath")?;
         Ok(Self {
             docker,
             datapath,
+            caps,
             containers: Vec::new(),
         })
     }
@@ -73,6 +76,13 @@ impl Agent {
             .filter(|c| keep(c))
             .cloned()
             .collect();
-        Ok(Snapshot::take(&containers, &self.datapath.counters()?))
+        let traffic = self.datapath.counters()?;
+        let block = self.datapath.block_counters()?;
+        let sources = Sources {
+            cgroup: &self.caps.cgroup,
+            traffic: &traffic,
+            block: block.as_ref(),
+        };
+        Ok(Snapshot::take(&containers, &sources))
     }
 }

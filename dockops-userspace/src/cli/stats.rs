@@ -1,8 +1,8 @@
 //! `dockops-bpf stats`: one snapshot.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
-use dockops::{discovery::Container, output};
+use dockops::{collection, discovery::Container, output};
 
 use super::{Agent, InputError, TcAttach, watch::Format};
 
@@ -13,6 +13,10 @@ pub struct Args {
     /// table: for people; json: one object per container per line, for log shippers.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Time between the two readings that CPU percent and per-second rates come from;
+    /// 0 for a single reading (those fields are then null).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    sample: Duration,
 }
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
@@ -30,7 +34,14 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let snapshot = agent.snapshot(wanted)?;
+    let mut snapshot = agent.snapshot(wanted)?;
+    if !args.sample.is_zero() {
+        // Percentages and per-second rates need a second reading.
+        let first = snapshot;
+        tokio::time::sleep(args.sample).await;
+        snapshot = agent.snapshot(wanted)?;
+        snapshot.apply(&collection::rates(&first, &snapshot));
+    }
     let text = match args.format {
         Format::Table => output::stats_table(&snapshot),
         Format::Json => output::json_lines(&snapshot),

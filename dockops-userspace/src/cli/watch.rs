@@ -1,19 +1,29 @@
-//! `dockops-bpf watch`: a live view, refreshed in place on a terminal, or JSON lines.
+//! `dockops-bpf watch`: a top-like live view on a terminal, a periodic table when piped, or
+//! JSON lines; optionally `/metrics` for Prometheus.
 
 use std::{
     collections::HashSet,
     io::{IsTerminal as _, Write as _},
+    net::SocketAddr,
     time::Duration,
 };
 
 use anyhow::Context as _;
-use dockops::{collection, output};
+use crossterm::{
+    cursor,
+    event::{Event, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
+    execute, terminal,
+};
+use dockops::{
+    collection::{self, Rates, Snapshot},
+    output::{self, SortKey},
+};
 use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Agent, TcAttach};
+use super::{Agent, TcAttach, metrics::Metrics};
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Table,
     Json,
@@ -27,6 +37,10 @@ pub struct Args {
     /// table: for people; json: one object per container per line, for log shippers.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Serve Prometheus metrics on ADDR at /metrics. PORT or :PORT listens on loopback only;
+    /// give HOST:PORT (e.g. 0.0.0.0:9101) to listen elsewhere.
+    #[arg(long, value_name = "ADDR", value_parser = super::metrics::parse_addr)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -40,33 +54,62 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     let mut agent = Agent::start(tc_attach).await?;
     agent.refresh(&HashSet::new()).await?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(Metrics::serve(addr).await?),
+        None => None,
+    };
     let mut events = Box::pin(agent.docker.events());
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let tty = std::io::stdout().is_terminal();
-    let mut previous = None;
+    let interactive = args.format == Format::Table
+        && std::io::stdout().is_terminal()
+        && std::io::stdin().is_terminal();
+    let screen = if interactive {
+        Some(Screen::enter()?)
+    } else {
+        None
+    };
+    let mut keys = screen.as_ref().map(|_| EventStream::new());
+    let mut view = View {
+        sort: SortKey::default(),
+        screen: screen.is_some(),
+        last: None,
+    };
+    let mut previous: Option<Snapshot> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let snapshot = agent.snapshot(|_| true)?;
+                let mut snapshot = agent.snapshot(|_| true)?;
+                let rates = previous.as_ref().map(|p| collection::rates(p, &snapshot)).unwrap_or_default();
+                snapshot.apply(&rates);
+                if let Some(metrics) = &metrics {
+                    metrics.publish(&snapshot);
+                }
                 let text = match args.format {
                     Format::Json => output::json_lines(&snapshot),
-                    Format::Table => {
-                        let rates = previous.as_ref().map(|p| collection::rates(p, &snapshot)).unwrap_or_default();
-                        let table = output::watch_table(&snapshot, &rates);
-                        // A terminal gets the view redrawn in place; a pipe gets a log.
-                        if tty { format!("\x1b[H\x1b[2J{table}") } else { format!("{table}\n") }
-                    }
+                    Format::Table => view.render(&snapshot, &rates),
                 };
-                let mut stdout = std::io::stdout().lock();
                 // A closed pipe (`watch | head`) ends the view.
-                if stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+                if !emit(&text) {
                     break;
                 }
+                view.last = Some((snapshot.clone(), rates));
                 previous = Some(snapshot);
             }
+            key = next_key(&mut keys) => match key {
+                Some(Key::Quit) => break,
+                Some(Key::Char(c)) => {
+                    if let Some(sort) = SortKey::from_key(c) {
+                        view.sort = sort;
+                        if let Some((snapshot, rates)) = &view.last {
+                            emit(&view.render(snapshot, rates));
+                        }
+                    }
+                }
+                None => keys = None,
+            },
             event = events.next() => {
                 let changed = match event {
                     Some(Ok(event)) => {
@@ -92,5 +135,97 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         }
     }
+    drop(screen);
     Ok(())
+}
+
+/// How the table is drawn.
+struct View {
+    sort: SortKey,
+    /// On the alternate screen in raw mode: redraw in place, `\r\n` line ends.
+    screen: bool,
+    /// The last reading, to redraw at once when the sort changes.
+    last: Option<(Snapshot, std::collections::HashMap<String, Rates>)>,
+}
+
+impl View {
+    fn render(
+        &self,
+        snapshot: &Snapshot,
+        rates: &std::collections::HashMap<String, Rates>,
+    ) -> String {
+        let table = output::watch_table(snapshot, rates, self.sort);
+        if self.screen {
+            format!("\x1b[H\x1b[2J{}", table.replace('\n', "\r\n"))
+        } else {
+            format!("{table}\n")
+        }
+    }
+}
+
+fn emit(text: &str) -> bool {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_ok()
+}
+
+enum Key {
+    Quit,
+    Char(char),
+}
+
+/// The next key press; pending forever without a terminal, `None` when input ends.
+async fn next_key(keys: &mut Option<EventStream>) -> Option<Key> {
+    let Some(stream) = keys else {
+        return std::future::pending().await;
+    };
+    loop {
+        match stream.next().await? {
+            Ok(Event::Key(KeyEvent {
+                code,
+                modifiers,
+                kind: KeyEventKind::Press,
+                ..
+            })) => {
+                return Some(match code {
+                    // Raw mode turns Ctrl-C into a key press instead of SIGINT.
+                    KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
+                    KeyCode::Char('q') | KeyCode::Esc => Key::Quit,
+                    KeyCode::Char(c) => Key::Char(c),
+                    _ => continue,
+                });
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The terminal in raw mode on the alternate screen, restored on drop (also on error paths).
+struct Screen;
+
+impl Screen {
+    fn enter() -> anyhow::Result<Self> {
+        terminal::enable_raw_mode().context("putting the terminal in raw mode")?;
+        let screen = Self;
+        execute!(
+            std::io::stdout(),
+            terminal::EnterAlternateScreen,
+            cursor::Hide
+        )?;
+        Ok(screen)
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        let _ = execute!(
+            std::io::stdout(),
+            cursor::Show,
+            terminal::LeaveAlternateScreen
+        );
+        let _ = terminal::disable_raw_mode();
+    }
 }

@@ -10,12 +10,14 @@ use std::{
 use nix::{
     fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
-    sys::statfs::{BPF_FS_MAGIC, statfs},
+    sys::statfs::{BPF_FS_MAGIC, TRACEFS_MAGIC, statfs},
 };
 
 use super::{DatapathError, pins::Layout};
 
 const BPFFS: &str = "/sys/fs/bpf";
+/// Tracepoints are attached by the ids tracefs lists.
+const TRACEFS: &str = "/sys/kernel/tracing";
 /// bpffs holds no regular files, so the lock lives in /run.
 const LOCK: &str = "/run/dockops.lock";
 
@@ -42,6 +44,21 @@ pub(super) fn prepare(layout: &Layout) -> Result<(), DatapathError> {
             source,
         })?;
     }
+    let traced = statfs(TRACEFS).is_ok_and(|s| s.filesystem_type() == TRACEFS_MAGIC);
+    if !traced {
+        tracing::info!("mounting tracefs at {TRACEFS}");
+        mount(
+            Some("tracefs"),
+            TRACEFS,
+            Some("tracefs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| DatapathError::Mount {
+            path: TRACEFS.into(),
+            source,
+        })?;
+    }
     let mut builder = DirBuilder::new();
     builder.recursive(true).mode(0o700);
     for dir in [
@@ -49,6 +66,7 @@ pub(super) fn prepare(layout: &Layout) -> Result<(), DatapathError> {
         layout.maps(),
         layout.progs(),
         layout.links(),
+        layout.global(),
     ] {
         builder.create(&dir).map_err(io_err(&dir))?;
     }

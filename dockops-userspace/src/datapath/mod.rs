@@ -4,6 +4,7 @@
 //! command adopts what an earlier one attached instead of attaching twice.
 
 mod attach;
+mod block;
 mod bpffs;
 pub mod pins;
 
@@ -16,9 +17,9 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
-    programs::{ProgramError, SchedClassifier},
+    programs::{ProgramError, SchedClassifier, links::PinnedLink},
 };
-use dockops_common::{TrafficCounters, names};
+use dockops_common::{BlockCounters, BlockKey, TrafficCounters, names};
 pub use pins::Direction;
 use pins::{Layout, PinName};
 
@@ -86,6 +87,9 @@ pub enum DatapathError {
     Missing(&'static str),
 }
 
+/// Block IO counters by cgroup id, then device (sorted by `dev`).
+pub type BlockByCgroup = HashMap<u64, Vec<(BlockKey, BlockCounters)>>;
+
 /// What a reconcile changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -106,6 +110,8 @@ pub struct Datapath {
     traffic: PerCpuHashMap<MapData, u32, TrafficCounters>,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
+    /// `None` when the block tracepoint could not be attached (warned once at start).
+    block: Option<block::BlockAccounting>,
 }
 
 impl Datapath {
@@ -127,6 +133,12 @@ impl Datapath {
             path: PathBuf::from(path),
             source,
         })?;
+        let block =
+            block::BlockAccounting::open(&mut ebpf, &layout.global().join("block_bio_queue"))
+                .inspect_err(|error| {
+                    tracing::warn!("block IO per container is unavailable: {error:#}");
+                })
+                .ok();
         Ok(Self {
             layout,
             mode,
@@ -134,6 +146,7 @@ impl Datapath {
             egress,
             traffic,
             cpus,
+            block,
         })
     }
 
@@ -218,7 +231,18 @@ impl Datapath {
         for key in stale {
             self.traffic.remove(&key)?;
         }
+        if let Some(block) = &mut self.block {
+            block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
+        }
         Ok(report)
+    }
+
+    /// Block IO by cgroup id and device; `None` when block accounting is unavailable.
+    pub fn block_counters(&self) -> Result<Option<BlockByCgroup>, DatapathError> {
+        self.block
+            .as_ref()
+            .map(block::BlockAccounting::counters)
+            .transpose()
     }
 
     /// Counters of every attached interface, summed over CPUs.
@@ -353,7 +377,24 @@ pub fn reset() -> Result<Vec<String>, DatapathError> {
             ));
         }
     }
-    for dir in [layout.links(), layout.progs(), layout.maps()] {
+    for name in read_dir_names(&layout.global())? {
+        let path = layout.global().join(&name);
+        let link = PinnedLink::from_pin(&path).map_err(|source| DatapathError::Link {
+            path: path.clone(),
+            source,
+        })?;
+        drop(link.unpin().map_err(|source| DatapathError::Io {
+            path: path.clone(),
+            source,
+        })?);
+        removed.push(format!("{} (link detached)", path.display()));
+    }
+    for dir in [
+        layout.global(),
+        layout.links(),
+        layout.progs(),
+        layout.maps(),
+    ] {
         for name in read_dir_names(&dir)? {
             let path = dir.join(&name);
             let result = if path.is_dir() {

@@ -5,6 +5,8 @@
 //!   maps/TRAFFIC                  per-CPU counters, by host ifindex
 //!   progs/tc_ingress_acct        the loaded programs, shared by every attachment
 //!   progs/tc_egress_acct
+//!   maps/WATCHED_CGROUPS, maps/BLOCK_IO  block IO by container cgroup and device
+//!   global/block_bio_queue        the pinned tracepoint link (host-wide)
 //!   links/<container id>/12-ingress-tcx            a pinned tcx link
 //!   links/<container id>/12-egress-netlink-clsact  a netlink filter's record (a program pin);
 //!                                                  `-clsact`: dockops created the qdisc
@@ -41,6 +43,10 @@ impl Layout {
     }
     pub fn progs(&self) -> PathBuf {
         self.root.join("progs")
+    }
+    /// Host-wide attachments (tracepoints), one link pin each.
+    pub fn global(&self) -> PathBuf {
+        self.root.join("global")
     }
     pub fn links(&self) -> PathBuf {
         self.root.join("links")

@@ -1,11 +1,14 @@
 //! Containers and their lifecycle events from the Docker API.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+};
 
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures::{Stream, StreamExt as _};
 
-use super::{Container, netns};
+use super::{CgroupPaths, Container, netns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -37,10 +40,12 @@ pub struct Event {
 #[derive(Clone)]
 pub struct Docker {
     client: bollard::Docker,
+    /// Mount point of the cgroup v2 hierarchy, to resolve cgroup ids.
+    unified: Option<PathBuf>,
 }
 
 impl Docker {
-    pub async fn connect() -> Result<Self, DiscoveryError> {
+    pub async fn connect(unified: Option<PathBuf>) -> Result<Self, DiscoveryError> {
         let host = std::env::var("DOCKER_HOST")
             .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
         let connect_err = |source| DiscoveryError::Connect {
@@ -53,7 +58,7 @@ impl Docker {
             .negotiate_version()
             .await
             .map_err(connect_err)?;
-        Ok(Self { client })
+        Ok(Self { client, unified })
     }
 
     /// Every running container with its pid and host-side interfaces.
@@ -82,12 +87,14 @@ impl Docker {
         let mut containers = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
-            let (pid, interfaces) = match known.get(id.as_str()) {
-                Some(c) => (c.pid, c.interfaces.clone()),
-                None => match self.inspect(&id).await {
-                    Some(found) => found,
-                    None => continue,
-                },
+            let (pid, interfaces, cgroup, cgroup_id) = if let Some(c) = known.get(id.as_str()) {
+                (c.pid, c.interfaces.clone(), c.cgroup.clone(), c.cgroup_id)
+            } else if let Some((pid, interfaces)) = self.inspect(&id).await {
+                let cgroup = CgroupPaths::read(pid).unwrap_or_default();
+                let cgroup_id = self.unified.as_deref().and_then(|u| cgroup.id(u));
+                (pid, interfaces, cgroup, cgroup_id)
+            } else {
+                continue;
             };
             let name = summary
                 .names
@@ -105,6 +112,8 @@ impl Docker {
                     .collect::<BTreeMap<_, _>>(),
                 pid,
                 interfaces,
+                cgroup,
+                cgroup_id,
             });
         }
         Ok(containers)

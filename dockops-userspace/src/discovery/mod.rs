@@ -1,8 +1,10 @@
 //! Which containers run, and where their traffic crosses into the host.
 
+mod cgroup;
 mod docker;
 mod netns;
 
+pub use cgroup::CgroupPaths;
 pub use docker::{DiscoveryError, Docker, Event};
 
 use std::collections::BTreeMap;
@@ -21,6 +23,10 @@ pub struct Container {
     /// Host-side veths of the container's interfaces; `None` when they could not be read
     /// (the container is exiting, say), so later stages leave its state alone.
     pub interfaces: Option<Vec<HostInterface>>,
+    /// The container's cgroups (empty if they could not be read).
+    pub cgroup: CgroupPaths,
+    /// Its cgroup v2 id, as BPF programs see it; `None` without a v2 hierarchy.
+    pub cgroup_id: Option<u64>,
 }
 
 /// The host end of a veth pair whose other end is inside a container.
@@ -56,6 +62,8 @@ mod tests {
             labels: BTreeMap::new(),
             pid: 1,
             interfaces: None,
+            cgroup: CgroupPaths::default(),
+            cgroup_id: None,
         }
     }
 

@@ -49,7 +49,9 @@ mod tests {
                     tx_bytes_total: 2,
                     rx_packets_total: 3,
                     tx_packets_total: 4,
+                    ..NetworkStats::default()
                 },
+                ..ContainerStats::default()
             }],
         };
         let text = json_lines(&snapshot);
@@ -63,5 +65,36 @@ mod tests {
         assert_eq!(v["network"]["tx_bytes_total"], 2);
         assert_eq!(v["network"]["rx_packets_total"], 3);
         assert_eq!(v["network"]["tx_packets_total"], 4);
+        assert_eq!(v["network"]["rx_bytes_per_second"], serde_json::Value::Null);
+        assert_eq!(v["network"]["rx_dropped_total"], 0);
+        for field in [
+            "usage_seconds_total",
+            "user_seconds_total",
+            "system_seconds_total",
+            "percent",
+            "throttled_periods_total",
+            "throttled_seconds_total",
+        ] {
+            assert!(v["cpu"].get(field).is_some(), "cpu.{field}");
+        }
+        for field in [
+            "usage_bytes",
+            "working_set_bytes",
+            "limit_bytes",
+            "swap_bytes",
+            "oom_events_total",
+        ] {
+            assert!(v["memory"].get(field).is_some(), "memory.{field}");
+        }
+        for field in [
+            "read_bytes_total",
+            "write_bytes_total",
+            "reads_total",
+            "writes_total",
+            "devices",
+        ] {
+            assert!(v["blkio"].get(field).is_some(), "blkio.{field}");
+        }
+        assert!(v["pids"].get("current").is_some() && v["pids"].get("limit").is_some());
     }
 }

@@ -2,79 +2,168 @@
 
 use std::{collections::HashMap, fmt::Write as _};
 
-use super::{bytes, count};
-use crate::collection::{Rates, Snapshot};
+use crate::collection::{ContainerStats, Rates, Snapshot};
 
-const NAME_WIDTH: usize = 20;
-
-/// Totals of one snapshot (`stats`).
-#[expect(clippy::cast_precision_loss, reason = "display only")]
+/// One snapshot (`stats`), in the columns `docker stats` users know; totals since attach for
+/// network, since the container started for block IO.
 pub fn stats_table(snapshot: &Snapshot) -> String {
     let mut out = format!(
-        "{:<NAME_WIDTH$} {:<12} {:>10} {:>10} {:>9} {:>9}\n",
-        "NAME", "CONTAINER ID", "RX BYTES", "TX BYTES", "RX PKTS", "TX PKTS"
+        "{:<WATCH_NAME$} {:>6} {:>15} {:>15} {:>15} {:>5}\n",
+        "NAME", "CPU%", "MEM USE/LIMIT", "NET RX/TX", "BLOCK R/W", "PIDS"
     );
     for c in &snapshot.containers {
-        let n = &c.network;
+        #[expect(clippy::cast_precision_loss, reason = "display only")]
+        let pair = |a: u64, b: Option<u64>| {
+            format!(
+                "{}/{}",
+                short(a as f64),
+                b.map_or_else(|| "-".to_owned(), |b| short(b as f64))
+            )
+        };
         let _ = writeln!(
             out,
-            "{:<NAME_WIDTH$} {:<12} {:>10} {:>10} {:>9} {:>9}",
-            truncate(&c.name),
-            &c.id[..c.id.len().min(12)],
-            bytes(n.rx_bytes_total as f64),
-            bytes(n.tx_bytes_total as f64),
-            count(n.rx_packets_total as f64),
-            count(n.tx_packets_total as f64),
+            "{:<WATCH_NAME$} {:>6} {:>15} {:>15} {:>15} {:>5}",
+            truncate_to(&c.name, WATCH_NAME),
+            c.cpu
+                .percent
+                .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
+            pair(c.memory.usage_bytes, c.memory.limit_bytes),
+            pair(c.network.rx_bytes_total, Some(c.network.tx_bytes_total)),
+            pair(c.blkio.read_bytes_total, Some(c.blkio.write_bytes_total)),
+            c.pids.current,
         );
     }
     out
 }
 
-/// Rates and totals (`watch`); a container without a previous reading shows `-` rates.
-#[expect(clippy::cast_precision_loss, reason = "display only")]
+/// What the `watch` table is ordered by (largest first, names A–Z).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SortKey {
+    #[default]
+    Cpu,
+    Memory,
+    Network,
+    Block,
+    Pids,
+    Name,
+}
+
+impl SortKey {
+    /// The key a user presses for each order.
+    pub fn from_key(key: char) -> Option<Self> {
+        Some(match key {
+            'c' => Self::Cpu,
+            'm' => Self::Memory,
+            'n' => Self::Network,
+            'b' => Self::Block,
+            'p' => Self::Pids,
+            'a' => Self::Name,
+            _ => return None,
+        })
+    }
+
+    const fn label(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Memory => "memory",
+            Self::Network => "network",
+            Self::Block => "block io",
+            Self::Pids => "pids",
+            Self::Name => "name",
+        }
+    }
+}
+
+const WATCH_NAME: usize = 15;
+
+/// The top-like `watch` view: one row per container, sorted by `sort`. A container without
+/// a previous reading shows `-` for its rates. Fits 80 columns.
 pub fn watch_table<S: std::hash::BuildHasher>(
     snapshot: &Snapshot,
     rates: &HashMap<String, Rates, S>,
+    sort: SortKey,
 ) -> String {
+    let mut rows: Vec<_> = snapshot
+        .containers
+        .iter()
+        .map(|c| (c, rates.get(&c.id)))
+        .collect();
+    #[expect(clippy::cast_precision_loss, reason = "ordering only")]
+    let metric = |(c, r): &(&ContainerStats, Option<&Rates>)| -> f64 {
+        match sort {
+            SortKey::Cpu => r.map_or(0.0, |r| r.cpu_percent),
+            SortKey::Memory => c.memory.usage_bytes as f64,
+            SortKey::Network => r.map_or(0.0, |r| r.rx_bytes + r.tx_bytes),
+            SortKey::Block => r.map_or(0.0, |r| r.read_bytes + r.write_bytes),
+            SortKey::Pids => c.pids.current as f64,
+            SortKey::Name => 0.0,
+        }
+    };
+    rows.sort_by(|a, b| {
+        metric(b)
+            .total_cmp(&metric(a))
+            .then_with(|| a.0.name.cmp(&b.0.name))
+    });
     let mut out = format!(
-        "{:<NAME_WIDTH$} {:>10} {:>10} {:>7} {:>7} {:>10} {:>10}\n",
-        "NAME", "RX/s", "TX/s", "RXpk/s", "TXpk/s", "RX TOTAL", "TX TOTAL"
+        "{} containers by {:<8}  keys: c cpu m mem n net b blk p pids a name q quit\n",
+        rows.len(),
+        sort.label()
     );
-    for c in &snapshot.containers {
-        let (rx, tx, rxp, txp) = rates.get(&c.id).map_or_else(
-            || {
-                (
-                    "-".to_owned(),
-                    "-".to_owned(),
-                    "-".to_owned(),
-                    "-".to_owned(),
-                )
-            },
-            |r| {
-                (
-                    bytes(r.rx_bytes),
-                    bytes(r.tx_bytes),
-                    count(r.rx_packets),
-                    count(r.tx_packets),
-                )
-            },
+    let _ = writeln!(
+        out,
+        "{:<WATCH_NAME$} {:>6} {:>15} {:>8} {:>8} {:>8} {:>8} {:>5}",
+        "NAME", "CPU%", "MEM USE/LIMIT", "NET RX/s", "NET TX/s", "BLK R/s", "BLK W/s", "PIDS"
+    );
+    let dash = || "-".to_owned();
+    for (c, r) in rows {
+        #[expect(clippy::cast_precision_loss, reason = "display only")]
+        let memory = format!(
+            "{}/{}",
+            short(c.memory.usage_bytes as f64),
+            c.memory
+                .limit_bytes
+                .map_or_else(|| "-".to_owned(), |l| short(l as f64))
         );
+        let rate = |f: fn(&Rates) -> f64| r.map_or_else(dash, |r| short(f(r)));
         let _ = writeln!(
             out,
-            "{:<NAME_WIDTH$} {rx:>10} {tx:>10} {rxp:>7} {txp:>7} {:>10} {:>10}",
-            truncate(&c.name),
-            bytes(c.network.rx_bytes_total as f64),
-            bytes(c.network.tx_bytes_total as f64),
+            "{:<WATCH_NAME$} {:>6} {memory:>15} {:>8} {:>8} {:>8} {:>8} {:>5}",
+            truncate_to(&c.name, WATCH_NAME),
+            r.map_or_else(dash, |r| format!("{:.1}", r.cpu_percent)),
+            rate(|r| r.rx_bytes),
+            rate(|r| r.tx_bytes),
+            rate(|r| r.read_bytes),
+            rate(|r| r.write_bytes),
+            c.pids.current,
         );
     }
     out
 }
 
-fn truncate(name: &str) -> String {
-    if name.chars().count() <= NAME_WIDTH {
+/// Bytes in at most 6 characters: `512B`, `1.5K`, `10.2M`, `999G`.
+fn short(n: f64) -> String {
+    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
+    if n < 1024.0 {
+        return format!("{n:.0}B");
+    }
+    let mut value = n / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value < 100.0 {
+        format!("{value:.1}{}", UNITS[unit])
+    } else {
+        format!("{value:.0}{}", UNITS[unit])
+    }
+}
+
+fn truncate_to(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
         name.to_owned()
     } else {
-        let mut s: String = name.chars().take(NAME_WIDTH - 1).collect();
+        let mut s: String = name.chars().take(width - 1).collect();
         s.push('…');
         s
     }
@@ -87,42 +176,73 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::collection::{ContainerStats, NetworkStats};
+    use crate::collection::{BlkioStats, CpuStats, MemoryStats, NetworkStats, PidsStats};
+
+    fn stats(id: &str, name: &str, memory: u64, pids: u64) -> ContainerStats {
+        ContainerStats {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox".into(),
+            cpu: CpuStats::default(),
+            memory: MemoryStats {
+                usage_bytes: memory,
+                limit_bytes: Some(1 << 30),
+                ..MemoryStats::default()
+            },
+            blkio: BlkioStats::default(),
+            network: NetworkStats {
+                rx_bytes_total: 2048,
+                tx_bytes_total: 10,
+                rx_packets_total: 2,
+                tx_packets_total: 1,
+                ..NetworkStats::default()
+            },
+            pids: PidsStats {
+                current: pids,
+                limit: None,
+            },
+        }
+    }
 
     fn snapshot() -> Snapshot {
         Snapshot {
             ts: OffsetDateTime::UNIX_EPOCH,
             at: Instant::now(),
-            containers: vec![ContainerStats {
-                id: "0123456789abcdef".into(),
-                name: "a-rather-long-container-name-indeed".into(),
-                image: "busybox".into(),
-                network: NetworkStats {
-                    rx_bytes_total: 2048,
-                    tx_bytes_total: 10,
-                    rx_packets_total: 2,
-                    tx_packets_total: 1,
-                },
-            }],
+            containers: vec![
+                stats(
+                    "0123456789abcdef",
+                    "a-rather-long-container-name-indeed",
+                    5 << 20,
+                    3,
+                ),
+                stats("fedcba9876543210", "busy", 700 << 20, 40),
+            ],
         }
+    }
+
+    fn rates() -> HashMap<String, Rates> {
+        let r = |cpu, net| Rates {
+            rx_bytes: net,
+            tx_bytes: net,
+            rx_packets: 9e5,
+            tx_packets: 9e5,
+            read_bytes: 1e9,
+            write_bytes: 1e12,
+            cpu_percent: cpu,
+        };
+        HashMap::from([
+            ("0123456789abcdef".to_owned(), r(150.0, 1e3)),
+            ("fedcba9876543210".to_owned(), r(12.5, 1e9)),
+        ])
     }
 
     #[test]
     fn tables_fit_80_columns() {
         let snap = snapshot();
-        let rates = HashMap::from([(
-            "0123456789abcdef".to_owned(),
-            Rates {
-                rx_bytes: 1e9,
-                tx_bytes: 1e9,
-                rx_packets: 9e5,
-                tx_packets: 9e5,
-            },
-        )]);
         for table in [
             stats_table(&snap),
-            watch_table(&snap, &rates),
-            watch_table(&snap, &HashMap::new()),
+            watch_table(&snap, &rates(), SortKey::Cpu),
+            watch_table(&snap, &HashMap::new(), SortKey::Name),
         ] {
             for line in table.lines() {
                 assert!(
@@ -135,13 +255,52 @@ mod tests {
     }
 
     #[test]
-    fn stats_row_shows_short_id_and_totals() {
+    fn watch_sorts_by_the_chosen_key() {
+        let snap = snapshot();
+        let first_row = |sort| {
+            watch_table(&snap, &rates(), sort)
+                .lines()
+                .nth(2)
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            first_row(SortKey::Cpu).starts_with("a-rather-long-…"),
+            "150% CPU first"
+        );
+        assert!(first_row(SortKey::Memory).starts_with("busy"));
+        assert!(first_row(SortKey::Network).starts_with("busy"));
+        assert!(first_row(SortKey::Pids).starts_with("busy"));
+        assert!(first_row(SortKey::Name).starts_with("a-rather"));
+        let row = first_row(SortKey::Cpu);
+        assert!(row.contains(" 150.0 "), "{row}");
+        assert!(row.contains("5.0M/1.0G"), "{row}");
+        assert!(row.contains("954M"), "1e9 B/s read: {row}");
+        assert!(row.contains("931G"), "1e12 B/s write: {row}");
+        assert_eq!(SortKey::from_key('m'), Some(SortKey::Memory));
+        assert_eq!(SortKey::from_key('x'), None);
+    }
+
+    #[test]
+    fn no_rates_yet_shows_dashes() {
+        let table = watch_table(&snapshot(), &HashMap::new(), SortKey::Cpu);
+        let row = table.lines().nth(2).unwrap();
+        assert!(row.contains(" - "), "{row}");
+    }
+
+    #[test]
+    fn short_units() {
+        assert_eq!(short(512.0), "512B");
+        assert_eq!(short(1536.0), "1.5K");
+        assert_eq!(short(150.0 * 1024.0 * 1024.0), "150M");
+    }
+
+    #[test]
+    fn stats_row_shows_totals() {
         let table = stats_table(&snapshot());
         let row = table.lines().nth(1).unwrap();
-        assert!(
-            row.starts_with("a-rather-long-conta… 0123456789ab"),
-            "{row}"
-        );
-        assert!(row.contains("2.0 KiB"), "{row}");
+        assert!(row.starts_with("a-rather-long-… "), "{row}");
+        assert!(row.contains(" 2.0K/10B "), "{row}");
+        assert!(row.contains(" 5.0M/1.0G "), "{row}");
     }
 }

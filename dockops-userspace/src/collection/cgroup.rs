@@ -1,0 +1,435 @@
+//! Resource usage from cgroup files, v1 (per-controller hierarchies) or v2 (unified).
+//!
+//! Parsers take file contents and are unit-tested on real contents; the readers only find
+//! the files. A file that cannot be read (the container is exiting) reads as zero.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::Serialize;
+
+use crate::{capabilities::CgroupMode, discovery::CgroupPaths};
+
+/// `cpuacct.stat` counts in `USER_HZ`, which is 100 on every Linux ABI.
+const USER_HZ: f64 = 100.0;
+/// v1 reports "no limit" as `PAGE_COUNTER_MAX` pages (`0x7FFFFFFFFFFFF000` with 4 KiB pages).
+const V1_UNLIMITED: u64 = 1 << 62;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct CpuStats {
+    pub usage_seconds_total: f64,
+    pub user_seconds_total: f64,
+    pub system_seconds_total: f64,
+    /// Over the sampling interval, 100 = one full core; `null` without a previous reading.
+    pub percent: Option<f64>,
+    pub throttled_periods_total: u64,
+    pub throttled_seconds_total: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MemoryStats {
+    pub usage_bytes: u64,
+    /// Usage less inactive file cache, as cAdvisor and the kubelet compute it.
+    pub working_set_bytes: u64,
+    /// `null` when unlimited.
+    pub limit_bytes: Option<u64>,
+    pub swap_bytes: u64,
+    pub oom_events_total: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceIo {
+    pub major: u32,
+    pub minor: u32,
+    pub read_bytes_total: u64,
+    pub write_bytes_total: u64,
+    pub reads_total: u64,
+    pub writes_total: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BlkioStats {
+    pub read_bytes_total: u64,
+    pub write_bytes_total: u64,
+    pub reads_total: u64,
+    pub writes_total: u64,
+    pub devices: Vec<DeviceIo>,
+}
+
+impl BlkioStats {
+    pub fn from_devices(devices: Vec<DeviceIo>) -> Self {
+        let sum = |f: fn(&DeviceIo) -> u64| devices.iter().map(f).sum();
+        Self {
+            read_bytes_total: sum(|d| d.read_bytes_total),
+            write_bytes_total: sum(|d| d.write_bytes_total),
+            reads_total: sum(|d| d.reads_total),
+            writes_total: sum(|d| d.writes_total),
+            devices,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PidsStats {
+    pub current: u64,
+    /// `null` when unlimited.
+    pub limit: Option<u64>,
+}
+
+/// What the cgroup files say about one container.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CgroupStats {
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    pub pids: PidsStats,
+    /// From `io.stat` on v2; `None` on v1, whose blkio counters stay at zero on current
+    /// kernels (the eBPF block accounting fills in).
+    pub blkio: Option<BlkioStats>,
+}
+
+pub fn read(mode: &CgroupMode, paths: &CgroupPaths) -> CgroupStats {
+    match mode {
+        CgroupMode::V2 { root } => paths
+            .v2
+            .as_deref()
+            .map(|p| read_v2(&join(root, p)))
+            .unwrap_or_default(),
+        CgroupMode::V1 { .. } => read_v1(Path::new(V1_ROOT), paths),
+    }
+}
+
+fn join(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+fn text(dir: &Path, file: &str) -> String {
+    fs::read_to_string(dir.join(file)).unwrap_or_default()
+}
+
+fn number(dir: &Path, file: &str) -> u64 {
+    text(dir, file).trim().parse().unwrap_or(0)
+}
+
+#[expect(clippy::cast_precision_loss, reason = "nanoseconds to seconds")]
+fn seconds_from_ns(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+#[expect(clippy::cast_precision_loss, reason = "microseconds to seconds")]
+fn seconds_from_us(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+/// Where the v1 controller hierarchies are mounted, one directory each.
+const V1_ROOT: &str = "/sys/fs/cgroup";
+
+fn read_v1(root: &Path, paths: &CgroupPaths) -> CgroupStats {
+    let dir = |controller: &str| {
+        paths
+            .v1
+            .get(controller)
+            .map(|p| join(&root.join(controller), p))
+    };
+    let mut stats = CgroupStats::default();
+    if let Some(d) = dir("cpuacct") {
+        stats.cpu.usage_seconds_total = seconds_from_ns(number(&d, "cpuacct.usage"));
+        (stats.cpu.user_seconds_total, stats.cpu.system_seconds_total) =
+            v1_user_system(&text(&d, "cpuacct.stat"));
+    }
+    if let Some(d) = dir("cpu") {
+        let stat = keyed(&text(&d, "cpu.stat"));
+        stats.cpu.throttled_periods_total = stat.get("nr_throttled").copied().unwrap_or(0);
+        stats.cpu.throttled_seconds_total =
+            seconds_from_ns(stat.get("throttled_time").copied().unwrap_or(0));
+    }
+    if let Some(d) = dir("memory") {
+        let usage = number(&d, "memory.usage_in_bytes");
+        let stat = keyed(&text(&d, "memory.stat"));
+        let limit = number(&d, "memory.limit_in_bytes");
+        stats.memory = MemoryStats {
+            usage_bytes: usage,
+            working_set_bytes: usage
+                .saturating_sub(stat.get("total_inactive_file").copied().unwrap_or(0)),
+            limit_bytes: (limit > 0 && limit < V1_UNLIMITED).then_some(limit),
+            swap_bytes: stat.get("total_swap").copied().unwrap_or(0),
+            oom_events_total: keyed(&text(&d, "memory.oom_control"))
+                .get("oom_kill")
+                .copied()
+                .unwrap_or(0),
+        };
+    }
+    if let Some(d) = dir("pids") {
+        stats.pids = PidsStats {
+            current: number(&d, "pids.current"),
+            limit: max_or(&text(&d, "pids.max")),
+        };
+    }
+    stats
+}
+
+fn read_v2(dir: &Path) -> CgroupStats {
+    let cpu = keyed(&text(dir, "cpu.stat"));
+    let get = |m: &HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    let memory = keyed(&text(dir, "memory.stat"));
+    let usage = number(dir, "memory.current");
+    let io = text(dir, "io.stat");
+    CgroupStats {
+        cpu: CpuStats {
+            usage_seconds_total: seconds_from_us(get(&cpu, "usage_usec")),
+            user_seconds_total: seconds_from_us(get(&cpu, "user_usec")),
+            system_seconds_total: seconds_from_us(get(&cpu, "system_usec")),
+            percent: None,
+            throttled_periods_total: get(&cpu, "nr_throttled"),
+            throttled_seconds_total: seconds_from_us(get(&cpu, "throttled_usec")),
+        },
+        memory: MemoryStats {
+            usage_bytes: usage,
+            working_set_bytes: usage.saturating_sub(get(&memory, "inactive_file")),
+            limit_bytes: max_or(&text(dir, "memory.max")),
+            swap_bytes: number(dir, "memory.swap.current"),
+            oom_events_total: get(&keyed(&text(dir, "memory.events")), "oom_kill"),
+        },
+        pids: PidsStats {
+            current: number(dir, "pids.current"),
+            limit: max_or(&text(dir, "pids.max")),
+        },
+        // Without the io controller enabled for the cgroup there is no io.stat at all.
+        blkio: dir
+            .join("io.stat")
+            .exists()
+            .then(|| BlkioStats::from_devices(io_stat(&io))),
+    }
+}
+
+/// `key value` lines (`cpu.stat`, `memory.stat`, `memory.events`, `memory.oom_control`).
+fn keyed(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once(' ')?;
+            Some((k.to_owned(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A limit file: a number, or `max` for none.
+fn max_or(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// `cpuacct.stat`: `user N` and `system N` in `USER_HZ` ticks → seconds.
+#[expect(clippy::cast_precision_loss, reason = "ticks to seconds")]
+fn v1_user_system(text: &str) -> (f64, f64) {
+    let stat = keyed(text);
+    let secs = |k: &str| stat.get(k).copied().unwrap_or(0) as f64 / USER_HZ;
+    (secs("user"), secs("system"))
+}
+
+/// io.stat: `MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N` per device.
+fn io_stat(text: &str) -> Vec<DeviceIo> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (major, minor) = fields.next()?.split_once(':')?;
+            let mut dev = DeviceIo {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                ..DeviceIo::default()
+            };
+            for field in fields {
+                let Some((k, v)) = field.split_once('=') else {
+                    continue;
+                };
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => dev.read_bytes_total = v,
+                    "wbytes" => dev.write_bytes_total = v,
+                    "rios" => dev.reads_total = v,
+                    "wios" => dev.writes_total = v,
+                    _ => {}
+                }
+            }
+            Some(dev)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Contents as documented in Documentation/admin-guide/cgroup-v2.rst and read off a
+    // kernel 6.1 cgroup v2 host.
+    const V2_CPU_STAT: &str = "usage_usec 2812000\nuser_usec 2000000\nsystem_usec 812000\n\
+        core_sched.force_idle_usec 0\nnr_periods 120\nnr_throttled 17\nthrottled_usec 345678\n\
+        nr_bursts 0\nburst_usec 0\n";
+    const V2_IO_STAT: &str = "8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n\
+        8:0 rbytes=90430464 wbytes=299008000 rios=8950 wios=1252 dbytes=50331648 dios=3021\n";
+
+    #[test]
+    fn v2_files_parse() {
+        let dir = std::env::temp_dir().join(format!("dockops-v2-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for (file, body) in [
+            ("cpu.stat", V2_CPU_STAT),
+            ("memory.current", "104857600\n"),
+            ("memory.max", "max\n"),
+            (
+                "memory.stat",
+                "anon 1048576\nfile 8388608\ninactive_file 4194304\nactive_file 4194304\n",
+            ),
+            ("memory.swap.current", "4096\n"),
+            (
+                "memory.events",
+                "low 0\nhigh 0\nmax 3\noom 2\noom_kill 1\noom_group_kill 0\n",
+            ),
+            ("pids.current", "7\n"),
+            ("pids.max", "100\n"),
+            ("io.stat", V2_IO_STAT),
+        ] {
+            fs::write(dir.join(file), body).unwrap();
+        }
+        let s = read_v2(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!((s.cpu.usage_seconds_total - 2.812).abs() < 1e-9);
+        assert!((s.cpu.user_seconds_total - 2.0).abs() < 1e-9);
+        assert!((s.cpu.system_seconds_total - 0.812).abs() < 1e-9);
+        assert_eq!(s.cpu.throttled_periods_total, 17);
+        assert!((s.cpu.throttled_seconds_total - 0.345_678).abs() < 1e-9);
+        assert_eq!(
+            s.memory,
+            MemoryStats {
+                usage_bytes: 104_857_600,
+                working_set_bytes: 104_857_600 - 4_194_304,
+                limit_bytes: None,
+                swap_bytes: 4096,
+                oom_events_total: 1,
+            }
+        );
+        assert_eq!(
+            s.pids,
+            PidsStats {
+                current: 7,
+                limit: Some(100)
+            }
+        );
+        let io = s.blkio.unwrap();
+        assert_eq!(io.devices.len(), 2);
+        assert_eq!(
+            io.devices[0],
+            DeviceIo {
+                major: 8,
+                minor: 16,
+                read_bytes_total: 1_459_200,
+                write_bytes_total: 314_773_504,
+                reads_total: 192,
+                writes_total: 353
+            }
+        );
+        assert_eq!(io.write_bytes_total, 314_773_504 + 299_008_000);
+        assert_eq!(io.reads_total, 192 + 8950);
+    }
+
+    #[test]
+    fn v2_without_io_controller_has_no_blkio() {
+        let dir = std::env::temp_dir().join(format!("dockops-v2-noio-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("memory.max"), "536870912\n").unwrap();
+        let s = read_v2(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.blkio, None);
+        assert_eq!(s.memory.limit_bytes, Some(536_870_912));
+    }
+
+    #[test]
+    fn v1_contents_parse() {
+        // Read off this project's hybrid host (kernel 6.18, Docker 20.10).
+        assert_eq!(v1_user_system("user 250\nsystem 31\n"), (2.5, 0.31));
+        let oom = keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
+        assert_eq!(oom["oom_kill"], 2);
+        let cpu = keyed(
+            "nr_periods 10\nnr_throttled 4\nthrottled_time 1500000000\nnr_bursts 0\nburst_time 0\n",
+        );
+        assert_eq!(
+            (cpu["nr_throttled"], cpu["throttled_time"]),
+            (4, 1_500_000_000)
+        );
+        assert_eq!(max_or("max\n"), None);
+        assert_eq!(max_or("64\n"), Some(64));
+    }
+
+    #[test]
+    fn v1_hierarchies_read() {
+        let root = std::env::temp_dir().join(format!("dockops-v1-{}", std::process::id()));
+        let files: &[(&str, &str, &str)] = &[
+            ("cpuacct", "cpuacct.usage", "2500000000\n"),
+            ("cpuacct", "cpuacct.stat", "user 200\nsystem 50\n"),
+            (
+                "cpu",
+                "cpu.stat",
+                "nr_periods 10\nnr_throttled 4\nthrottled_time 1500000000\n",
+            ),
+            ("memory", "memory.usage_in_bytes", "104857600\n"),
+            // What this host reports for "no limit".
+            ("memory", "memory.limit_in_bytes", "9223372036854771712\n"),
+            (
+                "memory",
+                "memory.stat",
+                "cache 8388608\ntotal_inactive_file 4194304\ntotal_swap 0\n",
+            ),
+            (
+                "memory",
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+            ),
+            ("pids", "pids.current", "5\n"),
+            ("pids", "pids.max", "max\n"),
+        ];
+        for (controller, file, body) in files {
+            let dir = root.join(controller).join("docker/abc");
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(file), body).unwrap();
+        }
+        let paths = CgroupPaths::parse(
+            "4:memory:/docker/abc\n2:cpuacct:/docker/abc\n1:cpu:/docker/abc\n8:pids:/docker/abc\n",
+        );
+        let s = read_v1(&root, &paths);
+        fs::remove_dir_all(&root).unwrap();
+        assert!((s.cpu.usage_seconds_total - 2.5).abs() < 1e-9);
+        assert_eq!(
+            (s.cpu.user_seconds_total, s.cpu.system_seconds_total),
+            (2.0, 0.5)
+        );
+        assert_eq!(s.cpu.throttled_periods_total, 4);
+        assert!((s.cpu.throttled_seconds_total - 1.5).abs() < 1e-9);
+        assert_eq!(
+            s.memory,
+            MemoryStats {
+                usage_bytes: 104_857_600,
+                working_set_bytes: 104_857_600 - 4_194_304,
+                limit_bytes: None,
+                swap_bytes: 0,
+                oom_events_total: 2,
+            }
+        );
+        assert_eq!(
+            s.pids,
+            PidsStats {
+                current: 5,
+                limit: None
+            }
+        );
+        assert_eq!(s.blkio, None, "v1 blkio comes from eBPF");
+    }
+
+    #[test]
+    fn io_stat_skips_garbage() {
+        assert!(io_stat("").is_empty());
+        assert!(io_stat("nonsense\n").is_empty());
+        let d = io_stat("254:0 rbytes=10 wbytes=20 rios=1 wios=2 newkey=5\n");
+        assert_eq!(d[0].write_bytes_total, 20);
+        assert_eq!((d[0].major, d[0].minor), (254, 0));
+    }
+}

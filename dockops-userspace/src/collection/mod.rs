@@ -1,0 +1,314 @@
+//! One snapshot of every container's counters, and rates between two snapshots.
+
+pub mod cgroup;
+
+use std::{collections::HashMap, time::Instant};
+
+use dockops_common::{BlockCounters, BlockKey, TrafficCounters};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+pub use self::cgroup::{BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats};
+use crate::{capabilities::CgroupMode, datapath::BlockByCgroup, discovery::Container};
+
+/// Network counters since dockops attached to the container's interfaces. `rx` is traffic
+/// delivered into the container, `tx` traffic it sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct NetworkStats {
+    pub rx_bytes_total: u64,
+    pub tx_bytes_total: u64,
+    pub rx_packets_total: u64,
+    pub tx_packets_total: u64,
+    /// Over the sampling interval; `null` without a previous reading.
+    pub rx_bytes_per_second: Option<f64>,
+    pub tx_bytes_per_second: Option<f64>,
+    /// What dockops' bandwidth caps dropped (no caps yet: always 0).
+    pub rx_dropped_total: u64,
+    pub tx_dropped_total: u64,
+}
+
+impl From<TrafficCounters> for NetworkStats {
+    fn from(c: TrafficCounters) -> Self {
+        Self {
+            rx_bytes_total: c.rx_bytes,
+            tx_bytes_total: c.tx_bytes,
+            rx_packets_total: c.rx_packets,
+            tx_packets_total: c.tx_packets,
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ContainerStats {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    pub blkio: BlkioStats,
+    pub network: NetworkStats,
+    pub pids: PidsStats,
+}
+
+/// Everything a snapshot is made from, as the datapath and discovery hand it over.
+pub struct Sources<'a> {
+    pub cgroup: &'a CgroupMode,
+    pub traffic: &'a HashMap<u32, TrafficCounters>,
+    /// Block IO by cgroup id (eBPF accounting); used where cgroup files have none.
+    pub block: Option<&'a BlockByCgroup>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Wall-clock time of the reading, for output.
+    pub ts: OffsetDateTime,
+    /// Monotonic time of the reading, for rates.
+    pub at: Instant,
+    pub containers: Vec<ContainerStats>,
+}
+
+impl Snapshot {
+    /// Reads every container's cgroup files and sums its interfaces. Sorted by name.
+    pub fn take(containers: &[Container], sources: &Sources<'_>) -> Self {
+        let mut stats: Vec<ContainerStats> =
+            containers.iter().map(|c| container(c, sources)).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        Self {
+            ts: OffsetDateTime::now_utc(),
+            at: Instant::now(),
+            containers: stats,
+        }
+    }
+
+    /// Fills the per-interval fields (CPU percent, network bytes per second) from `rates`.
+    pub fn apply(&mut self, rates: &HashMap<String, Rates>) {
+        for c in &mut self.containers {
+            if let Some(r) = rates.get(&c.id) {
+                c.cpu.percent = Some(r.cpu_percent);
+                c.network.rx_bytes_per_second = Some(r.rx_bytes);
+                c.network.tx_bytes_per_second = Some(r.tx_bytes);
+            }
+        }
+    }
+}
+
+fn container(c: &Container, sources: &Sources<'_>) -> ContainerStats {
+    let traffic = c
+        .interfaces
+        .iter()
+        .flatten()
+        .filter_map(|i| sources.traffic.get(&i.ifindex))
+        .fold(TrafficCounters::default(), |acc, x| acc.plus(*x));
+    let cg = cgroup::read(sources.cgroup, &c.cgroup);
+    let blkio = cg.blkio.unwrap_or_else(|| {
+        let devices = c
+            .cgroup_id
+            .and_then(|id| sources.block.and_then(|b| b.get(&id)))
+            .map(|devices| devices.iter().map(|(k, v)| device(k, v)).collect())
+            .unwrap_or_default();
+        BlkioStats::from_devices(devices)
+    });
+    ContainerStats {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        image: c.image.clone(),
+        cpu: cg.cpu,
+        memory: cg.memory,
+        blkio,
+        network: traffic.into(),
+        pids: cg.pids,
+    }
+}
+
+fn device(key: &BlockKey, c: &BlockCounters) -> DeviceIo {
+    DeviceIo {
+        major: key.major(),
+        minor: key.minor(),
+        read_bytes_total: c.read_bytes,
+        write_bytes_total: c.write_bytes,
+        reads_total: c.reads,
+        writes_total: c.writes,
+    }
+}
+
+/// Per-second rates of one container between two snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    pub rx_bytes: f64,
+    pub tx_bytes: f64,
+    pub rx_packets: f64,
+    pub tx_packets: f64,
+    pub read_bytes: f64,
+    pub write_bytes: f64,
+    /// 100 = one full core.
+    pub cpu_percent: f64,
+}
+
+/// Rates by container id. A container missing from `prev` (just started) has none yet;
+/// counters that went backwards (interface re-attached) count as zero, not as a huge rate.
+pub fn rates(prev: &Snapshot, cur: &Snapshot) -> HashMap<String, Rates> {
+    let secs = cur.at.duration_since(prev.at).as_secs_f64();
+    if secs <= 0.0 {
+        return HashMap::new();
+    }
+    let before: HashMap<&str, &ContainerStats> =
+        prev.containers.iter().map(|c| (c.id.as_str(), c)).collect();
+    #[expect(clippy::cast_precision_loss, reason = "rates are for display")]
+    let per_sec = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+    cur.containers
+        .iter()
+        .filter_map(|c| {
+            let old = before.get(c.id.as_str())?;
+            let (n, o) = (&c.network, &old.network);
+            let cpu = (c.cpu.usage_seconds_total - old.cpu.usage_seconds_total).max(0.0);
+            Some((
+                c.id.clone(),
+                Rates {
+                    rx_bytes: per_sec(n.rx_bytes_total, o.rx_bytes_total),
+                    tx_bytes: per_sec(n.tx_bytes_total, o.tx_bytes_total),
+                    rx_packets: per_sec(n.rx_packets_total, o.rx_packets_total),
+                    tx_packets: per_sec(n.tx_packets_total, o.tx_packets_total),
+                    read_bytes: per_sec(c.blkio.read_bytes_total, old.blkio.read_bytes_total),
+                    write_bytes: per_sec(c.blkio.write_bytes_total, old.blkio.write_bytes_total),
+                    cpu_percent: cpu / secs * 100.0,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use super::*;
+    use crate::discovery::{CgroupPaths, HostInterface};
+
+    fn container(id: &str, ifindexes: &[u32]) -> Container {
+        Container {
+            id: id.into(),
+            name: format!("c-{id}"),
+            image: "busybox".into(),
+            labels: BTreeMap::new(),
+            pid: 1,
+            interfaces: Some(
+                ifindexes
+                    .iter()
+                    .map(|&ifindex| HostInterface {
+                        ifindex,
+                        name: format!("veth{ifindex}"),
+                    })
+                    .collect(),
+            ),
+            cgroup: CgroupPaths::default(),
+            cgroup_id: Some(u64::from(ifindexes.first().copied().unwrap_or(0))),
+        }
+    }
+
+    fn counters(rx: u64, tx: u64) -> TrafficCounters {
+        TrafficCounters {
+            rx_packets: rx / 100,
+            rx_bytes: rx,
+            tx_packets: tx / 100,
+            tx_bytes: tx,
+        }
+    }
+
+    fn take(containers: &[Container], traffic: &HashMap<u32, TrafficCounters>) -> Snapshot {
+        let mode = CgroupMode::V1 { unified: None };
+        Snapshot::take(
+            containers,
+            &Sources {
+                cgroup: &mode,
+                traffic,
+                block: None,
+            },
+        )
+    }
+
+    #[test]
+    fn snapshot_sums_interfaces_and_skips_unknown() {
+        let map = HashMap::from([(10, counters(1000, 200)), (11, counters(500, 300))]);
+        let snap = take(&[container("b", &[10, 11]), container("a", &[99])], &map);
+        assert_eq!(snap.containers[0].name, "c-a", "sorted by name");
+        assert_eq!(snap.containers[0].network, NetworkStats::default());
+        assert_eq!(
+            snap.containers[1].network,
+            NetworkStats {
+                rx_bytes_total: 1500,
+                tx_bytes_total: 500,
+                rx_packets_total: 15,
+                tx_packets_total: 5,
+                ..NetworkStats::default()
+            }
+        );
+    }
+
+    #[test]
+    fn block_counters_come_from_the_container_cgroup() {
+        let mode = CgroupMode::V1 { unified: None };
+        let key = |cg, dev| BlockKey {
+            cgroup_id: cg,
+            dev,
+            pad: 0,
+        };
+        let io = |w| BlockCounters {
+            read_bytes: 1,
+            write_bytes: w,
+            reads: 1,
+            writes: 2,
+        };
+        let block = HashMap::from([
+            (
+                7,
+                vec![(key(7, 254 << 20), io(4096)), (key(7, 8 << 20), io(512))],
+            ),
+            (9, vec![(key(9, 1), io(1))]),
+        ]);
+        let mut c = container("a", &[1]);
+        c.cgroup_id = Some(7);
+        let snap = Snapshot::take(
+            &[c],
+            &Sources {
+                cgroup: &mode,
+                traffic: &HashMap::new(),
+                block: Some(&block),
+            },
+        );
+        let blkio = &snap.containers[0].blkio;
+        assert_eq!(blkio.write_bytes_total, 4608);
+        assert_eq!(blkio.writes_total, 4);
+        assert_eq!((blkio.devices[0].major, blkio.devices[0].minor), (254, 0));
+    }
+
+    #[test]
+    fn rates_over_elapsed_time() {
+        let c = [container("a", &[1]), container("b", &[2])];
+        let mut prev = take(&c[..1], &HashMap::from([(1, counters(1000, 5000))]));
+        prev.containers[0].cpu.usage_seconds_total = 10.0;
+        let mut cur = take(
+            &c,
+            &HashMap::from([(1, counters(3000, 4000)), (2, counters(1, 1))]),
+        );
+        cur.containers[0].cpu.usage_seconds_total = 11.0;
+        cur.at = prev.at + Duration::from_secs(2);
+        let rates = rates(&prev, &cur);
+        let a = rates["a"];
+        assert!((a.rx_bytes - 1000.0).abs() < 1e-9);
+        assert!((a.rx_packets - 10.0).abs() < 1e-9);
+        assert!(
+            a.tx_bytes.abs() < 1e-9,
+            "counter going backwards is not a rate"
+        );
+        assert!(
+            (a.cpu_percent - 50.0).abs() < 1e-9,
+            "1 s of CPU in 2 s is half a core"
+        );
+        assert!(!rates.contains_key("b"), "no rate before a second reading");
+        cur.apply(&rates);
+        assert_eq!(cur.containers[0].cpu.percent, Some(50.0));
+        assert_eq!(cur.containers[0].network.rx_bytes_per_second, Some(1000.0));
+        assert_eq!(cur.containers[1].cpu.percent, None);
+    }
+}

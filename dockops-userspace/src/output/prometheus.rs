@@ -1,0 +1,221 @@
+//! The Prometheus exposition of a snapshot, with cAdvisor's metric names where one exists
+//! (dashboards and alerts written for cAdvisor work unchanged); dockops-only metrics start
+//! with `dockops_`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::collection::{ContainerStats, Snapshot};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Labels {
+    id: String,
+    name: String,
+    image: String,
+}
+
+/// Content type of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Get<T> = fn(&ContainerStats) -> T;
+
+/// Counters, named as exposed less the `_total` the encoder appends.
+const COUNTERS: &[(&str, &str, Get<f64>)] = &[
+    ("container_cpu_usage_seconds", "CPU time consumed", |c| {
+        c.cpu.usage_seconds_total
+    }),
+    ("container_cpu_user_seconds", "CPU time in user mode", |c| {
+        c.cpu.user_seconds_total
+    }),
+    (
+        "container_cpu_system_seconds",
+        "CPU time in kernel mode",
+        |c| c.cpu.system_seconds_total,
+    ),
+    (
+        "container_cpu_cfs_throttled_seconds",
+        "Time the CFS quota throttled the container",
+        |c| c.cpu.throttled_seconds_total,
+    ),
+];
+
+const INT_COUNTERS: &[(&str, &str, Get<u64>)] = &[
+    (
+        "container_cpu_cfs_throttled_periods",
+        "CFS periods in which the container was throttled",
+        |c| c.cpu.throttled_periods_total,
+    ),
+    (
+        "container_oom_events",
+        "Processes killed by the OOM killer",
+        |c| c.memory.oom_events_total,
+    ),
+    (
+        "container_fs_reads_bytes",
+        "Bytes read from block devices",
+        |c| c.blkio.read_bytes_total,
+    ),
+    (
+        "container_fs_writes_bytes",
+        "Bytes written to block devices",
+        |c| c.blkio.write_bytes_total,
+    ),
+    (
+        "container_fs_reads",
+        "Reads submitted to block devices",
+        |c| c.blkio.reads_total,
+    ),
+    (
+        "container_fs_writes",
+        "Writes submitted to block devices",
+        |c| c.blkio.writes_total,
+    ),
+    (
+        "container_network_receive_bytes",
+        "Bytes delivered into the container",
+        |c| c.network.rx_bytes_total,
+    ),
+    (
+        "container_network_transmit_bytes",
+        "Bytes the container sent",
+        |c| c.network.tx_bytes_total,
+    ),
+    (
+        "container_network_receive_packets",
+        "Packets delivered into the container",
+        |c| c.network.rx_packets_total,
+    ),
+    (
+        "container_network_transmit_packets",
+        "Packets the container sent",
+        |c| c.network.tx_packets_total,
+    ),
+];
+
+#[expect(clippy::cast_possible_wrap, reason = "byte counts stay below 2^63")]
+const GAUGES: &[(&str, &str, Get<i64>)] = &[
+    (
+        "container_memory_usage_bytes",
+        "Memory in use, page cache included",
+        |c| c.memory.usage_bytes as i64,
+    ),
+    (
+        "container_memory_working_set_bytes",
+        "Memory in use less inactive file cache",
+        |c| c.memory.working_set_bytes as i64,
+    ),
+    ("container_memory_swap", "Swap in use", |c| {
+        c.memory.swap_bytes as i64
+    }),
+    (
+        "container_spec_memory_limit_bytes",
+        "Memory limit; 0 when unlimited",
+        |c| c.memory.limit_bytes.unwrap_or(0) as i64,
+    ),
+    (
+        "container_processes",
+        "Processes and threads in the container",
+        |c| c.pids.current as i64,
+    ),
+];
+
+/// The snapshot in the `OpenMetrics` text format.
+pub fn encode(snapshot: &Snapshot) -> String {
+    let mut registry = Registry::default();
+    let labels = |c: &ContainerStats| Labels {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        image: c.image.clone(),
+    };
+    for &(name, help, get) in COUNTERS {
+        let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        for c in &snapshot.containers {
+            family.get_or_create(&labels(c)).inc_by(get(c));
+        }
+        registry.register(name, help, family);
+    }
+    for &(name, help, get) in INT_COUNTERS {
+        let family = Family::<Labels, Counter>::default();
+        for c in &snapshot.containers {
+            family.get_or_create(&labels(c)).inc_by(get(c));
+        }
+        registry.register(name, help, family);
+    }
+    for &(name, help, get) in GAUGES {
+        let family = Family::<Labels, Gauge>::default();
+        for c in &snapshot.containers {
+            family.get_or_create(&labels(c)).set(get(c));
+        }
+        registry.register(name, help, family);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = text::encode(&mut out, &registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::collection::{BlkioStats, CpuStats, MemoryStats, NetworkStats, PidsStats};
+
+    #[test]
+    fn exposes_cadvisor_names_with_labels() {
+        let snapshot = Snapshot {
+            ts: OffsetDateTime::UNIX_EPOCH,
+            at: Instant::now(),
+            containers: vec![ContainerStats {
+                id: "abc".into(),
+                name: "web".into(),
+                image: "nginx".into(),
+                cpu: CpuStats {
+                    usage_seconds_total: 1.5,
+                    ..CpuStats::default()
+                },
+                memory: MemoryStats {
+                    usage_bytes: 4096,
+                    limit_bytes: None,
+                    ..MemoryStats::default()
+                },
+                blkio: BlkioStats {
+                    write_bytes_total: 65536,
+                    ..BlkioStats::default()
+                },
+                network: NetworkStats {
+                    rx_bytes_total: 1234,
+                    ..NetworkStats::default()
+                },
+                pids: PidsStats {
+                    current: 3,
+                    limit: None,
+                },
+            }],
+        };
+        let text = encode(&snapshot);
+        let labels = r#"{id="abc",name="web",image="nginx"}"#;
+        for line in [
+            format!("container_cpu_usage_seconds_total{labels} 1.5"),
+            format!("container_network_receive_bytes_total{labels} 1234"),
+            format!("container_fs_writes_bytes_total{labels} 65536"),
+            format!("container_memory_usage_bytes{labels} 4096"),
+            format!("container_spec_memory_limit_bytes{labels} 0"),
+            format!("container_processes{labels} 3"),
+            "# TYPE container_oom_events counter".to_owned(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
