@@ -88,6 +88,11 @@ pub struct Container {
 impl Container {
     /// Starts `sh -c script` in the busybox test image, named `dockops-it-<name>`.
     pub fn start(name: &str, script: &str) -> Self {
+        Self::start_with(name, &[], script)
+    }
+
+    /// As [`Self::start`], with extra `docker run` options (limits, shm size...).
+    pub fn start_with(name: &str, options: &[&str], script: &str) -> Self {
         let name = format!("dockops-it-{name}");
         // A leftover from an aborted run would make `docker run` fail on the name.
         let _ = Command::new("docker")
@@ -96,16 +101,11 @@ impl Container {
             .stderr(Stdio::null())
             .stdout(Stdio::null())
             .status();
-        let id = docker(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            &env("DOCKOPS_TEST_IMAGE"),
-            "sh",
-            "-c",
-            script,
-        ]);
+        let image = env("DOCKOPS_TEST_IMAGE");
+        let mut args = vec!["run", "-d", "--name", &name];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[&image, "sh", "-c", script]);
+        let id = docker(&args);
         Self { name, id }
     }
 
@@ -309,4 +309,50 @@ pub fn counter<S: std::hash::BuildHasher>(
         [field]
         .as_u64()
         .unwrap_or_else(|| panic!("{name}.network.{field} is not a number"))
+}
+
+/// The value at a JSON pointer (`/memory/usage_bytes`) of one container's stats line.
+pub fn field<S: std::hash::BuildHasher>(
+    stats: &HashMap<String, Value, S>,
+    name: &str,
+    pointer: &str,
+) -> Value {
+    stats
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} missing from stats: {:?}", stats.keys()))
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("{name} has no {pointer}"))
+        .clone()
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// GET `url` with curl (`--unix-socket` when given); the body.
+pub fn http_get(url: &str, unix_socket: Option<&str>) -> Option<String> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sf", "--max-time", "5"]);
+    if let Some(socket) = unix_socket {
+        cmd.args(["--unix-socket", socket]);
+    }
+    let out = cmd.arg(url).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A process killed on drop (a Prometheus server, say).
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -8,7 +8,7 @@ use crate::collection::{ContainerStats, Rates, Snapshot};
 /// network, since the container started for block IO.
 pub fn stats_table(snapshot: &Snapshot) -> String {
     let mut out = format!(
-        "{:<WATCH_NAME$} {:>6} {:>15} {:>15} {:>15} {:>5}\n",
+        "{:<STATS_NAME$} {:>6} {:>14} {:>14} {:>14} {:>5}\n",
         "NAME", "CPU%", "MEM USE/LIMIT", "NET RX/TX", "BLOCK R/W", "PIDS"
     );
     for c in &snapshot.containers {
@@ -22,8 +22,8 @@ pub fn stats_table(snapshot: &Snapshot) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<WATCH_NAME$} {:>6} {:>15} {:>15} {:>15} {:>5}",
-            truncate_to(&c.name, WATCH_NAME),
+            "{:<STATS_NAME$} {:>6} {:>14} {:>14} {:>14} {:>5}",
+            truncate_to(&c.name, STATS_NAME),
             c.cpu
                 .percent
                 .map_or_else(|| "-".to_owned(), |p| format!("{p:.1}")),
@@ -75,6 +75,7 @@ impl SortKey {
 }
 
 const WATCH_NAME: usize = 15;
+const STATS_NAME: usize = 20;
 
 /// The top-like `watch` view: one row per container, sorted by `sort`. A container without
 /// a previous reading shows `-` for its rates. Fits 80 columns.
@@ -299,7 +300,7 @@ mod tests {
     fn stats_row_shows_totals() {
         let table = stats_table(&snapshot());
         let row = table.lines().nth(1).unwrap();
-        assert!(row.starts_with("a-rather-long-… "), "{row}");
+        assert!(row.starts_with("a-rather-long-conta… "), "{row}");
         assert!(row.contains(" 2.0K/10B "), "{row}");
         assert!(row.contains(" 5.0M/1.0G "), "{row}");
     }
