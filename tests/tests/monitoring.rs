@@ -201,7 +201,7 @@ fn prometheus_scrapes_the_exporter() {
     );
     let mut answer = Value::Null;
     wait_for(
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         "Prometheus to have scraped the container's series",
         || {
             answer = http_get(&query, None)

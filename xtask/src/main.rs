@@ -1,5 +1,6 @@
 //! Developer and operator tasks: `cargo xtask <setup|build|run|test>`.
 
+mod bench;
 mod docker;
 mod run;
 mod setup;
@@ -29,6 +30,8 @@ enum Command {
     /// Set up, then fmt check, clippy, unit tests, and the integration tests against a real
     /// dockerd (the running one, or a private one under target/ that is stopped afterwards).
     Test(test::Args),
+    /// Benchmarks, side by side with their baselines; results go to docs/BENCHMARKS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build(),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Args {
     /// give HOST:PORT (e.g. 0.0.0.0:9101) to listen elsewhere.
     #[arg(long, value_name = "ADDR", value_parser = super::metrics::parse_addr)]
     metrics_addr: Option<SocketAddr>,
+    /// Exit after this many refreshes (like `top -n`); run until stopped when omitted.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -78,10 +81,18 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         last: None,
     };
     let mut previous: Option<Snapshot> = None;
-    loop {
+    let mut refreshes = 0;
+    while args.count.is_none_or(|n| refreshes < n) {
         tokio::select! {
             _ = ticker.tick() => {
+                refreshes += 1;
+                let started = std::time::Instant::now();
                 let mut snapshot = agent.snapshot(|_| true)?;
+                tracing::debug!(
+                    snapshot_us = started.elapsed().as_micros(),
+                    containers = snapshot.containers.len(),
+                    "snapshot"
+                );
                 let rates = previous.as_ref().map(|p| collection::rates(p, &snapshot)).unwrap_or_default();
                 snapshot.apply(&rates);
                 if let Some(metrics) = &metrics {

@@ -1,0 +1,270 @@
+//! `cargo xtask bench stats`: dockops against `docker stats` with many containers, measured
+//! side by side in one run; the table goes into docs/BENCHMARKS.md.
+
+use std::{
+    fs,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{docker::Engine, sh};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand)]
+enum Which {
+    /// Snapshot time vs `docker stats --no-stream`, and the agent's CPU and memory over a
+    /// minute of `watch --interval 1s`, with N idle containers.
+    Stats {
+        /// Containers to run.
+        #[arg(long, default_value_t = 100)]
+        containers: usize,
+        /// Seconds of `watch` to measure CPU and RSS over.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+const LABEL: &str = "dockops.bench=1";
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let Which::Stats {
+        containers,
+        seconds,
+    } = args.which;
+    crate::setup::run()?;
+    crate::build()?;
+    let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
+    engine.ensure_test_image()?;
+    let fleet = Fleet::start(&engine, containers)?;
+    let dockops = |args: &[&str]| {
+        let mut cmd = Command::new(crate::binary());
+        cmd.env("DOCKER_HOST", &engine.host).args(args);
+        cmd
+    };
+    // Attach first: the measured runs adopt, as every run after the first does.
+    sh::run(dockops(&["stats", "--sample", "0"]).stdout(Stdio::null()))?;
+
+    let runs = 5;
+    let cli = median(runs, || {
+        time(dockops(&["stats", "--sample", "0", "--format", "json"]).stdout(Stdio::null()))
+    })?;
+    let docker = median(runs, || {
+        time(
+            engine
+                .docker()
+                .args(["stats", "--no-stream", "--format", "{{.Name}} {{.CPUPerc}}"])
+                .stdout(Stdio::null()),
+        )
+    })?;
+    let snapshots = snapshot_times(&mut dockops(&[
+        "--log-format",
+        "json",
+        "watch",
+        "--format",
+        "json",
+        "--interval",
+        "200ms",
+        "--count",
+        "25",
+    ]))?;
+    let (cpu, rss) = agent_usage(dockops(&["watch", "--interval", "1s"]), seconds)?;
+    drop(fleet);
+
+    let snap = percentile(&snapshots, 50);
+    let table = format!(
+        "| measure ({containers} idle containers) | dockops | docker stats --no-stream | ratio |\n\
+         |---|---|---|---|\n\
+         | one snapshot of all containers, in `watch` (median of {n}; p95 {p95:.1} ms) | {snap:.1} ms | – | – |\n\
+         | one-shot command, wall time (median of {runs}) | {cli:.0} ms (`stats --sample 0`) | {docker:.0} ms | {ratio:.1}× faster |\n\
+         | agent CPU over {seconds} s of `watch --interval 1s` | {cpu:.2} % of a core | – | – |\n\
+         | agent peak RSS over the same run | {rss:.1} MiB | – | – |\n",
+        n = snapshots.len(),
+        p95 = percentile(&snapshots, 95),
+        ratio = docker / cli,
+    );
+    println!("{table}");
+    record(&table)
+}
+
+/// Containers that exist for the benchmark, removed on drop.
+struct Fleet<'a> {
+    engine: &'a Engine,
+}
+
+impl<'a> Fleet<'a> {
+    fn start(engine: &'a Engine, count: usize) -> anyhow::Result<Self> {
+        let fleet = Self { engine };
+        fleet.remove();
+        eprintln!("bench: starting {count} containers");
+        // Four `docker run`s at a time keep the 2-core machine busy without thrashing dockerd.
+        let names: Vec<String> = (0..count).map(|i| format!("dockops-bench-{i}")).collect();
+        for chunk in names.chunks(4) {
+            let children: Vec<_> = chunk
+                .iter()
+                .map(|name| {
+                    engine
+                        .docker()
+                        .args([
+                            "run",
+                            "-d",
+                            "--name",
+                            name,
+                            "--label",
+                            LABEL,
+                            crate::docker::TEST_IMAGE,
+                            "sleep",
+                            "86400",
+                        ])
+                        .stdout(Stdio::null())
+                        .spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            for mut child in children {
+                if !child.wait()?.success() {
+                    bail!("docker run failed");
+                }
+            }
+        }
+        Ok(fleet)
+    }
+
+    fn remove(&self) {
+        let ids = sh::output(self.engine.docker().args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={LABEL}"),
+        ]))
+        .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = sh::ok(self.engine.docker().args(["rm", "-f"]).args(&ids));
+        }
+    }
+}
+
+impl Drop for Fleet<'_> {
+    fn drop(&mut self) {
+        eprintln!("bench: removing the containers");
+        self.remove();
+    }
+}
+
+/// Wall time of `cmd` in milliseconds; fails if it fails.
+fn time(cmd: &mut Command) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let status = cmd.status()?;
+    if !status.success() {
+        bail!("{} failed: {status}", sh::show(cmd));
+    }
+    Ok(start.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn median(runs: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    let mut samples = (0..runs).map(|_| f()).collect::<anyhow::Result<Vec<_>>>()?;
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[samples.len() / 2])
+}
+
+fn percentile(sorted: &[f64], p: usize) -> f64 {
+    sorted
+        .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// Per-refresh snapshot times (ms, sorted) that `watch` logs at debug level.
+fn snapshot_times(cmd: &mut Command) -> anyhow::Result<Vec<f64>> {
+    let out = cmd
+        .env("RUST_LOG", "dockops_bpf=debug")
+        .stdout(Stdio::null())
+        .output()?;
+    let mut times: Vec<f64> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("\"snapshot_us\":").nth(1)?;
+            let digits: String = rest
+                .trim_start_matches('"')
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse::<f64>().ok().map(|us| us / 1000.0)
+        })
+        .collect();
+    if times.is_empty() {
+        bail!(
+            "watch logged no snapshot times: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
+/// CPU (% of one core) and peak RSS (MiB) of `cmd` over `seconds`, from /proc.
+fn agent_usage(mut cmd: Command, seconds: u64) -> anyhow::Result<(f64, f64)> {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let pid = child.id();
+    // Start-up (attach, first discovery) is not the steady state being measured.
+    thread::sleep(Duration::from_secs(3));
+    let ticks = |pid: u32| -> anyhow::Result<u64> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    let start_ticks = ticks(pid)?;
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(seconds));
+    let used = ticks(pid)? - start_ticks;
+    let elapsed = start.elapsed().as_secs_f64();
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmHWM")?;
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    child.wait()?;
+    #[expect(clippy::cast_precision_loss, reason = "ticks")]
+    let cpu = used as f64 / 100.0 / elapsed * 100.0;
+    Ok((cpu, hwm_kib / 1024.0))
+}
+
+/// Replaces the stats section of docs/BENCHMARKS.md with `table`.
+fn record(table: &str) -> anyhow::Result<()> {
+    let path = crate::workspace().join("docs/BENCHMARKS.md");
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    let (begin, end) = ("<!-- bench:stats:begin -->", "<!-- bench:stats:end -->");
+    let Some((head, rest)) = text.split_once(begin) else {
+        bail!("{} has no {begin} marker", path.display());
+    };
+    let tail = rest.split_once(end).map_or("", |(_, t)| t);
+    let machine = sh::output(Command::new("uname").args(["-sr"])).unwrap_or_default();
+    let date = sh::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
+    fs::write(
+        &path,
+        format!(
+            "{head}{begin}\nMeasured {} on {} ({} cores):\n\n{table}{end}{tail}",
+            date.trim(),
+            machine.trim(),
+            thread::available_parallelism().map_or(0, std::num::NonZero::get)
+        ),
+    )?;
+    eprintln!("bench: recorded in {}", path.display());
+    Ok(())
+}
