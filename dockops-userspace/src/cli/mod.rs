@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::ValueEnum;
 use dockops::{
     capabilities::{Capabilities, TcMode},
-    collection::{Snapshot, Sources},
+    collection::{Snapshot, Sources, cgroup},
     datapath::Datapath,
     discovery::{Container, Docker},
 };
@@ -36,6 +36,8 @@ pub struct Agent {
     pub docker: Docker,
     datapath: Datapath,
     caps: Capabilities,
+    /// Cgroup directories kept open between snapshots.
+    dirs: cgroup::Dirs,
     /// What the last refresh found.
     pub containers: Vec<Container>,
 }
@@ -54,6 +56,7 @@ impl Agent {
             docker,
             datapath,
             caps,
+            dirs: cgroup::Dirs::default(),
             containers: Vec::new(),
         })
     }
@@ -69,20 +72,18 @@ impl Agent {
     }
 
     /// Counters of the containers `keep` selects.
-    pub fn snapshot(&self, keep: impl Fn(&Container) -> bool) -> anyhow::Result<Snapshot> {
-        let containers: Vec<Container> = self
-            .containers
-            .iter()
-            .filter(|c| keep(c))
-            .cloned()
-            .collect();
+    pub fn snapshot(&mut self, keep: impl Fn(&Container) -> bool) -> anyhow::Result<Snapshot> {
         let traffic = self.datapath.counters()?;
         let block = self.datapath.block_counters()?;
-        let sources = Sources {
+        let mut sources = Sources {
             cgroup: &self.caps.cgroup,
+            dirs: &mut self.dirs,
             traffic: &traffic,
             block: block.as_ref(),
         };
-        Ok(Snapshot::take(&containers, &sources))
+        Ok(Snapshot::take(
+            self.containers.iter().filter(|c| keep(c)),
+            &mut sources,
+        ))
     }
 }

@@ -2,7 +2,7 @@
 //! JSON lines; optionally `/metrics` for Prometheus.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::{IsTerminal as _, Write as _},
     net::SocketAddr,
     time::Duration,
@@ -78,9 +78,9 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     let mut view = View {
         sort: SortKey::default(),
         screen: screen.is_some(),
-        last: None,
     };
-    let mut previous: Option<Snapshot> = None;
+    // The last reading and its rates: the base of the next rates, and what a key redraws.
+    let mut previous: Option<(Snapshot, HashMap<String, Rates>)> = None;
     let mut refreshes = 0;
     while args.count.is_none_or(|n| refreshes < n) {
         tokio::select! {
@@ -93,7 +93,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                     containers = snapshot.containers.len(),
                     "snapshot"
                 );
-                let rates = previous.as_ref().map(|p| collection::rates(p, &snapshot)).unwrap_or_default();
+                let rates = previous.as_ref().map(|(p, _)| collection::rates(p, &snapshot)).unwrap_or_default();
                 snapshot.apply(&rates);
                 if let Some(metrics) = &metrics {
                     metrics.publish(&snapshot);
@@ -106,15 +106,14 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                 if !emit(&text) {
                     break;
                 }
-                view.last = Some((snapshot.clone(), rates));
-                previous = Some(snapshot);
+                previous = Some((snapshot, rates));
             }
             key = next_key(&mut keys) => match key {
                 Some(Key::Quit) => break,
                 Some(Key::Char(c)) => {
                     if let Some(sort) = SortKey::from_key(c) {
                         view.sort = sort;
-                        if let Some((snapshot, rates)) = &view.last {
+                        if let Some((snapshot, rates)) = &previous {
                             emit(&view.render(snapshot, rates));
                         }
                     }
@@ -155,16 +154,10 @@ struct View {
     sort: SortKey,
     /// On the alternate screen in raw mode: redraw in place, `\r\n` line ends.
     screen: bool,
-    /// The last reading, to redraw at once when the sort changes.
-    last: Option<(Snapshot, std::collections::HashMap<String, Rates>)>,
 }
 
 impl View {
-    fn render(
-        &self,
-        snapshot: &Snapshot,
-        rates: &std::collections::HashMap<String, Rates>,
-    ) -> String {
+    fn render(&self, snapshot: &Snapshot, rates: &HashMap<String, Rates>) -> String {
         let table = output::watch_table(snapshot, rates, self.sort);
         if self.screen {
             format!("\x1b[H\x1b[2J{}", table.replace('\n', "\r\n"))

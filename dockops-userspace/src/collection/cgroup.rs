@@ -6,9 +6,16 @@
 use std::{
     collections::HashMap,
     fs,
+    io::Read as _,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
+    rc::Rc,
 };
 
+use nix::{
+    fcntl::{self, OFlag},
+    sys::stat::Mode,
+};
 use serde::Serialize;
 
 use crate::{capabilities::CgroupMode, discovery::CgroupPaths};
@@ -90,14 +97,42 @@ pub struct CgroupStats {
     pub blkio: Option<BlkioStats>,
 }
 
-pub fn read(mode: &CgroupMode, paths: &CgroupPaths) -> CgroupStats {
+pub fn read(dirs: &mut Dirs, mode: &CgroupMode, paths: &CgroupPaths) -> CgroupStats {
     match mode {
         CgroupMode::V2 { root } => paths
             .v2
             .as_deref()
-            .map(|p| read_v2(&join(root, p)))
+            .and_then(|p| dirs.get(join(root, p)))
+            .map(|dir| read_v2(&dir))
             .unwrap_or_default(),
-        CgroupMode::V1 { .. } => read_v1(Path::new(V1_ROOT), paths),
+        CgroupMode::V1 { .. } => read_v1(dirs, Path::new(V1_ROOT), paths),
+    }
+}
+
+/// Cgroup directories kept open across snapshots. Opening `memory.stat` relative to an open
+/// directory skips the walk down `/sys/fs/cgroup/memory/docker/<64 hex digits>/`, which
+/// profiling showed costing as much as generating the file.
+#[derive(Default)]
+pub struct Dirs {
+    /// Directory → its descriptor, and whether this round used it.
+    open: HashMap<PathBuf, (Rc<OwnedFd>, bool)>,
+}
+
+impl Dirs {
+    fn get(&mut self, path: PathBuf) -> Option<Rc<OwnedFd>> {
+        if let Some((fd, used)) = self.open.get_mut(&path) {
+            *used = true;
+            return Some(Rc::clone(fd));
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = Rc::new(fcntl::open(&path, flags, Mode::empty()).ok()?);
+        self.open.insert(path, (Rc::clone(&fd), true));
+        Some(fd)
+    }
+
+    /// Closes the directories no reading used since the last sweep (containers gone).
+    pub fn sweep(&mut self) {
+        self.open.retain(|_, (_, used)| std::mem::take(used));
     }
 }
 
@@ -105,11 +140,26 @@ fn join(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-fn text(dir: &Path, file: &str) -> String {
-    fs::read_to_string(dir.join(file)).unwrap_or_default()
+/// A cgroup file's contents, `None` if unreadable. The kernel generates these files whole on
+/// the first read, so a short first read is the end: open, read, close, with none of
+/// `read_to_string`'s size probe and second read (this runs ~9 times per container per tick).
+fn read_file(dir: &OwnedFd, file: &str) -> Option<String> {
+    let mut buf = [0_u8; 8192];
+    let fd = fcntl::openat(dir, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    let mut f = fs::File::from(fd);
+    let n = f.read(&mut buf).ok()?;
+    let mut contents = buf[..n].to_vec();
+    if n == buf.len() {
+        f.read_to_end(&mut contents).ok()?;
+    }
+    String::from_utf8(contents).ok()
 }
 
-fn number(dir: &Path, file: &str) -> u64 {
+fn text(dir: &OwnedFd, file: &str) -> String {
+    read_file(dir, file).unwrap_or_default()
+}
+
+fn number(dir: &OwnedFd, file: &str) -> u64 {
     text(dir, file).trim().parse().unwrap_or(0)
 }
 
@@ -126,12 +176,10 @@ fn seconds_from_us(us: u64) -> f64 {
 /// Where the v1 controller hierarchies are mounted, one directory each.
 const V1_ROOT: &str = "/sys/fs/cgroup";
 
-fn read_v1(root: &Path, paths: &CgroupPaths) -> CgroupStats {
-    let dir = |controller: &str| {
-        paths
-            .v1
-            .get(controller)
-            .map(|p| join(&root.join(controller), p))
+fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
+    let mut dir = |controller: &str| {
+        let path = paths.v1.get(controller)?;
+        dirs.get(join(&root.join(controller), path))
     };
     let mut stats = CgroupStats::default();
     if let Some(d) = dir("cpuacct") {
@@ -140,25 +188,20 @@ fn read_v1(root: &Path, paths: &CgroupPaths) -> CgroupStats {
             v1_user_system(&text(&d, "cpuacct.stat"));
     }
     if let Some(d) = dir("cpu") {
-        let stat = keyed(&text(&d, "cpu.stat"));
-        stats.cpu.throttled_periods_total = stat.get("nr_throttled").copied().unwrap_or(0);
-        stats.cpu.throttled_seconds_total =
-            seconds_from_ns(stat.get("throttled_time").copied().unwrap_or(0));
+        let stat = text(&d, "cpu.stat");
+        stats.cpu.throttled_periods_total = value(&stat, "nr_throttled");
+        stats.cpu.throttled_seconds_total = seconds_from_ns(value(&stat, "throttled_time"));
     }
     if let Some(d) = dir("memory") {
         let usage = number(&d, "memory.usage_in_bytes");
-        let stat = keyed(&text(&d, "memory.stat"));
+        let stat = text(&d, "memory.stat");
         let limit = number(&d, "memory.limit_in_bytes");
         stats.memory = MemoryStats {
             usage_bytes: usage,
-            working_set_bytes: usage
-                .saturating_sub(stat.get("total_inactive_file").copied().unwrap_or(0)),
+            working_set_bytes: usage.saturating_sub(value(&stat, "total_inactive_file")),
             limit_bytes: (limit > 0 && limit < V1_UNLIMITED).then_some(limit),
-            swap_bytes: stat.get("total_swap").copied().unwrap_or(0),
-            oom_events_total: keyed(&text(&d, "memory.oom_control"))
-                .get("oom_kill")
-                .copied()
-                .unwrap_or(0),
+            swap_bytes: value(&stat, "total_swap"),
+            oom_events_total: value(&text(&d, "memory.oom_control"), "oom_kill"),
         };
     }
     if let Some(d) = dir("pids") {
@@ -170,48 +213,44 @@ fn read_v1(root: &Path, paths: &CgroupPaths) -> CgroupStats {
     stats
 }
 
-fn read_v2(dir: &Path) -> CgroupStats {
-    let cpu = keyed(&text(dir, "cpu.stat"));
-    let get = |m: &HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-    let memory = keyed(&text(dir, "memory.stat"));
+fn read_v2(dir: &OwnedFd) -> CgroupStats {
+    let cpu = text(dir, "cpu.stat");
+    let memory = text(dir, "memory.stat");
     let usage = number(dir, "memory.current");
-    let io = text(dir, "io.stat");
     CgroupStats {
         cpu: CpuStats {
-            usage_seconds_total: seconds_from_us(get(&cpu, "usage_usec")),
-            user_seconds_total: seconds_from_us(get(&cpu, "user_usec")),
-            system_seconds_total: seconds_from_us(get(&cpu, "system_usec")),
+            usage_seconds_total: seconds_from_us(value(&cpu, "usage_usec")),
+            user_seconds_total: seconds_from_us(value(&cpu, "user_usec")),
+            system_seconds_total: seconds_from_us(value(&cpu, "system_usec")),
             percent: None,
-            throttled_periods_total: get(&cpu, "nr_throttled"),
-            throttled_seconds_total: seconds_from_us(get(&cpu, "throttled_usec")),
+            throttled_periods_total: value(&cpu, "nr_throttled"),
+            throttled_seconds_total: seconds_from_us(value(&cpu, "throttled_usec")),
         },
         memory: MemoryStats {
             usage_bytes: usage,
-            working_set_bytes: usage.saturating_sub(get(&memory, "inactive_file")),
+            working_set_bytes: usage.saturating_sub(value(&memory, "inactive_file")),
             limit_bytes: max_or(&text(dir, "memory.max")),
             swap_bytes: number(dir, "memory.swap.current"),
-            oom_events_total: get(&keyed(&text(dir, "memory.events")), "oom_kill"),
+            oom_events_total: value(&text(dir, "memory.events"), "oom_kill"),
         },
         pids: PidsStats {
             current: number(dir, "pids.current"),
             limit: max_or(&text(dir, "pids.max")),
         },
         // Without the io controller enabled for the cgroup there is no io.stat at all.
-        blkio: dir
-            .join("io.stat")
-            .exists()
-            .then(|| BlkioStats::from_devices(io_stat(&io))),
+        blkio: read_file(dir, "io.stat").map(|io| BlkioStats::from_devices(io_stat(&io))),
     }
 }
 
-/// `key value` lines (`cpu.stat`, `memory.stat`, `memory.events`, `memory.oom_control`).
-fn keyed(text: &str) -> HashMap<String, u64> {
+/// The value of `key` in `key value` lines (`cpu.stat`, `memory.stat`, `memory.events`,
+/// `memory.oom_control`); 0 when absent. A scan, not a map: one or two keys are wanted.
+fn value(text: &str, key: &str) -> u64 {
     text.lines()
-        .filter_map(|line| {
+        .find_map(|line| {
             let (k, v) = line.split_once(' ')?;
-            Some((k.to_owned(), v.trim().parse().ok()?))
+            (k == key).then(|| v.trim().parse().ok()).flatten()
         })
-        .collect()
+        .unwrap_or(0)
 }
 
 /// A limit file: a number, or `max` for none.
@@ -222,8 +261,7 @@ fn max_or(text: &str) -> Option<u64> {
 /// `cpuacct.stat`: `user N` and `system N` in `USER_HZ` ticks → seconds.
 #[expect(clippy::cast_precision_loss, reason = "ticks to seconds")]
 fn v1_user_system(text: &str) -> (f64, f64) {
-    let stat = keyed(text);
-    let secs = |k: &str| stat.get(k).copied().unwrap_or(0) as f64 / USER_HZ;
+    let secs = |k: &str| value(text, k) as f64 / USER_HZ;
     (secs("user"), secs("system"))
 }
 
@@ -291,7 +329,7 @@ mod tests {
         ] {
             fs::write(dir.join(file), body).unwrap();
         }
-        let s = read_v2(&dir);
+        let s = read_v2(&Dirs::default().get(dir.clone()).unwrap());
         fs::remove_dir_all(&dir).unwrap();
         assert!((s.cpu.usage_seconds_total - 2.812).abs() < 1e-9);
         assert!((s.cpu.user_seconds_total - 2.0).abs() < 1e-9);
@@ -337,7 +375,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dockops-v2-noio-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("memory.max"), "536870912\n").unwrap();
-        let s = read_v2(&dir);
+        let s = read_v2(&Dirs::default().get(dir.clone()).unwrap());
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(s.blkio, None);
         assert_eq!(s.memory.limit_bytes, Some(536_870_912));
@@ -347,13 +385,18 @@ mod tests {
     fn v1_contents_parse() {
         // Read off this project's hybrid host (kernel 6.18, Docker 20.10).
         assert_eq!(v1_user_system("user 250\nsystem 31\n"), (2.5, 0.31));
-        let oom = keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n");
-        assert_eq!(oom["oom_kill"], 2);
-        let cpu = keyed(
-            "nr_periods 10\nnr_throttled 4\nthrottled_time 1500000000\nnr_bursts 0\nburst_time 0\n",
+        assert_eq!(
+            value("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"),
+            2
         );
         assert_eq!(
-            (cpu["nr_throttled"], cpu["throttled_time"]),
+            value("oom_kill_disable 0\n", "oom_kill"),
+            0,
+            "absent reads as 0"
+        );
+        let cpu = "nr_periods 10\nnr_throttled 4\nthrottled_time 1500000000\nnr_bursts 0\n";
+        assert_eq!(
+            (value(cpu, "nr_throttled"), value(cpu, "throttled_time")),
             (4, 1_500_000_000)
         );
         assert_eq!(max_or("max\n"), None);
@@ -395,7 +438,7 @@ mod tests {
         let paths = CgroupPaths::parse(
             "4:memory:/docker/abc\n2:cpuacct:/docker/abc\n1:cpu:/docker/abc\n8:pids:/docker/abc\n",
         );
-        let s = read_v1(&root, &paths);
+        let s = read_v1(&mut Dirs::default(), &root, &paths);
         fs::remove_dir_all(&root).unwrap();
         assert!((s.cpu.usage_seconds_total - 2.5).abs() < 1e-9);
         assert_eq!(

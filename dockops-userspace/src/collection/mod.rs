@@ -54,6 +54,8 @@ pub struct ContainerStats {
 /// Everything a snapshot is made from, as the datapath and discovery hand it over.
 pub struct Sources<'a> {
     pub cgroup: &'a CgroupMode,
+    /// Cgroup directories kept open between snapshots.
+    pub dirs: &'a mut cgroup::Dirs,
     pub traffic: &'a HashMap<u32, TrafficCounters>,
     /// Block IO by cgroup id (eBPF accounting); used where cgroup files have none.
     pub block: Option<&'a BlockByCgroup>,
@@ -70,9 +72,15 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reads every container's cgroup files and sums its interfaces. Sorted by name.
-    pub fn take(containers: &[Container], sources: &Sources<'_>) -> Self {
-        let mut stats: Vec<ContainerStats> =
-            containers.iter().map(|c| container(c, sources)).collect();
+    pub fn take<'c>(
+        containers: impl IntoIterator<Item = &'c Container>,
+        sources: &mut Sources<'_>,
+    ) -> Self {
+        let mut stats: Vec<ContainerStats> = containers
+            .into_iter()
+            .map(|c| container(c, sources))
+            .collect();
+        sources.dirs.sweep();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
         Self {
             ts: OffsetDateTime::now_utc(),
@@ -93,14 +101,14 @@ impl Snapshot {
     }
 }
 
-fn container(c: &Container, sources: &Sources<'_>) -> ContainerStats {
+fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
     let traffic = c
         .interfaces
         .iter()
         .flatten()
         .filter_map(|i| sources.traffic.get(&i.ifindex))
         .fold(TrafficCounters::default(), |acc, x| acc.plus(*x));
-    let cg = cgroup::read(sources.cgroup, &c.cgroup);
+    let cg = cgroup::read(sources.dirs, sources.cgroup, &c.cgroup);
     let blkio = cg.blkio.unwrap_or_else(|| {
         let devices = c
             .cgroup_id
@@ -219,8 +227,9 @@ mod tests {
         let mode = CgroupMode::V1 { unified: None };
         Snapshot::take(
             containers,
-            &Sources {
+            &mut Sources {
                 cgroup: &mode,
+                dirs: &mut cgroup::Dirs::default(),
                 traffic,
                 block: None,
             },
@@ -270,8 +279,9 @@ mod tests {
         c.cgroup_id = Some(7);
         let snap = Snapshot::take(
             &[c],
-            &Sources {
+            &mut Sources {
                 cgroup: &mode,
+                dirs: &mut cgroup::Dirs::default(),
                 traffic: &HashMap::new(),
                 block: Some(&block),
             },
