@@ -16,6 +16,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "iproute2",
+    "prometheus",
+    "curl",
 ];
 
 pub fn run() -> anyhow::Result<()> {
