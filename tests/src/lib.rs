@@ -257,34 +257,35 @@ pub fn link_ids(container: &Container) -> Vec<u64> {
     ids
 }
 
-/// Every BPF link id on the host.
-pub fn all_link_ids() -> Vec<u64> {
+/// `bpftool --json ARGS` as a list of objects.
+fn bpftool(args: &[&str]) -> Vec<Value> {
     let out = Command::new("bpftool")
-        .args(["--json", "link", "show"])
+        .arg("--json")
+        .args(args)
         .output()
         .expect("bpftool");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    v.as_array()
-        .into_iter()
-        .flatten()
+    match serde_json::from_slice(&out.stdout).expect("bpftool json") {
+        Value::Array(items) => items,
+        other => panic!("bpftool {args:?}: {other}"),
+    }
+}
+
+/// Every BPF link id on the host.
+pub fn all_link_ids() -> Vec<u64> {
+    bpftool(&["link", "show"])
+        .iter()
         .filter_map(|l| l["id"].as_u64())
         .collect()
 }
 
-/// Loaded BPF programs whose name is one of dockops' tc programs.
+/// Loaded BPF programs named as one of dockops' programs.
 pub fn dockops_programs() -> Vec<u64> {
-    let out = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .expect("bpftool");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    v.as_array()
-        .into_iter()
-        .flatten()
+    bpftool(&["prog", "show"])
+        .iter()
         .filter(|p| {
             matches!(
                 p["name"].as_str(),
-                Some("tc_ingress_acct" | "tc_egress_acct")
+                Some("tc_ingress_acct" | "tc_egress_acct" | "block_bio_acct")
             )
         })
         .filter_map(|p| p["id"].as_u64())

@@ -10,55 +10,26 @@ use std::{
 use nix::{
     fcntl::{Flock, FlockArg},
     mount::{MsFlags, mount},
-    sys::statfs::{BPF_FS_MAGIC, TRACEFS_MAGIC, statfs},
+    sys::statfs::{BPF_FS_MAGIC, FsType, TRACEFS_MAGIC, statfs},
 };
 
 use super::{DatapathError, pins::Layout};
 
 const BPFFS: &str = "/sys/fs/bpf";
-/// Tracepoints are attached by the ids tracefs lists.
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// bpffs holds no regular files, so the lock lives in /run.
 const LOCK: &str = "/run/dockops.lock";
 
-/// Mounts bpffs when absent (fresh machines often lack it) and creates dockops' directories,
-/// readable by root only.
+/// Mounts bpffs and tracefs when absent and creates dockops' directories, root only.
 pub(super) fn prepare(layout: &Layout) -> Result<(), DatapathError> {
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| DatapathError::Io { path, source }
     };
-    let mounted = statfs(BPFFS).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC);
-    if !mounted {
-        tracing::info!("mounting bpffs at {BPFFS}");
-        std::fs::create_dir_all(BPFFS).map_err(io_err(Path::new(BPFFS)))?;
-        mount(
-            Some("bpf"),
-            BPFFS,
-            Some("bpf"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|source| DatapathError::Mount {
-            path: BPFFS.into(),
-            source,
-        })?;
-    }
-    let traced = statfs(TRACEFS).is_ok_and(|s| s.filesystem_type() == TRACEFS_MAGIC);
-    if !traced {
-        tracing::info!("mounting tracefs at {TRACEFS}");
-        mount(
-            Some("tracefs"),
-            TRACEFS,
-            Some("tracefs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|source| DatapathError::Mount {
-            path: TRACEFS.into(),
-            source,
-        })?;
-    }
+    // Fresh machines often have neither: programs pin into bpffs, tracepoints attach by the
+    // ids tracefs lists.
+    mount_if_absent("bpf", BPFFS, BPF_FS_MAGIC)?;
+    mount_if_absent("tracefs", TRACEFS, TRACEFS_MAGIC)?;
     let mut builder = DirBuilder::new();
     builder.recursive(true).mode(0o700);
     for dir in [
@@ -71,6 +42,28 @@ pub(super) fn prepare(layout: &Layout) -> Result<(), DatapathError> {
         builder.create(&dir).map_err(io_err(&dir))?;
     }
     Ok(())
+}
+
+fn mount_if_absent(fstype: &str, target: &str, magic: FsType) -> Result<(), DatapathError> {
+    if statfs(target).is_ok_and(|s| s.filesystem_type() == magic) {
+        return Ok(());
+    }
+    tracing::info!("mounting {fstype} at {target}");
+    std::fs::create_dir_all(target).map_err(|source| DatapathError::Io {
+        path: target.into(),
+        source,
+    })?;
+    mount(
+        Some(fstype),
+        target,
+        Some(fstype),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| DatapathError::Mount {
+        path: target.into(),
+        source,
+    })
 }
 
 /// Serialises dockops processes (a `watch` and a `stats`, say) while they change pins.

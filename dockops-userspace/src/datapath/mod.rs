@@ -25,8 +25,8 @@ use pins::{Layout, PinName};
 
 use crate::{capabilities::TcMode, discovery::Container};
 
-/// The eBPF object built by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockops"));
+/// The eBPF object built by `build.rs` (public for the `BPF_PROG_TEST_RUN` tests).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockops"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
