@@ -26,6 +26,43 @@ fn second_stats_adopts_instead_of_attaching() {
 }
 
 #[test]
+fn pins_of_another_build_are_replaced_not_adopted() {
+    let c = Container::start("upgrade", "sleep 600");
+    dockops_ok(&["stats"]);
+    let before = link_ids(&c);
+    let markers = || -> Vec<String> {
+        list(Path::new(PINS))
+            .into_iter()
+            .filter(|n| n.starts_with("build-"))
+            .collect()
+    };
+    let ours = markers();
+    assert_eq!(ours.len(), 1, "one build marker: {ours:?}");
+    // Pretend an older dockops pinned all this.
+    std::fs::remove_dir(Path::new(PINS).join(&ours[0])).unwrap();
+    std::fs::create_dir(Path::new(PINS).join("build-0000000000000000")).unwrap();
+    let out = dockops(&["stats"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another dockops build"),
+        "no warning: {stderr}"
+    );
+    assert_eq!(markers(), ours, "the old marker was not replaced");
+    let after = link_ids(&c);
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|id| !before.contains(id)),
+        "old links {before:?} were adopted: {after:?}"
+    );
+    let live = all_link_ids();
+    assert!(
+        before.iter().all(|id| !live.contains(id)),
+        "old links {before:?} still exist"
+    );
+}
+
+#[test]
 fn removed_container_loses_its_pins_and_links() {
     let c = Container::start("removed", "sleep 600");
     dockops_ok(&["stats"]);

@@ -25,6 +25,15 @@ use pins::{Layout, PinName};
 
 use crate::{capabilities::TcMode, discovery::Container};
 
+/// Identifies the eBPF object, so a later build replaces what an earlier one pinned. (The
+/// std hasher may change across Rust releases; that only costs one needless re-pin.)
+fn build_id() -> String {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    let mut hasher = DefaultHasher::new();
+    OBJECT.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
 /// The eBPF object built by `build.rs` (public for the `BPF_PROG_TEST_RUN` tests).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dockops"));
 
@@ -118,7 +127,17 @@ impl Datapath {
     /// Loads the programs, or adopts the ones pinned by an earlier run, and the pinned maps.
     pub fn open(mode: TcMode) -> Result<Self, DatapathError> {
         let layout = Layout::default();
-        bpffs::prepare(&layout)?;
+        let build = build_id();
+        if layout.root().exists() && !layout.build_marker(&build).exists() {
+            // Pinned programs and map layouts of another build must not be adopted.
+            tracing::warn!(
+                "the pinned datapath under {} comes from another dockops build: replacing it \
+                 (network counters restart from zero)",
+                pins::ROOT
+            );
+            reset()?;
+        }
+        bpffs::prepare(&layout, &build)?;
         let _lock = bpffs::lock()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(layout.maps())
@@ -388,6 +407,12 @@ pub fn reset() -> Result<Vec<String>, DatapathError> {
             source,
         })?);
         removed.push(format!("{} (link detached)", path.display()));
+    }
+    for marker in read_dir_names(layout.root())?
+        .iter()
+        .filter(|n| n.starts_with(pins::BUILD_PREFIX))
+    {
+        remove_dir(&layout.root().join(marker))?;
     }
     for dir in [
         layout.global(),

@@ -7,6 +7,7 @@
 //!   progs/tc_egress_acct
 //!   maps/WATCHED_CGROUPS, maps/BLOCK_IO  block IO by container cgroup and device
 //!   global/block_bio_queue        the pinned tracepoint link (host-wide)
+//!   build-<hash>/                 empty: which build's object is pinned here
 //!   links/<container id>/12-ingress-tcx            a pinned tcx link
 //!   links/<container id>/12-egress-netlink-clsact  a netlink filter's record (a program pin);
 //!                                                  `-clsact`: dockops created the qdisc
@@ -20,6 +21,8 @@ use aya::programs::TcAttachType;
 
 /// The bpffs directory dockops owns.
 pub const ROOT: &str = "/sys/fs/bpf/dockops";
+/// Prefix of the build marker directory.
+pub const BUILD_PREFIX: &str = "build-";
 
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -47,6 +50,10 @@ impl Layout {
     /// Host-wide attachments (tracepoints), one link pin each.
     pub fn global(&self) -> PathBuf {
         self.root.join("global")
+    }
+    /// An empty directory naming the build whose object is pinned here.
+    pub fn build_marker(&self, build: &str) -> PathBuf {
+        self.root.join(format!("{BUILD_PREFIX}{build}"))
     }
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
