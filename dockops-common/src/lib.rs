@@ -19,7 +19,25 @@ pub mod names {
     pub const BLOCK_IO: &str = "BLOCK_IO";
     /// Tracepoint `block:block_bio_queue`: every bio, in the submitting task's context.
     pub const BLOCK_BIO_ACCT: &str = "block_bio_acct";
+    /// Hash map: container IPv4 address (network byte order) → [`super::Caps`].
+    pub const CAPS: &str = "CAPS";
+    /// `sock_ops` on the cgroup v2 root: paces TCP sockets from and to capped containers.
+    pub const SOCK_PACE: &str = "sock_pace";
 }
+
+/// Room for this many capped container addresses.
+pub const MAX_CAPS: u32 = 8192;
+
+/// Bandwidth caps of one container address, bits per second; 0 = no cap in that direction.
+/// Egress is what the container sends, ingress what it receives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Caps {
+    pub egress_bits: u64,
+    pub ingress_bits: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Caps>() == 16);
 
 /// Room for this many host-side veths (several per container are possible).
 pub const MAX_INTERFACES: u32 = 8192;
@@ -110,6 +128,8 @@ unsafe impl aya::Pod for TrafficCounters {}
 unsafe impl aya::Pod for BlockKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BlockCounters {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Caps {}
 
 #[cfg(test)]
 mod tests {

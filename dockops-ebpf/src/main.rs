@@ -3,6 +3,7 @@
 #![no_main]
 
 mod block;
+mod sock;
 mod tc;
 
 #[cfg(not(test))]

@@ -11,3 +11,4 @@ pub mod collection;
 pub mod datapath;
 pub mod discovery;
 pub mod output;
+pub mod policy;

@@ -42,6 +42,11 @@ enum Command {
     Stats(cli::stats::Args),
     /// Live view: refresh every interval; picks up containers as they start and stop.
     Watch(cli::watch::Args),
+    /// Cap a container's network bandwidth, live: egress (what it sends) and ingress (what it
+    /// receives). TCP connections made from now on are paced to the cap at the sender.
+    Limit(cli::limit::LimitArgs),
+    /// Remove a container's bandwidth caps (both, or the one named).
+    Unlimit(cli::limit::UnlimitArgs),
     /// Remove every program, link, filter, qdisc and pin dockops created.
     Reset,
 }
@@ -64,6 +69,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Stats(args) => cli::stats::run(args, cli.tc_attach).await,
             Command::Watch(args) => cli::watch::run(args, cli.tc_attach).await,
+            Command::Limit(args) => cli::limit::limit(args, cli.tc_attach).await,
+            Command::Unlimit(args) => cli::limit::unlimit(args, cli.tc_attach).await,
             Command::Reset => cli::reset::run(),
         }
     });

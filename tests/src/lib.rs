@@ -285,7 +285,7 @@ pub fn dockops_programs() -> Vec<u64> {
         .filter(|p| {
             matches!(
                 p["name"].as_str(),
-                Some("tc_ingress_acct" | "tc_egress_acct" | "block_bio_acct")
+                Some("tc_ingress_acct" | "tc_egress_acct" | "block_bio_acct" | "sock_pace")
             )
         })
         .filter_map(|p| p["id"].as_u64())

@@ -13,8 +13,11 @@ use anyhow::{Context as _, bail};
 use crate::sh;
 
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
-/// busybox-static with its applets, imported from a folder (no registry is needed).
+/// busybox-static with its applets, and iperf3, imported from a folder (no registry is
+/// needed).
 pub const TEST_IMAGE: &str = "dockops-test/busybox:latest";
+/// Bumped when the image's contents change, so an older import is replaced.
+const TEST_IMAGE_VERSION: &str = "2";
 
 /// An engine that answers; a private one is stopped on drop.
 pub struct Engine {
@@ -74,7 +77,14 @@ impl Engine {
 
     /// Imports [`TEST_IMAGE`] unless present.
     pub fn ensure_test_image(&self) -> anyhow::Result<()> {
-        if sh::ok(self.docker().args(["image", "inspect", TEST_IMAGE])) {
+        let version = sh::output(self.docker().args([
+            "image",
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"dockops.image.version\"}}",
+            TEST_IMAGE,
+        ]));
+        if version.is_some_and(|v| v.trim() == TEST_IMAGE_VERSION) {
             return Ok(());
         }
         let root = crate::workspace().join("target/images/busybox");
@@ -89,7 +99,13 @@ impl Engine {
             .context("running tar")?;
         let status = self
             .docker()
-            .args(["import", "-", TEST_IMAGE])
+            .args([
+                "import",
+                "--change",
+                &format!("LABEL dockops.image.version={TEST_IMAGE_VERSION}"),
+                "-",
+                TEST_IMAGE,
+            ])
             .stdin(tar.stdout.context("tar stdout")?)
             .stdout(Stdio::null())
             .status()?;
@@ -233,6 +249,24 @@ fn make_busybox_root(root: &Path) -> anyhow::Result<()> {
         .filter(|a| !a.is_empty() && *a != "busybox")
     {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    copy_with_libraries(Path::new("/usr/bin/iperf3"), root)
+}
+
+/// Copies a dynamically linked binary and the libraries `ldd` lists for it to the same paths
+/// under `root` (the image has no package manager and no libc of its own).
+fn copy_with_libraries(binary: &Path, root: &Path) -> anyhow::Result<()> {
+    let ldd = sh::output(Command::new("ldd").arg(binary))
+        .with_context(|| format!("{} is missing: install iperf3", binary.display()))?;
+    let libraries = ldd.lines().filter_map(|line| {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line.split("=>").last()?.split_whitespace().next()?;
+        path.starts_with('/').then(|| PathBuf::from(path))
+    });
+    for file in std::iter::once(binary.to_path_buf()).chain(libraries) {
+        let target = root.join(file.strip_prefix("/")?);
+        fs::create_dir_all(target.parent().unwrap_or(root))?;
+        fs::copy(&file, &target).with_context(|| format!("copying {}", file.display()))?;
     }
     Ok(())
 }

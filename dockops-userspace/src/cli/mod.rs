@@ -1,5 +1,6 @@
 //! One module per subcommand, and the start-up they share.
 
+pub mod limit;
 pub mod metrics;
 pub mod reset;
 pub mod stats;
@@ -34,7 +35,7 @@ pub enum TcAttach {
 /// Discovery and datapath, ready to reconcile and read.
 pub struct Agent {
     pub docker: Docker,
-    datapath: Datapath,
+    pub datapath: Datapath,
     caps: Capabilities,
     /// Cgroup directories kept open between snapshots.
     dirs: cgroup::Dirs,
@@ -51,7 +52,8 @@ impl Agent {
         };
         let caps = Capabilities::probe(tc_mode)?;
         let docker = Docker::connect(caps.cgroup.unified().map(Into::into)).await?;
-        let datapath = Datapath::open(caps.tc_mode).context("preparing the eBPF datapath")?;
+        let datapath = Datapath::open(caps.tc_mode, caps.cgroup.unified())
+            .context("preparing the eBPF datapath")?;
         Ok(Self {
             docker,
             datapath,
@@ -75,11 +77,13 @@ impl Agent {
     pub fn snapshot(&mut self, keep: impl Fn(&Container) -> bool) -> anyhow::Result<Snapshot> {
         let traffic = self.datapath.counters()?;
         let block = self.datapath.block_counters()?;
+        let caps = self.datapath.caps()?;
         let mut sources = Sources {
             cgroup: &self.caps.cgroup,
             dirs: &mut self.dirs,
             traffic: &traffic,
             block: block.as_ref(),
+            caps: &caps,
         };
         Ok(Snapshot::take(
             self.containers.iter().filter(|c| keep(c)),

@@ -2,9 +2,9 @@
 
 pub mod cgroup;
 
-use std::{collections::HashMap, time::Instant};
+use std::{collections::HashMap, net::Ipv4Addr, time::Instant};
 
-use dockops_common::{BlockCounters, BlockKey, TrafficCounters};
+use dockops_common::{BlockCounters, BlockKey, Caps, TrafficCounters};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -49,6 +49,23 @@ pub struct ContainerStats {
     pub blkio: BlkioStats,
     pub network: NetworkStats,
     pub pids: PidsStats,
+    pub limits: Limits,
+}
+
+/// The bandwidth caps dockops enforces, bits per second; `null` when not capped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub egress_bps: Option<u64>,
+    pub ingress_bps: Option<u64>,
+}
+
+impl From<Caps> for Limits {
+    fn from(c: Caps) -> Self {
+        Self {
+            egress_bps: (c.egress_bits > 0).then_some(c.egress_bits),
+            ingress_bps: (c.ingress_bits > 0).then_some(c.ingress_bits),
+        }
+    }
 }
 
 /// Everything a snapshot is made from, as the datapath and discovery hand it over.
@@ -59,6 +76,8 @@ pub struct Sources<'a> {
     pub traffic: &'a HashMap<u32, TrafficCounters>,
     /// Block IO by cgroup id (eBPF accounting); used where cgroup files have none.
     pub block: Option<&'a BlockByCgroup>,
+    /// Caps by container address.
+    pub caps: &'a HashMap<Ipv4Addr, Caps>,
 }
 
 #[derive(Clone, Debug)]
@@ -126,6 +145,13 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         blkio,
         network: traffic.into(),
         pids: cg.pids,
+        limits: c
+            .ipv4
+            .first()
+            .and_then(|ip| sources.caps.get(ip))
+            .copied()
+            .map(Limits::from)
+            .unwrap_or_default(),
     }
 }
 
@@ -211,6 +237,7 @@ mod tests {
             ),
             cgroup: CgroupPaths::default(),
             cgroup_id: Some(u64::from(ifindexes.first().copied().unwrap_or(0))),
+            ipv4: Vec::new(),
         }
     }
 
@@ -232,6 +259,7 @@ mod tests {
                 dirs: &mut cgroup::Dirs::default(),
                 traffic,
                 block: None,
+                caps: &HashMap::new(),
             },
         )
     }
@@ -284,6 +312,7 @@ mod tests {
                 dirs: &mut cgroup::Dirs::default(),
                 traffic: &HashMap::new(),
                 block: Some(&block),
+                caps: &HashMap::new(),
             },
         );
         let blkio = &snap.containers[0].blkio;

@@ -6,11 +6,13 @@
 mod attach;
 mod block;
 mod bpffs;
+mod caps;
 pub mod pins;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fs, io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -19,7 +21,7 @@ use aya::{
     maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier, links::PinnedLink},
 };
-use dockops_common::{BlockCounters, BlockKey, TrafficCounters, names};
+use dockops_common::{BlockCounters, BlockKey, Caps, TrafficCounters, names};
 pub use pins::Direction;
 use pins::{Layout, PinName};
 
@@ -92,6 +94,14 @@ pub enum DatapathError {
     },
     #[error("counters map")]
     Map(#[from] MapError),
+    #[error(
+        "bandwidth caps need a cgroup v2 hierarchy (none is mounted) and the sock_ops program (see the warning above)"
+    )]
+    NoPacing,
+    #[error(
+        "container {0} has no IPv4 address of its own (--network host or none?): it cannot be capped"
+    )]
+    NoAddress(String),
     #[error("the eBPF object has no {0}: binary and object are out of step")]
     Missing(&'static str),
 }
@@ -121,11 +131,13 @@ pub struct Datapath {
     cpus: usize,
     /// `None` when the block tracepoint could not be attached (warned once at start).
     block: Option<block::BlockAccounting>,
+    /// `None` without a cgroup v2 hierarchy to attach the pacing program to.
+    pacing: Option<caps::Pacing>,
 }
 
 impl Datapath {
     /// Loads the programs, or adopts the ones pinned by an earlier run, and the pinned maps.
-    pub fn open(mode: TcMode) -> Result<Self, DatapathError> {
+    pub fn open(mode: TcMode, unified: Option<&Path>) -> Result<Self, DatapathError> {
         let layout = Layout::default();
         let build = build_id();
         if layout.root().exists() && !layout.build_marker(&build).exists() {
@@ -155,9 +167,19 @@ impl Datapath {
         let block =
             block::BlockAccounting::open(&mut ebpf, &layout.global().join("block_bio_queue"))
                 .inspect_err(|error| {
-                    tracing::warn!("block IO per container is unavailable: {error:#}");
+                    tracing::warn!("block IO per container is unavailable: {}", chain(error));
                 })
                 .ok();
+        let pacing = match unified {
+            Some(root) => {
+                caps::Pacing::open(&mut ebpf, &layout.global().join(names::SOCK_PACE), root)
+                    .inspect_err(|error| {
+                        tracing::warn!("bandwidth caps are unavailable: {}", chain(error));
+                    })
+                    .ok()
+            }
+            None => None,
+        };
         Ok(Self {
             layout,
             mode,
@@ -166,6 +188,7 @@ impl Datapath {
             traffic,
             cpus,
             block,
+            pacing,
         })
     }
 
@@ -250,10 +273,37 @@ impl Datapath {
         for key in stale {
             self.traffic.remove(&key)?;
         }
+        if let Some(pacing) = &mut self.pacing {
+            pacing.reconcile(
+                &containers
+                    .iter()
+                    .flat_map(|c| c.ipv4.iter().copied())
+                    .collect(),
+            )?;
+        }
         if let Some(block) = &mut self.block {
             block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
         }
         Ok(report)
+    }
+
+    /// Every capped address. Each of a container's addresses carries the same caps.
+    pub fn caps(&self) -> Result<HashMap<Ipv4Addr, Caps>, DatapathError> {
+        self.pacing
+            .as_ref()
+            .map_or_else(|| Ok(HashMap::new()), caps::Pacing::all)
+    }
+
+    /// Sets the caps of every address of `container`; all-zero caps remove them.
+    pub fn set_caps(&mut self, container: &Container, caps: Caps) -> Result<(), DatapathError> {
+        let pacing = self.pacing.as_mut().ok_or(DatapathError::NoPacing)?;
+        if container.ipv4.is_empty() {
+            return Err(DatapathError::NoAddress(container.name.clone()));
+        }
+        for ip in &container.ipv4 {
+            pacing.set(*ip, caps)?;
+        }
+        Ok(())
     }
 
     /// Block IO by cgroup id and device; `None` when block accounting is unavailable.
@@ -450,4 +500,16 @@ fn describe(pin: PinName) -> &'static str {
             created_clsact: true,
         } => "(tc filter and clsact qdisc removed)",
     }
+}
+
+/// An error and its causes, `: `-separated (tracing shows only the outer message otherwise).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -2,6 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    net::Ipv4Addr,
     path::PathBuf,
 };
 
@@ -87,12 +88,19 @@ impl Docker {
         let mut containers = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
-            let (pid, interfaces, cgroup, cgroup_id) = if let Some(c) = known.get(id.as_str()) {
-                (c.pid, c.interfaces.clone(), c.cgroup.clone(), c.cgroup_id)
-            } else if let Some((pid, interfaces)) = self.inspect(&id).await {
+            let (pid, interfaces, cgroup, cgroup_id, ipv4) = if let Some(c) = known.get(id.as_str())
+            {
+                (
+                    c.pid,
+                    c.interfaces.clone(),
+                    c.cgroup.clone(),
+                    c.cgroup_id,
+                    c.ipv4.clone(),
+                )
+            } else if let Some((pid, interfaces, ipv4)) = self.inspect(&id).await {
                 let cgroup = CgroupPaths::read(pid).unwrap_or_default();
                 let cgroup_id = self.unified.as_deref().and_then(|u| cgroup.id(u));
-                (pid, interfaces, cgroup, cgroup_id)
+                (pid, interfaces, cgroup, cgroup_id, ipv4)
             } else {
                 continue;
             };
@@ -114,16 +122,29 @@ impl Docker {
                 interfaces,
                 cgroup,
                 cgroup_id,
+                ipv4,
             });
         }
         Ok(containers)
     }
 
     /// Pid and host interfaces of a running container; `None` if it is gone or not running.
-    async fn inspect(&self, id: &str) -> Option<(u32, Option<Vec<super::HostInterface>>)> {
+    async fn inspect(
+        &self,
+        id: &str,
+    ) -> Option<(u32, Option<Vec<super::HostInterface>>, Vec<Ipv4Addr>)> {
         // A container can stop between the list and the inspect: it is then simply gone.
-        let pid = match self.client.inspect_container(id, None).await {
-            Ok(inspect) => inspect.state.and_then(|s| s.pid).unwrap_or(0),
+        let (pid, ipv4) = match self.client.inspect_container(id, None).await {
+            Ok(inspect) => {
+                let ipv4 = inspect
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .into_iter()
+                    .flat_map(HashMap::into_values)
+                    .filter_map(|endpoint| endpoint.ip_address?.parse().ok())
+                    .collect();
+                (inspect.state.and_then(|s| s.pid).unwrap_or(0), ipv4)
+            }
             Err(error) => {
                 tracing::debug!(%id, %error, "container vanished during discovery");
                 return None;
@@ -135,7 +156,7 @@ impl Docker {
                 tracing::warn!(%id, pid, %error, "cannot read the container's interfaces");
             })
             .ok();
-        Some((pid, interfaces))
+        Some((pid, interfaces, ipv4))
     }
 
     /// Container starts and stops, as they happen. The stream ends when the engine goes away.

@@ -7,7 +7,7 @@ mod netns;
 pub use cgroup::CgroupPaths;
 pub use docker::{DiscoveryError, Docker, Event};
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 /// A running container as the rest of the pipeline needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +27,8 @@ pub struct Container {
     pub cgroup: CgroupPaths,
     /// Its cgroup v2 id, as BPF programs see it; `None` without a v2 hierarchy.
     pub cgroup_id: Option<u64>,
+    /// Its IPv4 addresses on Docker networks (none with `--network host` or `none`).
+    pub ipv4: Vec<Ipv4Addr>,
 }
 
 /// The host end of a veth pair whose other end is inside a container.
@@ -64,6 +66,7 @@ mod tests {
             interfaces: None,
             cgroup: CgroupPaths::default(),
             cgroup_id: None,
+            ipv4: Vec::new(),
         }
     }
 

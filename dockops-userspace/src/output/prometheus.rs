@@ -153,6 +153,27 @@ pub fn encode(snapshot: &Snapshot) -> String {
         }
         registry.register(name, help, family);
     }
+    // Only capped containers have a limit series: an absent series means "no cap".
+    for (name, help, get) in [
+        (
+            "dockops_network_egress_limit_bits",
+            "Bandwidth cap on what the container sends, bit/s",
+            (|c| c.limits.egress_bps) as Get<Option<u64>>,
+        ),
+        (
+            "dockops_network_ingress_limit_bits",
+            "Bandwidth cap on what the container receives, bit/s",
+            |c| c.limits.ingress_bps,
+        ),
+    ] {
+        let family = Family::<Labels, Gauge>::default();
+        for c in &snapshot.containers {
+            if let Some(bits) = get(c).and_then(|b| i64::try_from(b).ok()) {
+                family.get_or_create(&labels(c)).set(bits);
+            }
+        }
+        registry.register(name, help, family);
+    }
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = text::encode(&mut out, &registry);
@@ -166,7 +187,7 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::collection::{BlkioStats, CpuStats, MemoryStats, NetworkStats, PidsStats};
+    use crate::collection::{BlkioStats, CpuStats, Limits, MemoryStats, NetworkStats, PidsStats};
 
     #[test]
     fn exposes_cadvisor_names_with_labels() {
@@ -198,6 +219,10 @@ mod tests {
                     current: 3,
                     limit: None,
                 },
+                limits: Limits {
+                    egress_bps: Some(50_000_000),
+                    ingress_bps: None,
+                },
             }],
         };
         let text = encode(&snapshot);
@@ -210,12 +235,17 @@ mod tests {
             format!("container_spec_memory_limit_bytes{labels} 0"),
             format!("container_processes{labels} 3"),
             "# TYPE container_oom_events counter".to_owned(),
+            format!("dockops_network_egress_limit_bits{labels} 50000000"),
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
         }
+        assert!(
+            !text.contains("dockops_network_ingress_limit_bits{"),
+            "no series without a cap"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 }

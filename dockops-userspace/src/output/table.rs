@@ -202,6 +202,7 @@ mod tests {
                 current: pids,
                 limit: None,
             },
+            limits: crate::collection::Limits::default(),
         }
     }
 

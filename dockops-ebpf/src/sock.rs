@@ -1,0 +1,199 @@
+//! Bandwidth caps for TCP, enforced by pacing the sender: one `sock_ops` program on the
+//! cgroup v2 root sees every TCP socket on the host and sets `SO_MAX_PACING_RATE` on those
+//! sent from a capped container (local address capped for egress) or to one (remote address
+//! capped for ingress). Pacing at the sender keeps queues empty and avoids drops; on a
+//! same-host path (7–20 µs RTT) drop-based policing cannot steer TCP at all.
+//!
+//! A cap is shared by the sockets that were active recently (an RTT sample in the current or
+//! previous ~134 ms window): idle connections do not take a share.
+
+use core::{ffi::c_void, num::NonZeroU64, ptr::read_volatile};
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, SO_MAX_PACING_RATE, SOL_SOCKET,
+    },
+    helpers::{bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_ns, bpf_setsockopt},
+    macros::{map, sock_ops},
+    maps::{HashMap, LruHashMap},
+    programs::SockOpsContext,
+};
+use dockops_common::{Caps, MAX_CAPS};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+/// The third word of a v4-mapped IPv6 address, `0000:ffff` in network byte order.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+/// ~134 ms windows (2^27 ns).
+const WINDOW_SHIFT: u32 = 27;
+/// The rate that means "not paced" (`~0U` in the kernel).
+const UNPACED: u32 = u32::MAX;
+
+#[map(name = "CAPS")]
+static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS, 0);
+
+/// Socket cookie → the window in which it was last counted.
+#[map]
+static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Active sockets per (address, direction): key = address << 1 | ingress.
+#[map]
+static WINDOWS: HashMap<u64, Window> = HashMap::with_max_entries(2 * MAX_CAPS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Window {
+    epoch: u64,
+    current: u64,
+    previous: u64,
+}
+
+/// `struct bpf_sock_ops` callbacks on the cgroup v2 root.
+#[sock_ops]
+pub fn sock_pace(ctx: SockOpsContext) -> u32 {
+    try_sock_pace(&ctx);
+    1
+}
+
+#[inline(always)]
+fn try_sock_pace(ctx: &SockOpsContext) {
+    let op = ctx.op();
+    if !(op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        || op == BPF_SOCK_OPS_RTT_CB)
+    {
+        return;
+    }
+    let Some((local, remote)) = ipv4_addresses(ctx) else {
+        return;
+    };
+    // SAFETY: plain lookups; the values are copied out at once.
+    let egress = unsafe { CAPS.get(&local) }.map_or(0, |c| c.egress_bits);
+    let ingress = unsafe { CAPS.get(&remote) }.map_or(0, |c| c.ingress_bits);
+    // SAFETY: ctx.ops is the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if egress == 0 && ingress == 0 {
+        // Capped once, no longer: lift the pacing at the next ACK sample and stop watching.
+        if op == BPF_SOCK_OPS_RTT_CB && PACED_SOCKETS.get_ptr(&cookie).is_some() {
+            set_pacing(ctx, UNPACED);
+            let _ = PACED_SOCKETS.remove(&cookie);
+            let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 & !(BPF_SOCK_OPS_RTT_CB_FLAG as i32));
+        }
+        return;
+    }
+    if op != BPF_SOCK_OPS_RTT_CB {
+        let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_RTT_CB_FLAG as i32);
+    }
+    // SAFETY: reads the monotonic clock.
+    let epoch = unsafe { bpf_ktime_get_ns() } >> WINDOW_SHIFT;
+    let fresh = PACED_SOCKETS
+        .get_ptr(&cookie)
+        .is_none_or(|last| unsafe { *last } != epoch);
+    if fresh {
+        let _ = PACED_SOCKETS.insert(&cookie, &epoch, 0);
+    }
+    let mut rate = u64::MAX;
+    if egress != 0 {
+        rate = rate.min(egress / 8 / active(u64::from(local) << 1, epoch, fresh));
+    }
+    if ingress != 0 {
+        rate = rate.min(ingress / 8 / active(u64::from(remote) << 1 | 1, epoch, fresh));
+    }
+    set_pacing(ctx, u32::try_from(rate).unwrap_or(UNPACED - 1).max(1));
+}
+
+/// Local and remote IPv4 addresses (network byte order). Servers often listen on the IPv6
+/// wildcard, so their IPv4 connections are IPv6 sockets with v4-mapped addresses
+/// (`::ffff:a.b.c.d`): those count as IPv4.
+///
+/// The context is read with volatile loads in each arm: otherwise LLVM merges the two arms'
+/// loads into one through a computed context pointer, which the verifier rejects
+/// ("dereference of modified ctx ptr").
+#[inline(always)]
+fn ipv4_addresses(ctx: &SockOpsContext) -> Option<(u32, u32)> {
+    let ops = ctx.ops;
+    // SAFETY: ops is the program's context; the fields are plain u32s.
+    unsafe {
+        match read_volatile(&raw const (*ops).family) {
+            AF_INET => Some((
+                read_volatile(&raw const (*ops).local_ip4),
+                read_volatile(&raw const (*ops).remote_ip4),
+            )),
+            AF_INET6 => {
+                let local = read_volatile(&raw const (*ops).local_ip6);
+                let remote = read_volatile(&raw const (*ops).remote_ip6);
+                let mapped = |a: [u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED;
+                (mapped(local) && mapped(remote)).then_some((local[3], remote[3]))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Sockets active in this or the previous window for `key`, counting this one if `fresh`.
+/// Updates race across CPUs (a count may be off by one for one window): accepted, the next
+/// RTT sample corrects the rate.
+#[inline(always)]
+fn active(key: u64, epoch: u64, fresh: bool) -> NonZeroU64 {
+    let count = match WINDOWS.get_ptr_mut(&key) {
+        Some(w) => {
+            // SAFETY: a map value, valid for the program run.
+            let w = unsafe { &mut *w };
+            if w.epoch != epoch {
+                w.previous = if w.epoch + 1 == epoch { w.current } else { 0 };
+                w.epoch = epoch;
+                w.current = 0;
+            }
+            if fresh {
+                w.current += 1;
+            }
+            w.current.max(w.previous)
+        }
+        None => {
+            let _ = WINDOWS.insert(
+                &key,
+                &Window {
+                    epoch,
+                    current: 1,
+                    previous: 0,
+                },
+                0,
+            );
+            1
+        }
+    };
+    NonZeroU64::new(count).unwrap_or(NonZeroU64::MIN)
+}
+
+/// Sets `SO_MAX_PACING_RATE` (bytes per second) unless it already has that value.
+#[inline(always)]
+fn set_pacing(ctx: &SockOpsContext, rate: u32) {
+    let ops: *mut c_void = ctx.ops.cast();
+    let mut current: u32 = 0;
+    // SAFETY: optval points to a 4-byte stack value, optlen is that size (the kernel takes
+    // exactly an int for this option).
+    let read = unsafe {
+        bpf_getsockopt(
+            ops,
+            SOL_SOCKET as i32,
+            SO_MAX_PACING_RATE as i32,
+            (&raw mut current).cast(),
+            4,
+        )
+    };
+    if read == 0 && current == rate {
+        return;
+    }
+    let mut value = rate;
+    // SAFETY: as above.
+    let _ = unsafe {
+        bpf_setsockopt(
+            ops,
+            SOL_SOCKET as i32,
+            SO_MAX_PACING_RATE as i32,
+            (&raw mut value).cast(),
+            4,
+        )
+    };
+}

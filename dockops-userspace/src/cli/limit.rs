@@ -1,0 +1,118 @@
+//! `dockops-bpf limit` and `unlimit`: bandwidth caps, set live in the pinned datapath.
+
+use std::collections::HashSet;
+
+use dockops::{datapath::DatapathError, discovery::Container, policy::parse_rate};
+use dockops_common::Caps;
+
+use super::{Agent, InputError, TcAttach};
+
+#[derive(clap::Args)]
+pub struct LimitArgs {
+    /// The container, by name or id (prefix).
+    container: String,
+    /// Cap on what the container sends, in tc units: 50mbit, 1.5gbit, 10mbps (bytes/s)...
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    egress: Option<u64>,
+    /// Cap on what the container receives, in the same units.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    ingress: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub struct UnlimitArgs {
+    /// The container, by name or id (prefix).
+    container: String,
+    /// Remove only the egress cap.
+    #[arg(long)]
+    egress: bool,
+    /// Remove only the ingress cap.
+    #[arg(long)]
+    ingress: bool,
+}
+
+pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
+    if args.egress.is_none() && args.ingress.is_none() {
+        return Err(InputError("give --egress RATE, --ingress RATE or both".into()).into());
+    }
+    update(&args.container, tc_attach, |old| Caps {
+        egress_bits: args.egress.unwrap_or(old.egress_bits),
+        ingress_bits: args.ingress.unwrap_or(old.ingress_bits),
+    })
+    .await
+}
+
+pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
+    let both = !args.egress && !args.ingress;
+    update(&args.container, tc_attach, |old| Caps {
+        egress_bits: if both || args.egress {
+            0
+        } else {
+            old.egress_bits
+        },
+        ingress_bits: if both || args.ingress {
+            0
+        } else {
+            old.ingress_bits
+        },
+    })
+    .await
+}
+
+/// Reads the container's caps, applies `change`, writes them back and says the result.
+async fn update(
+    query: &str,
+    tc_attach: TcAttach,
+    change: impl FnOnce(Caps) -> Caps,
+) -> anyhow::Result<()> {
+    let mut agent = Agent::start(tc_attach).await?;
+    agent.refresh(&HashSet::new()).await?;
+    let container = find(&agent.containers, query)?.clone();
+    let old = container
+        .ipv4
+        .first()
+        .and_then(|ip| agent.datapath.caps().ok()?.get(ip).copied())
+        .unwrap_or_default();
+    let new = change(old);
+    match agent.datapath.set_caps(&container, new) {
+        Err(DatapathError::NoAddress(name)) => {
+            return Err(InputError(format!("container {name} has no IPv4 address of its own (--network host or none?): it cannot be capped")).into());
+        }
+        other => other?,
+    }
+    println!(
+        "{}: egress {}, ingress {}",
+        container.name,
+        show(new.egress_bits),
+        show(new.ingress_bits)
+    );
+    Ok(())
+}
+
+/// The one running container `query` names.
+fn find<'a>(containers: &'a [Container], query: &str) -> Result<&'a Container, InputError> {
+    let mut matches = containers.iter().filter(|c| c.matches(query));
+    let first = matches.next().ok_or_else(|| {
+        InputError(format!(
+            "no running container is named or has the id {query:?}"
+        ))
+    })?;
+    if matches.next().is_some() {
+        return Err(InputError(format!(
+            "{query:?} matches several containers: give more of the id"
+        )));
+    }
+    Ok(first)
+}
+
+fn show(bits: u64) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "display")]
+    let b = bits as f64;
+    match bits {
+        0 => "not capped".to_owned(),
+        1..1_000 => format!("{bits} bit/s"),
+        1_000..1_000_000 => format!("{} kbit/s", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{} Mbit/s", b / 1e6),
+        _ => format!("{} Gbit/s", b / 1e9),
+    }
+}

@@ -1,0 +1,121 @@
+//! Pure: what the user asked for, checked and converted to the datapath's units. No I/O.
+
+/// The most a socket can be paced to: `SO_MAX_PACING_RATE` takes a 32-bit count of bytes per
+/// second.
+pub const MAX_RATE_BITS: u64 = u32::MAX as u64 * 8;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error(
+        "invalid rate {0:?}: give a number and a unit, e.g. 10mbit, 1.5gbit, 500kbps \
+         (bit, kbit, mbit, gbit, tbit; bps, kbps, mbps, gbps, tbps are bytes per second)"
+    )]
+    Rate(String),
+    #[error("rate {0:?} is zero: use `unlimit` to remove a cap")]
+    ZeroRate(String),
+    #[error("rate {0:?} is above the {MAX_RATE_BITS} bit/s (about 34 Gbit/s) dockops can enforce")]
+    RateTooHigh(String),
+}
+
+/// A rate in tc's units → bits per second. Decimal prefixes (1kbit = 1000 bit/s); `bps`
+/// units are bytes per second; a bare number is bits per second, as in tc.
+pub fn parse_rate(text: &str) -> Result<u64, PolicyError> {
+    let s = text.trim().to_ascii_lowercase();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let bits_per_unit: f64 = match unit {
+        "" | "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "tbit" => 1e12,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        "tbps" => 8e12,
+        _ => return Err(PolicyError::Rate(text.to_owned())),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| PolicyError::Rate(text.to_owned()))?;
+    let bits = value * bits_per_unit;
+    if !bits.is_finite() {
+        return Err(PolicyError::Rate(text.to_owned()));
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a bound, not a value")]
+    if bits > MAX_RATE_BITS as f64 {
+        return Err(PolicyError::RateTooHigh(text.to_owned()));
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "checked above"
+    )]
+    let bits = bits.round() as u64;
+    if bits == 0 {
+        return Err(PolicyError::ZeroRate(text.to_owned()));
+    }
+    Ok(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tc_units() {
+        assert_eq!(parse_rate("50mbit"), Ok(50_000_000));
+        assert_eq!(parse_rate("1.5gbit"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("100kbit"), Ok(100_000));
+        assert_eq!(parse_rate("800"), Ok(800));
+        assert_eq!(parse_rate("800bit"), Ok(800));
+        assert_eq!(
+            parse_rate("10MBit"),
+            Ok(10_000_000),
+            "units are case-insensitive"
+        );
+        assert_eq!(parse_rate("1mbps"), Ok(8_000_000), "bps units are bytes");
+        assert_eq!(parse_rate("125kbps"), Ok(1_000_000));
+        assert_eq!(parse_rate("34gbit"), Ok(34_000_000_000));
+    }
+
+    #[test]
+    fn bad_rates_name_the_value() {
+        for bad in [
+            "",
+            "fast",
+            "10 mbit",
+            "10mbits",
+            "10xbit",
+            "-5mbit",
+            "1.2.3mbit",
+            "mbit",
+            "1e9bit",
+        ] {
+            let err = parse_rate(bad).unwrap_err();
+            assert_eq!(err, PolicyError::Rate(bad.to_owned()), "{bad}");
+            assert!(err.to_string().contains(&format!("{bad:?}")));
+        }
+        assert_eq!(
+            parse_rate("0mbit"),
+            Err(PolicyError::ZeroRate("0mbit".into()))
+        );
+        assert_eq!(
+            parse_rate("0.0001bit"),
+            Err(PolicyError::ZeroRate("0.0001bit".into()))
+        );
+        assert_eq!(
+            parse_rate("35gbit"),
+            Err(PolicyError::RateTooHigh("35gbit".into()))
+        );
+        assert_eq!(
+            parse_rate("99999999999999999999999tbit"),
+            Err(PolicyError::RateTooHigh(
+                "99999999999999999999999tbit".into()
+            ))
+        );
+    }
+}

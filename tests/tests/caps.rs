@@ -1,0 +1,201 @@
+//! Bandwidth caps against real TCP: iperf3 between two test containers (run inside them with
+//! `docker exec`, so the traffic is theirs), goodput compared with the cap.
+
+use std::{process::Command, thread, time::Duration};
+
+use dockops_integration::{Container, dockops, dockops_ok, field, stats_json};
+use serde_json::Value;
+
+const CAP: u64 = 50_000_000;
+
+/// An iperf3 server and a client container, removed on drop.
+struct Pair {
+    server: Container,
+    client: Container,
+}
+
+impl Pair {
+    fn start(name: &str) -> Self {
+        Self {
+            server: Container::start(&format!("{name}-srv"), "iperf3 -s"),
+            client: Container::start(&format!("{name}-cli"), "sleep 600"),
+        }
+    }
+
+    /// Goodput in bit/s of `iperf3 -c server ARGS` run in the client (`-R`: server sends).
+    fn iperf(&self, args: &[&str]) -> f64 {
+        let ip = self.server.ip();
+        let mut cmd = Command::new("docker");
+        cmd.args(["exec", &self.client.id, "iperf3", "-c", &ip, "-J"])
+            .args(args);
+        let out = cmd.output().expect("docker exec iperf3");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "iperf3 {args:?}: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no goodput in {v}"))
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "ratios")]
+fn ratio(goodput: f64, cap: u64) -> f64 {
+    goodput / cap as f64
+}
+
+#[test]
+fn egress_cap_holds_for_one_and_four_flows_and_unlimit_lifts_it() {
+    let pair = Pair::start("egress");
+    let out = dockops_ok(&["limit", &pair.client.name, "--egress", "50mbit"]);
+    assert!(out.contains("egress 50 Mbit/s"), "{out}");
+    for flows in ["1", "4"] {
+        let r = ratio(pair.iperf(&["-t", "4", "-P", flows]), CAP);
+        assert!(
+            (0.8..=1.05).contains(&r),
+            "{flows} flow(s): goodput/cap = {r:.3}"
+        );
+    }
+    let stats = stats_json();
+    assert_eq!(field(&stats, &pair.client.name, "/limits/egress_bps"), CAP);
+    assert_eq!(
+        field(&stats, &pair.client.name, "/limits/ingress_bps"),
+        Value::Null
+    );
+    assert_eq!(
+        field(&stats, &pair.server.name, "/limits/egress_bps"),
+        Value::Null
+    );
+
+    dockops_ok(&["unlimit", &pair.client.name]);
+    let r = ratio(pair.iperf(&["-t", "2"]), CAP);
+    assert!(r > 5.0, "after unlimit goodput is only {r:.2}× the old cap");
+    assert_eq!(
+        field(&stats_json(), &pair.client.name, "/limits/egress_bps"),
+        Value::Null
+    );
+}
+
+#[test]
+fn ingress_cap_paces_the_sender_even_a_server_on_an_ipv6_socket() {
+    let pair = Pair::start("ingress");
+    dockops_ok(&["limit", &pair.client.name, "--ingress", "50mbit"]);
+    // -R: the server sends; iperf3 listens on the IPv6 wildcard (v4-mapped sockets).
+    for flows in ["1", "4"] {
+        let r = ratio(pair.iperf(&["-t", "4", "-R", "-P", flows]), CAP);
+        assert!(
+            (0.7..=1.05).contains(&r),
+            "{flows} flow(s) into the container: goodput/cap = {r:.3}"
+        );
+    }
+    // Its own uploads are not capped.
+    let r = ratio(pair.iperf(&["-t", "2"]), CAP);
+    assert!(r > 5.0, "egress got capped too: {r:.2}× the ingress cap");
+}
+
+#[test]
+fn relimiting_live_takes_effect_within_two_seconds() {
+    let pair = Pair::start("relimit");
+    dockops_ok(&["limit", &pair.client.name, "--egress", "50mbit"]);
+    let ip = pair.server.ip();
+    let id = pair.client.id.clone();
+    let run = thread::spawn(move || {
+        Command::new("docker")
+            .args(["exec", &id, "iperf3", "-c", &ip, "-J", "-t", "6", "-i", "1"])
+            .output()
+            .expect("iperf3")
+    });
+    thread::sleep(Duration::from_secs(2));
+    dockops_ok(&["limit", &pair.client.name, "--egress", "20mbit"]);
+    let out = run.join().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let per_second: Vec<f64> = v["intervals"]
+        .as_array()
+        .expect("intervals")
+        .iter()
+        .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+        .collect();
+    assert!(per_second.len() >= 6, "{per_second:?}");
+    // Seconds 0-1 at the old cap; from second 4 on (2 s after the change) at the new one.
+    assert!(
+        (0.8..=1.1).contains(&ratio(per_second[1], CAP)),
+        "before: {per_second:?}"
+    );
+    for &bps in &per_second[4..] {
+        assert!(
+            (0.7..=1.15).contains(&ratio(bps, 20_000_000)),
+            "after re-limiting: {per_second:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_limits_exit_2_and_change_nothing() {
+    let c = Container::start("badlimit", "sleep 600");
+    for (args, needle) in [
+        (vec!["--egress", "0"], "\"0\""),
+        (vec!["--egress", "10xbit"], "\"10xbit\""),
+        (vec!["--ingress=-5mbit"], "\"-5mbit\""),
+        (vec!["--egress", "40gbit"], "\"40gbit\""),
+        (vec![], "--egress"),
+    ] {
+        let mut full = vec!["limit", c.name.as_str()];
+        full.extend(args.iter().copied());
+        let out = dockops(&full);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{full:?}: {err}");
+        assert!(err.contains(needle), "{full:?}: {err}");
+    }
+    let out = dockops(&["limit", "nosuchcontainer", "--egress", "1mbit"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuchcontainer"));
+    let stats = stats_json();
+    assert_eq!(
+        field(&stats, &c.name, "/limits/egress_bps"),
+        Value::Null,
+        "a rejected limit changed the caps"
+    );
+    assert_eq!(field(&stats, &c.name, "/limits/ingress_bps"), Value::Null);
+}
+
+#[test]
+fn caps_of_a_removed_container_are_dropped() {
+    let c = Container::start("capgone", "sleep 600");
+    dockops_ok(&[
+        "limit",
+        &c.name,
+        "--egress",
+        "10mbit",
+        "--ingress",
+        "20mbit",
+    ]);
+    let ip = c.ip();
+    let dump = || {
+        let out = Command::new("bpftool")
+            .args([
+                "--json",
+                "map",
+                "dump",
+                "pinned",
+                "/sys/fs/bpf/dockops/maps/CAPS",
+            ])
+            .output()
+            .expect("bpftool");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let octets: Vec<String> = ip
+        .split('.')
+        .map(|o| format!("\"0x{:02x}\"", o.parse::<u8>().unwrap()))
+        .collect();
+    let key = octets.join(",");
+    assert!(dump().contains(&key), "no CAPS entry for {ip}: {}", dump());
+    c.remove();
+    dockops_ok(&["stats"]);
+    assert!(
+        !dump().contains(&key),
+        "CAPS entry for {ip} outlived its container: {}",
+        dump()
+    );
+}
