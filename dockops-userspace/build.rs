@@ -7,6 +7,14 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    // aya-build watches the eBPF crate; the shared types shape its maps too.
+    let common = packages
+        .iter()
+        .find(|p| p.name.as_str() == "dockops-common")
+        .ok_or_else(|| anyhow!("dockops-common package not found"))?;
+    if let Some(dir) = common.manifest_path.parent() {
+        println!("cargo:rerun-if-changed={dir}");
+    }
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "dockops-ebpf")

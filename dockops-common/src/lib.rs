@@ -21,6 +21,8 @@ pub mod names {
     pub const BLOCK_BIO_ACCT: &str = "block_bio_acct";
     /// Hash map: container IPv4 address (network byte order) → [`super::Caps`].
     pub const CAPS: &str = "CAPS";
+    /// BTF hash map: [`super::tc_cap_key`] → [`super::TcCap`], the hard caps in tc.
+    pub const TC_CAPS: &str = "TC_CAPS";
     /// `sock_ops` on the cgroup v2 root: paces TCP sockets from and to capped containers.
     pub const SOCK_PACE: &str = "sock_pace";
 }
@@ -35,9 +37,39 @@ pub const MAX_CAPS: u32 = 8192;
 pub struct Caps {
     pub egress_bits: u64,
     pub ingress_bits: u64,
+    /// Bucket of the tc hard cap behind the pacing, bytes.
+    pub burst_bytes: u64,
+    /// The container that set these caps (its id's 32 bytes): addresses are reused, so a
+    /// later container with the same address must not inherit them. Unused by eBPF.
+    pub owner: [u8; 32],
 }
 
-const _: () = assert!(core::mem::size_of::<Caps>() == 16);
+const _: () = assert!(core::mem::size_of::<Caps>() == 56);
+
+/// Key of [`names::TC_CAPS`]: the host veth and which of the container's directions.
+pub const fn tc_cap_key(ifindex: u32, ingress: bool) -> u64 {
+    (ifindex as u64) << 1 | ingress as u64
+}
+
+/// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.
+/// The eBPF side declares the same layout with `struct bpf_spin_lock` as the first field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcCap {
+    /// `struct bpf_spin_lock`: the kernel keeps it out of userspace reads and writes.
+    pub lock: u32,
+    pub pad: u32,
+    /// Wire bytes per second.
+    pub rate_bytes: u64,
+    pub burst_bytes: u64,
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TcCap>() == 40);
+
+/// Room for this many capped hooks.
+pub const MAX_TC_CAPS: u32 = 16384;
 
 /// Room for this many host-side veths (several per container are possible).
 pub const MAX_INTERFACES: u32 = 8192;
@@ -58,9 +90,14 @@ pub struct TrafficCounters {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Dropped by the hard cap (never reached the container / never left the host veth).
+    pub rx_dropped_packets: u64,
+    pub rx_dropped_bytes: u64,
+    pub tx_dropped_packets: u64,
+    pub tx_dropped_bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 64);
 
 impl TrafficCounters {
     /// Adds another CPU's (or interface's) counts to these.
@@ -71,6 +108,14 @@ impl TrafficCounters {
             rx_bytes: self.rx_bytes.wrapping_add(other.rx_bytes),
             tx_packets: self.tx_packets.wrapping_add(other.tx_packets),
             tx_bytes: self.tx_bytes.wrapping_add(other.tx_bytes),
+            rx_dropped_packets: self
+                .rx_dropped_packets
+                .wrapping_add(other.rx_dropped_packets),
+            rx_dropped_bytes: self.rx_dropped_bytes.wrapping_add(other.rx_dropped_bytes),
+            tx_dropped_packets: self
+                .tx_dropped_packets
+                .wrapping_add(other.tx_dropped_packets),
+            tx_dropped_bytes: self.tx_dropped_bytes.wrapping_add(other.tx_dropped_bytes),
         }
     }
 }
@@ -130,6 +175,8 @@ unsafe impl aya::Pod for BlockKey {}
 unsafe impl aya::Pod for BlockCounters {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Caps {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TcCap {}
 
 #[cfg(test)]
 mod tests {
@@ -159,12 +206,20 @@ mod tests {
             rx_bytes: 100,
             tx_packets: 2,
             tx_bytes: 200,
+            rx_dropped_packets: 1,
+            rx_dropped_bytes: 10,
+            tx_dropped_packets: 2,
+            tx_dropped_bytes: 20,
         };
         let b = TrafficCounters {
             rx_packets: 3,
             rx_bytes: 300,
             tx_packets: 4,
             tx_bytes: 400,
+            rx_dropped_packets: 3,
+            rx_dropped_bytes: 30,
+            tx_dropped_packets: 4,
+            tx_dropped_bytes: 40,
         };
         assert_eq!(
             a.plus(b),
@@ -172,8 +227,18 @@ mod tests {
                 rx_packets: 4,
                 rx_bytes: 400,
                 tx_packets: 6,
-                tx_bytes: 600
+                tx_bytes: 600,
+                rx_dropped_packets: 4,
+                rx_dropped_bytes: 40,
+                tx_dropped_packets: 6,
+                tx_dropped_bytes: 60
             }
         );
+    }
+
+    #[test]
+    fn tc_cap_keys_split_direction() {
+        assert_eq!(super::tc_cap_key(7, false), 14);
+        assert_eq!(super::tc_cap_key(7, true), 15);
     }
 }

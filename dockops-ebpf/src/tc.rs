@@ -1,59 +1,122 @@
 //! tc programs on the host side of each container's veth.
 //!
 //! The host side sees the container's traffic mirrored: tc ingress on the host veth carries what
-//! the container sends (its tx), tc egress what is delivered into it (its rx).
-//! Both programs only count and return `TC_ACT_UNSPEC`, so later programs in the chain still run.
+//! the container sends (its tx), tc egress what is delivered into it (its rx). Both count, and
+//! enforce the hard cap of a capped container: a token bucket on wire bytes, behind the
+//! sender pacing of `sock.rs`, for what pacing cannot reach (UDP, sockets opened before the
+//! cap, senders beyond the host). Everything else returns `TC_ACT_UNSPEC`, so later programs
+//! in the chain still run.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
-    macros::{classifier, map},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_spin_lock},
+    btf_maps::HashMap as BtfHashMap,
+    helpers::{bpf_ktime_get_ns, bpf_spin_lock as lock, bpf_spin_unlock as unlock},
+    macros::{btf_map, classifier, map},
     maps::PerCpuHashMap,
     programs::TcContext,
 };
-use dockops_common::{MAX_INTERFACES, TrafficCounters};
+use dockops_common::{MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
 
 /// Host veth ifindex → counters. Userspace inserts the entry when it attaches and removes it
 /// when the container goes, so the datapath never allocates and ignores unknown interfaces.
 #[map(name = "TRAFFIC")]
 static TRAFFIC: PerCpuHashMap<u32, TrafficCounters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
 
+/// `tc_cap_key(ifindex, ingress)` → the hook's cap and bucket (pinned by userspace, which
+/// writes `rate_bytes`/`burst_bytes` and resets the bucket).
+#[btf_map]
+static TC_CAPS: BtfHashMap<u64, CapBucket, { MAX_TC_CAPS as usize }> = BtfHashMap::new();
+
+/// Same layout as `dockops_common::TcCap`, with the lock typed for the verifier.
+#[repr(C)]
+struct CapBucket {
+    lock: bpf_spin_lock,
+    pad: u32,
+    rate_bytes: u64,
+    burst_bytes: u64,
+    tokens: u64,
+    last_ns: u64,
+}
+
+const _: () = assert!(size_of::<CapBucket>() == size_of::<dockops_common::TcCap>());
+
 /// `struct __sk_buff` of a packet the container sent (tc ingress of the host veth).
 #[classifier]
 pub fn tc_ingress_acct(ctx: TcContext) -> i32 {
-    if let Some(c) = counters(&ctx) {
-        let (packets, bytes) = sizes(&ctx);
-        c.tx_packets += packets;
-        c.tx_bytes += bytes;
+    let (ifindex, packets, bytes) = sizes(&ctx);
+    let admitted = admit(tc_cap_key(ifindex, false), bytes);
+    if let Some(c) = counters(ifindex) {
+        if admitted {
+            c.tx_packets += packets;
+            c.tx_bytes += bytes;
+        } else {
+            c.tx_dropped_packets += packets;
+            c.tx_dropped_bytes += bytes;
+        }
     }
-    TC_ACT_UNSPEC
+    if admitted {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT as i32
+    }
 }
 
 /// `struct __sk_buff` of a packet delivered into the container (tc egress of the host veth).
 #[classifier]
 pub fn tc_egress_acct(ctx: TcContext) -> i32 {
-    if let Some(c) = counters(&ctx) {
-        let (packets, bytes) = sizes(&ctx);
-        c.rx_packets += packets;
-        c.rx_bytes += bytes;
+    let (ifindex, packets, bytes) = sizes(&ctx);
+    let admitted = admit(tc_cap_key(ifindex, true), bytes);
+    if let Some(c) = counters(ifindex) {
+        if admitted {
+            c.rx_packets += packets;
+            c.rx_bytes += bytes;
+        } else {
+            c.rx_dropped_packets += packets;
+            c.rx_dropped_bytes += bytes;
+        }
     }
-    TC_ACT_UNSPEC
+    if admitted {
+        TC_ACT_UNSPEC
+    } else {
+        TC_ACT_SHOT as i32
+    }
 }
 
-/// This CPU's counters of the interface the packet is on. Per-CPU values need no atomics:
-/// a tc program runs to completion on one CPU without preemption by itself.
+/// This CPU's counters of an interface. Per-CPU values need no atomics: a tc program runs to
+/// completion on one CPU without preemption by itself.
 #[inline(always)]
-fn counters(ctx: &TcContext) -> Option<&mut TrafficCounters> {
-    // SAFETY: ctx.skb.skb is the kernel's __sk_buff for this program run.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+fn counters(ifindex: u32) -> Option<&'static mut TrafficCounters> {
     // SAFETY: a per-CPU value is only touched by this CPU while the program runs.
     TRAFFIC.get_ptr_mut(ifindex).map(|p| unsafe { &mut *p })
 }
 
-/// Wire packets and bytes of the skb: a GSO aggregate of `gso_segs` segments counts as that
-/// many packets; bytes are `skb->len` as the interface counters account them.
+/// The interface, wire packets and bytes of the skb: a GSO aggregate of `gso_segs` segments
+/// counts as that many packets; bytes are `skb->len`, as the interface counters account them.
 #[inline(always)]
-fn sizes(ctx: &TcContext) -> (u64, u64) {
-    // SAFETY: as above.
-    let segs = unsafe { (*ctx.skb.skb).gso_segs };
-    (u64::from(segs.max(1)), u64::from(ctx.len()))
+fn sizes(ctx: &TcContext) -> (u32, u64, u64) {
+    // SAFETY: ctx.skb.skb is the kernel's __sk_buff for this program run.
+    let (ifindex, segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
+    (ifindex, u64::from(segs.max(1)), u64::from(ctx.len()))
+}
+
+/// Takes `bytes` from the hook's bucket; true (admit) when it has no cap. The bucket is shared
+/// by all CPUs, so it is updated under its spin lock (no helper calls while held).
+#[inline(always)]
+fn admit(key: u64, bytes: u64) -> bool {
+    let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
+        return true;
+    };
+    // SAFETY: reads the monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a map value, valid for the program run; mutated only under its lock.
+    let b = unsafe { &mut *bucket };
+    unsafe { lock(&raw mut b.lock) };
+    // At most one second of refill: keeps `elapsed * rate` below 2^64 at any rate.
+    let elapsed = now.saturating_sub(b.last_ns).min(1_000_000_000);
+    let tokens = (b.tokens + elapsed * b.rate_bytes / 1_000_000_000).min(b.burst_bytes);
+    let admitted = tokens >= bytes;
+    b.tokens = if admitted { tokens - bytes } else { tokens };
+    b.last_ns = b.last_ns.max(now);
+    unsafe { unlock(&raw mut b.lock) };
+    admitted
 }

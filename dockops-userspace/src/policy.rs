@@ -4,8 +4,17 @@
 /// second.
 pub const MAX_RATE_BITS: u64 = u32::MAX as u64 * 8;
 
+/// The smallest hard-cap bucket: one full-size Ethernet frame.
+pub const MIN_BURST: u64 = 1514;
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
+    #[error(
+        "invalid size {0:?}: give a number and a unit, e.g. 64kb, 1mb, 1500b (k, m, g are powers of 1024)"
+    )]
+    Size(String),
+    #[error("burst {0:?} is smaller than one full-size packet ({MIN_BURST} bytes)")]
+    BurstTooSmall(String),
     #[error(
         "invalid rate {0:?}: give a number and a unit, e.g. 10mbit, 1.5gbit, 500kbps \
          (bit, kbit, mbit, gbit, tbit; bps, kbps, mbps, gbps, tbps are bytes per second)"
@@ -61,9 +70,75 @@ pub fn parse_rate(text: &str) -> Result<u64, PolicyError> {
     Ok(bits)
 }
 
+/// A size in tc's units → bytes: b (or none), k/kb, m/mb, g/gb (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, PolicyError> {
+    let s = text.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(PolicyError::Size(text.to_owned())),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| PolicyError::Size(text.to_owned()))
+}
+
+/// A `--burst` value: a size of at least one full-size packet.
+pub fn parse_burst(text: &str) -> Result<u64, PolicyError> {
+    let bytes = parse_size(text)?;
+    if bytes < MIN_BURST {
+        return Err(PolicyError::BurstTooSmall(text.to_owned()));
+    }
+    Ok(bytes)
+}
+
+/// The hard cap's bucket when the user gives none: 200 ms at the cap (a drop on a same-host
+/// path costs a ~200 ms retransmission timeout, so a smaller bucket starves TCP), and at
+/// least two 64 KiB GSO aggregates.
+pub const fn default_burst(rate_bits: u64) -> u64 {
+    let bytes = rate_bits / 8 / 5;
+    if bytes > 128 << 10 { bytes } else { 128 << 10 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_bursts() {
+        assert_eq!(parse_size("64kb"), Ok(65536));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("1500"), Ok(1500));
+        assert_eq!(parse_size("2GB"), Ok(2 << 30));
+        for bad in ["", "k", "1.5kb", "10kbit", "-1kb", "99999999999999999999g"] {
+            assert_eq!(
+                parse_size(bad),
+                Err(PolicyError::Size(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_burst("1000b"),
+            Err(PolicyError::BurstTooSmall("1000b".into()))
+        );
+        assert_eq!(parse_burst("1514"), Ok(1514));
+        assert_eq!(
+            default_burst(1_000_000),
+            128 << 10,
+            "floor at two aggregates"
+        );
+        assert_eq!(
+            default_burst(1_000_000_000),
+            25_000_000,
+            "200 ms at 1 Gbit/s"
+        );
+    }
 
     #[test]
     fn tc_units() {

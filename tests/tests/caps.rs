@@ -199,3 +199,67 @@ fn caps_of_a_removed_container_are_dropped() {
         dump()
     );
 }
+
+#[test]
+fn udp_flood_is_held_by_the_hard_cap_and_its_drops_counted() {
+    let pair = Pair::start("udp");
+    let dropped = || {
+        field(
+            &stats_json(),
+            &pair.client.name,
+            "/network/tx_dropped_total",
+        )
+        .as_u64()
+        .unwrap()
+    };
+    // No cap, no drops, however hard it sends.
+    // (200 Mbit/s: faster, the receiving socket itself drops on this 2-core machine.)
+    dockops_ok(&["stats"]);
+    let free = ratio(pair.iperf(&["-u", "-b", "200M", "-t", "2"]), CAP);
+    assert!(free > 3.0, "uncapped UDP reached only {free:.2}× 50 Mbit/s");
+    assert_eq!(dropped(), 0, "drops without a cap");
+    // UDP is not paced: the tc bucket holds it (wire bytes at 1.05× the cap, plus the burst).
+    dockops_ok(&["limit", &pair.client.name, "--egress", "50mbit"]);
+    let held = ratio(pair.iperf(&["-u", "-b", "200M", "-t", "4"]), CAP);
+    assert!(
+        (0.8..=1.1).contains(&held),
+        "UDP flood under a 50 Mbit/s cap: goodput/cap = {held:.3}"
+    );
+    let drops = dropped();
+    assert!(
+        drops > 1000,
+        "the cap dropped only {drops} packets of a 4× flood"
+    );
+    let bytes = field(
+        &stats_json(),
+        &pair.client.name,
+        "/network/tx_dropped_bytes_total",
+    )
+    .as_u64()
+    .unwrap();
+    assert!(
+        bytes > drops * 1000,
+        "{bytes} bytes for {drops} dropped ~1.5 kB datagrams"
+    );
+}
+
+#[test]
+fn a_new_container_on_a_reused_address_does_not_inherit_caps() {
+    let old = Container::start("reuse-old", "sleep 600");
+    dockops_ok(&["limit", &old.name, "--egress", "10mbit"]);
+    let ip = old.ip();
+    // Removed while no dockops command runs to notice.
+    old.remove();
+    let new = Container::start("reuse-new", "sleep 600");
+    assert_eq!(
+        new.ip(),
+        ip,
+        "docker gave the freed address to the next container"
+    );
+    let stats = stats_json();
+    assert_eq!(
+        field(&stats, &new.name, "/limits/egress_bps"),
+        Value::Null,
+        "inherited the old container's cap"
+    );
+}

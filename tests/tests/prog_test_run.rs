@@ -9,10 +9,11 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     util::nr_cpus,
 };
-use dockops_common::{TrafficCounters, names};
+use dockops_common::{TcCap, TrafficCounters, names, tc_cap_key};
 
 /// `TC_ACT_UNSPEC` (-1) as the test run reports it.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_SHOT: u32 = 2;
 /// The loopback device: `BPF_PROG_TEST_RUN` needs an existing ifindex for `skb->dev`.
 const LO: u32 = 1;
 
@@ -51,7 +52,7 @@ fn run(prog: &SchedClassifier, ifindex: u32, gso_segs: u32, len: usize) -> u32 {
 }
 
 #[test]
-fn tc_programs_count_wire_packets_and_bytes_and_pass_everything() {
+fn tc_programs_count_and_enforce_the_hard_cap() {
     let pins = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/dockops-test-{}",
         std::process::id()
@@ -105,7 +106,8 @@ fn tc_programs_count_wire_packets_and_bytes_and_pass_everything() {
             rx_packets: 0,
             rx_bytes: 0,
             tx_packets: 4,
-            tx_bytes: 3100
+            tx_bytes: 3100,
+            ..TrafficCounters::default()
         }
     );
 
@@ -117,7 +119,45 @@ fn tc_programs_count_wire_packets_and_bytes_and_pass_everything() {
             rx_packets: 1,
             rx_bytes: 1500,
             tx_packets: 4,
-            tx_bytes: 3100
+            tx_bytes: 3100,
+            ..TrafficCounters::default()
         }
     );
+
+    // A hard cap on the container's egress: a 2000-byte bucket that refills at 1 byte/s
+    // admits one 1500-byte packet, then drops, and counts the drop.
+    let mut caps: aya::maps::HashMap<_, u64, TcCap> =
+        aya::maps::HashMap::try_from(ebpf.take_map(names::TC_CAPS).unwrap()).unwrap();
+    let bucket = TcCap {
+        rate_bytes: 1,
+        burst_bytes: 2000,
+        tokens: 2000,
+        ..TcCap::default()
+    };
+    caps.insert(tc_cap_key(LO, false), bucket, 0).unwrap();
+    let ingress: &SchedClassifier = ebpf
+        .program(names::TC_INGRESS_ACCT)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let before = total(&traffic);
+    assert_eq!(
+        run(ingress, LO, 1, 1500),
+        TC_ACT_UNSPEC,
+        "within the bucket"
+    );
+    assert_eq!(run(ingress, LO, 1, 1500), TC_ACT_SHOT, "over the bucket");
+    let after = total(&traffic);
+    assert_eq!(after.tx_packets - before.tx_packets, 1);
+    assert_eq!(
+        (after.tx_dropped_packets, after.tx_dropped_bytes),
+        (1, 1500)
+    );
+    // The container's ingress has no cap: still passed.
+    let egress: &SchedClassifier = ebpf
+        .program(names::TC_EGRESS_ACCT)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(run(egress, LO, 1, 1500), TC_ACT_UNSPEC);
 }

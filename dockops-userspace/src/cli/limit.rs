@@ -2,7 +2,11 @@
 
 use std::collections::HashSet;
 
-use dockops::{datapath::DatapathError, discovery::Container, policy::parse_rate};
+use dockops::{
+    datapath::DatapathError,
+    discovery::Container,
+    policy::{default_burst, parse_burst, parse_rate},
+};
 use dockops_common::Caps;
 
 use super::{Agent, InputError, TcAttach};
@@ -17,6 +21,10 @@ pub struct LimitArgs {
     /// Cap on what the container receives, in the same units.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     ingress: Option<u64>,
+    /// Bucket of the tc hard cap behind the pacing (e.g. 256kb); default 200 ms at the
+    /// larger cap, at least 128 KiB. At least one full-size packet.
+    #[arg(long, value_name = "SIZE", value_parser = parse_burst)]
+    burst: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -35,9 +43,18 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
     if args.egress.is_none() && args.ingress.is_none() {
         return Err(InputError("give --egress RATE, --ingress RATE or both".into()).into());
     }
-    update(&args.container, tc_attach, |old| Caps {
-        egress_bits: args.egress.unwrap_or(old.egress_bits),
-        ingress_bits: args.ingress.unwrap_or(old.ingress_bits),
+    update(&args.container, tc_attach, |old| {
+        let egress_bits = args.egress.unwrap_or(old.egress_bits);
+        let ingress_bits = args.ingress.unwrap_or(old.ingress_bits);
+        let burst_bytes = args
+            .burst
+            .unwrap_or_else(|| default_burst(egress_bits.max(ingress_bits)));
+        Caps {
+            egress_bits,
+            ingress_bits,
+            burst_bytes,
+            ..old
+        }
     })
     .await
 }
@@ -55,6 +72,7 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
         } else {
             old.ingress_bits
         },
+        ..old
     })
     .await
 }

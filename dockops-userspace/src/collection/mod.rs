@@ -22,9 +22,12 @@ pub struct NetworkStats {
     /// Over the sampling interval; `null` without a previous reading.
     pub rx_bytes_per_second: Option<f64>,
     pub tx_bytes_per_second: Option<f64>,
-    /// What dockops' bandwidth caps dropped (no caps yet: always 0).
+    /// Packets dockops' hard cap dropped (0 without a cap).
     pub rx_dropped_total: u64,
     pub tx_dropped_total: u64,
+    /// The same in bytes.
+    pub rx_dropped_bytes_total: u64,
+    pub tx_dropped_bytes_total: u64,
 }
 
 impl From<TrafficCounters> for NetworkStats {
@@ -34,6 +37,10 @@ impl From<TrafficCounters> for NetworkStats {
             tx_bytes_total: c.tx_bytes,
             rx_packets_total: c.rx_packets,
             tx_packets_total: c.tx_packets,
+            rx_dropped_total: c.rx_dropped_packets,
+            tx_dropped_total: c.tx_dropped_packets,
+            rx_dropped_bytes_total: c.rx_dropped_bytes,
+            tx_dropped_bytes_total: c.tx_dropped_bytes,
             ..Self::default()
         }
     }
@@ -247,6 +254,8 @@ mod tests {
             rx_bytes: rx,
             tx_packets: tx / 100,
             tx_bytes: tx,
+            tx_dropped_packets: 1,
+            ..TrafficCounters::default()
         }
     }
 
@@ -277,6 +286,7 @@ mod tests {
                 tx_bytes_total: 500,
                 rx_packets_total: 15,
                 tx_packets_total: 5,
+                tx_dropped_total: 2,
                 ..NetworkStats::default()
             }
         );

@@ -1,11 +1,6 @@
 //! Bandwidth caps: the host-wide pacing program and the per-address caps it reads.
 
-use std::{
-    collections::{HashMap, HashSet},
-    fs::File,
-    net::Ipv4Addr,
-    path::Path,
-};
+use std::{collections::HashMap, fs::File, net::Ipv4Addr, path::Path};
 
 use aya::{
     Ebpf,
@@ -87,23 +82,26 @@ impl Pacing {
     pub(super) fn set(&mut self, ip: Ipv4Addr, caps: Caps) -> Result<(), DatapathError> {
         if caps == Caps::default() {
             match self.caps.remove(&key(ip)) {
-                Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
-                Err(e) => Err(e.into()),
+                Err(e) if !super::not_found(&e) => Err(e.into()),
+                _ => Ok(()),
             }
         } else {
             Ok(self.caps.insert(key(ip), caps, 0)?)
         }
     }
 
-    /// Drops the caps of addresses no running container has (a later container could get
-    /// the address).
-    pub(super) fn reconcile(&mut self, live: &HashSet<Ipv4Addr>) -> Result<(), DatapathError> {
-        let live: HashSet<u32> = live.iter().copied().map(key).collect();
+    /// Keeps only the caps whose address belongs to the running container that set them:
+    /// an address freed by a removed container may already be another container's.
+    pub(super) fn reconcile(
+        &mut self,
+        live: &HashMap<Ipv4Addr, [u8; 32]>,
+    ) -> Result<(), DatapathError> {
         let stale: Vec<u32> = self
             .caps
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| !live.contains(k))
+            .filter(|(k, caps)| live.get(&Ipv4Addr::from(k.to_ne_bytes())) != Some(&caps.owner))
+            .map(|(k, _)| k)
             .collect();
         for k in stale {
             self.caps.remove(&k)?;

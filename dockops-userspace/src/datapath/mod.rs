@@ -21,7 +21,7 @@ use aya::{
     maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier, links::PinnedLink},
 };
-use dockops_common::{BlockCounters, BlockKey, Caps, TrafficCounters, names};
+use dockops_common::{BlockCounters, BlockKey, Caps, TcCap, TrafficCounters, names, tc_cap_key};
 pub use pins::Direction;
 use pins::{Layout, PinName};
 
@@ -106,6 +106,10 @@ pub enum DatapathError {
     Missing(&'static str),
 }
 
+/// The hard cap counts wire bytes (headers included) while pacing counts TCP payload: the
+/// bucket runs this much faster so that paced flows never reach it.
+const WIRE_HEADROOM_PERCENT: u64 = 105;
+
 /// Block IO counters by cgroup id, then device (sorted by `dev`).
 pub type BlockByCgroup = HashMap<u64, Vec<(BlockKey, BlockCounters)>>;
 
@@ -127,6 +131,8 @@ pub struct Datapath {
     ingress: SchedClassifier,
     egress: SchedClassifier,
     traffic: PerCpuHashMap<MapData, u32, TrafficCounters>,
+    /// Hard caps and their buckets, by `tc_cap_key`.
+    tc_caps: aya::maps::HashMap<MapData, u64, TcCap>,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
     /// `None` when the block tracepoint could not be attached (warned once at start).
@@ -153,6 +159,8 @@ impl Datapath {
         let _lock = bpffs::lock()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(layout.maps())
+            // A BTF map (its values hold a spin lock) cannot ask for pinning itself.
+            .map_pin_path(names::TC_CAPS, layout.maps().join(names::TC_CAPS))
             .load(OBJECT)?;
         let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT)?;
         let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT)?;
@@ -160,6 +168,10 @@ impl Datapath {
             .take_map(names::TRAFFIC)
             .ok_or(DatapathError::Missing(names::TRAFFIC))?;
         let traffic = PerCpuHashMap::try_from(traffic)?;
+        let tc_caps = ebpf
+            .take_map(names::TC_CAPS)
+            .ok_or(DatapathError::Missing(names::TC_CAPS))?;
+        let tc_caps = aya::maps::HashMap::try_from(tc_caps)?;
         let cpus = aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
             path: PathBuf::from(path),
             source,
@@ -186,6 +198,7 @@ impl Datapath {
             ingress,
             egress,
             traffic,
+            tc_caps,
             cpus,
             block,
             pacing,
@@ -274,13 +287,13 @@ impl Datapath {
             self.traffic.remove(&key)?;
         }
         if let Some(pacing) = &mut self.pacing {
-            pacing.reconcile(
-                &containers
-                    .iter()
-                    .flat_map(|c| c.ipv4.iter().copied())
-                    .collect(),
-            )?;
+            let live = containers
+                .iter()
+                .flat_map(|c| c.ipv4.iter().map(|ip| (*ip, c.id_bytes())))
+                .collect();
+            pacing.reconcile(&live)?;
         }
+        self.reconcile_tc_caps(containers, &live)?;
         if let Some(block) = &mut self.block {
             block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
         }
@@ -295,13 +308,78 @@ impl Datapath {
     }
 
     /// Sets the caps of every address of `container`; all-zero caps remove them.
+    ///
+    /// Two layers: TCP senders from and to the container are paced to the cap (`sock_ops`),
+    /// and a tc token bucket on each of its host veths drops what still exceeds it.
     pub fn set_caps(&mut self, container: &Container, caps: Caps) -> Result<(), DatapathError> {
-        let pacing = self.pacing.as_mut().ok_or(DatapathError::NoPacing)?;
         if container.ipv4.is_empty() {
             return Err(DatapathError::NoAddress(container.name.clone()));
         }
+        let Some(pacing) = &mut self.pacing else {
+            // Without cgroup v2 there is nothing to pace from (nor to remember caps in).
+            return Err(DatapathError::NoPacing);
+        };
+        let caps = Caps {
+            owner: container.id_bytes(),
+            ..caps
+        };
         for ip in &container.ipv4 {
             pacing.set(*ip, caps)?;
+        }
+        for iface in container.interfaces.iter().flatten() {
+            self.set_tc_caps(iface.ifindex, caps)?;
+        }
+        Ok(())
+    }
+
+    /// Writes (or removes) both hard caps of one host veth, with a full bucket.
+    fn set_tc_caps(&mut self, ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
+        for (ingress, bits) in [(false, caps.egress_bits), (true, caps.ingress_bits)] {
+            let key = tc_cap_key(ifindex, ingress);
+            if bits == 0 {
+                match self.tc_caps.remove(&key) {
+                    Err(e) if !not_found(&e) => return Err(e.into()),
+                    _ => {}
+                }
+            } else {
+                let cap = TcCap {
+                    rate_bytes: bits / 8 * WIRE_HEADROOM_PERCENT / 100,
+                    burst_bytes: caps.burst_bytes,
+                    tokens: caps.burst_bytes,
+                    ..TcCap::default()
+                };
+                self.tc_caps.insert(key, cap, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hard caps follow the caps of running containers (a restarted container's new veth
+    /// gets them) and go with the interfaces that are gone.
+    fn reconcile_tc_caps(
+        &mut self,
+        containers: &[Container],
+        live: &HashSet<u32>,
+    ) -> Result<(), DatapathError> {
+        let present: HashSet<u64> = self.tc_caps.keys().filter_map(Result::ok).collect();
+        for key in &present {
+            if !live.contains(&u32::try_from(key >> 1).unwrap_or(0)) {
+                self.tc_caps.remove(key)?;
+            }
+        }
+        let caps = self.caps()?;
+        for container in containers {
+            let Some(c) = container.ipv4.first().and_then(|ip| caps.get(ip)).copied() else {
+                continue;
+            };
+            for iface in container.interfaces.iter().flatten() {
+                let missing = |ingress, bits| {
+                    bits != 0 && !present.contains(&tc_cap_key(iface.ifindex, ingress))
+                };
+                if missing(false, c.egress_bits) || missing(true, c.ingress_bits) {
+                    self.set_tc_caps(iface.ifindex, c)?;
+                }
+            }
         }
         Ok(())
     }
@@ -512,4 +590,13 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// True for "no such key" from a map removal (aya reports it as a syscall error).
+fn not_found(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }

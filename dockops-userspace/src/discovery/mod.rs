@@ -46,6 +46,18 @@ impl Container {
         self.name == query || (query.len() >= 4 && self.id.starts_with(query))
     }
 
+    /// The id as 32 bytes (its 64 hex digits decoded; zeros past anything not hex).
+    pub fn id_bytes(&self) -> [u8; 32] {
+        let mut bytes = [0; 32];
+        for (byte, pair) in bytes.iter_mut().zip(self.id.as_bytes().chunks(2)) {
+            *byte = std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .unwrap_or(0);
+        }
+        bytes
+    }
+
     /// The short id the docker CLI prints.
     pub fn short_id(&self) -> &str {
         &self.id[..self.id.len().min(12)]
@@ -84,5 +96,7 @@ mod tests {
         );
         assert!(!c.matches("db"));
         assert_eq!(c.short_id(), "3f2a9c0d1e4b");
+        let bytes = c.id_bytes();
+        assert_eq!((bytes[0], bytes[1], bytes[31]), (0x3f, 0x2a, 0xa2));
     }
 }

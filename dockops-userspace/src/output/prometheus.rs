@@ -95,6 +95,26 @@ const INT_COUNTERS: &[(&str, &str, Get<u64>)] = &[
         "Packets the container sent",
         |c| c.network.tx_packets_total,
     ),
+    (
+        "dockops_network_receive_dropped_packets",
+        "Packets to the container the hard cap dropped",
+        |c| c.network.rx_dropped_total,
+    ),
+    (
+        "dockops_network_transmit_dropped_packets",
+        "Packets from the container the hard cap dropped",
+        |c| c.network.tx_dropped_total,
+    ),
+    (
+        "dockops_network_receive_dropped_bytes",
+        "Bytes to the container the hard cap dropped",
+        |c| c.network.rx_dropped_bytes_total,
+    ),
+    (
+        "dockops_network_transmit_dropped_bytes",
+        "Bytes from the container the hard cap dropped",
+        |c| c.network.tx_dropped_bytes_total,
+    ),
 ];
 
 #[expect(clippy::cast_possible_wrap, reason = "byte counts stay below 2^63")]
