@@ -1,5 +1,4 @@
-//! `cargo xtask bench stats`: dockops against `docker stats` with many containers, measured
-//! side by side in one run; the table goes into docs/BENCHMARKS.md.
+//! `cargo xtask bench stats`: dockops against `docker stats` with many containers.
 
 use std::{
     fs,
@@ -12,33 +11,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{docker::Engine, sh};
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    which: Which,
-}
-
-#[derive(clap::Subcommand)]
-enum Which {
-    /// Snapshot time vs `docker stats --no-stream`, and the agent's CPU and memory over a
-    /// minute of `watch --interval 1s`, with N idle containers.
-    Stats {
-        /// Containers to run.
-        #[arg(long, default_value_t = 100)]
-        containers: usize,
-        /// Seconds of `watch` to measure CPU and RSS over.
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
-    },
-}
-
 const LABEL: &str = "dockops.bench=1";
 
-pub fn run(args: &Args) -> anyhow::Result<()> {
-    let Which::Stats {
-        containers,
-        seconds,
-    } = args.which;
+pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::build()?;
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
@@ -92,7 +67,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         snap_ratio = docker / snap,
     );
     println!("{table}");
-    record(&table)
+    super::record("stats", &table)
 }
 
 /// Containers that exist for the benchmark, removed on drop.
@@ -244,28 +219,4 @@ fn agent_usage(mut cmd: Command, seconds: u64) -> anyhow::Result<(f64, f64)> {
     #[expect(clippy::cast_precision_loss, reason = "ticks")]
     let cpu = used as f64 / 100.0 / elapsed * 100.0;
     Ok((cpu, hwm_kib / 1024.0))
-}
-
-/// Replaces the stats section of docs/BENCHMARKS.md with `table`.
-fn record(table: &str) -> anyhow::Result<()> {
-    let path = crate::workspace().join("docs/BENCHMARKS.md");
-    let text = fs::read_to_string(&path).unwrap_or_default();
-    let (begin, end) = ("<!-- bench:stats:begin -->", "<!-- bench:stats:end -->");
-    let Some((head, rest)) = text.split_once(begin) else {
-        bail!("{} has no {begin} marker", path.display());
-    };
-    let tail = rest.split_once(end).map_or("", |(_, t)| t);
-    let machine = sh::output(Command::new("uname").args(["-sr"])).unwrap_or_default();
-    let date = sh::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
-    fs::write(
-        &path,
-        format!(
-            "{head}{begin}\nMeasured {} on {} ({} cores):\n\n{table}{end}{tail}",
-            date.trim(),
-            machine.trim(),
-            thread::available_parallelism().map_or(0, std::num::NonZero::get)
-        ),
-    )?;
-    eprintln!("bench: recorded in {}", path.display());
-    Ok(())
 }

@@ -1,0 +1,75 @@
+//! Benchmarks, each side by side with its baseline in one run; results go to
+//! docs/BENCHMARKS.md.
+
+mod shaping;
+mod stats;
+
+use std::{fs, process::Command, thread};
+
+use anyhow::bail;
+
+use crate::sh;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand)]
+enum Which {
+    /// Snapshot time vs `docker stats --no-stream`, and the agent's CPU and memory over a
+    /// minute of `watch --interval 1s`, with N idle containers.
+    Stats {
+        /// Containers to run.
+        #[arg(long, default_value_t = 100)]
+        containers: usize,
+        /// Seconds of `watch` to measure CPU and RSS over.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Bandwidth caps: dockops against tc tbf and no cap, egress and ingress, at 10, 100 and
+    /// 1000 Mbit/s: goodput, first second, retransmits, ping under load, overhead.
+    Shaping {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+    },
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    match args.which {
+        Which::Stats {
+            containers,
+            seconds,
+        } => stats::run(containers, seconds),
+        Which::Shaping { seconds } => shaping::run(seconds),
+    }
+}
+
+/// Replaces the `section` part of docs/BENCHMARKS.md with `table`.
+fn record(section: &str, table: &str) -> anyhow::Result<()> {
+    let path = crate::workspace().join("docs/BENCHMARKS.md");
+    let text = fs::read_to_string(&path).unwrap_or_default();
+    let (begin, end) = (
+        format!("<!-- bench:{section}:begin -->"),
+        format!("<!-- bench:{section}:end -->"),
+    );
+    let Some((head, rest)) = text.split_once(begin.as_str()) else {
+        bail!("{} has no {begin} marker", path.display());
+    };
+    let tail = rest.split_once(end.as_str()).map_or("", |(_, t)| t);
+    let machine = sh::output(Command::new("uname").args(["-sr"])).unwrap_or_default();
+    let date = sh::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
+    fs::write(
+        &path,
+        format!(
+            "{head}{begin}\nMeasured {} on {} ({} cores):\n\n{table}{end}{tail}",
+            date.trim(),
+            machine.trim(),
+            thread::available_parallelism().map_or(0, std::num::NonZero::get)
+        ),
+    )?;
+    eprintln!("bench: recorded in {}", path.display());
+    Ok(())
+}
