@@ -43,37 +43,30 @@ const _: () = assert!(size_of::<CapBucket>() == size_of::<dockops_common::TcCap>
 /// `struct __sk_buff` of a packet the container sent (tc ingress of the host veth).
 #[classifier]
 pub fn tc_ingress_acct(ctx: TcContext) -> i32 {
-    let (ifindex, packets, bytes) = sizes(&ctx);
-    let admitted = admit(tc_cap_key(ifindex, false), bytes);
-    if let Some(c) = counters(ifindex) {
-        if admitted {
-            c.tx_packets += packets;
-            c.tx_bytes += bytes;
-        } else {
-            c.tx_dropped_packets += packets;
-            c.tx_dropped_bytes += bytes;
-        }
-    }
-    if admitted {
-        TC_ACT_UNSPEC
-    } else {
-        TC_ACT_SHOT as i32
-    }
+    account(&ctx, false)
 }
 
 /// `struct __sk_buff` of a packet delivered into the container (tc egress of the host veth).
 #[classifier]
 pub fn tc_egress_acct(ctx: TcContext) -> i32 {
-    let (ifindex, packets, bytes) = sizes(&ctx);
-    let admitted = admit(tc_cap_key(ifindex, true), bytes);
+    account(&ctx, true)
+}
+
+/// Applies the hook's hard cap, then counts the packet as passed or dropped, into the
+/// container (`into`) or out of it.
+#[inline(always)]
+fn account(ctx: &TcContext, into: bool) -> i32 {
+    let (ifindex, packets, bytes) = sizes(ctx);
+    let admitted = admit(tc_cap_key(ifindex, into), bytes);
     if let Some(c) = counters(ifindex) {
-        if admitted {
-            c.rx_packets += packets;
-            c.rx_bytes += bytes;
-        } else {
-            c.rx_dropped_packets += packets;
-            c.rx_dropped_bytes += bytes;
-        }
+        let (p, b) = match (into, admitted) {
+            (true, true) => (&mut c.rx_packets, &mut c.rx_bytes),
+            (true, false) => (&mut c.rx_dropped_packets, &mut c.rx_dropped_bytes),
+            (false, true) => (&mut c.tx_packets, &mut c.tx_bytes),
+            (false, false) => (&mut c.tx_dropped_packets, &mut c.tx_dropped_bytes),
+        };
+        *p += packets;
+        *b += bytes;
     }
     if admitted {
         TC_ACT_UNSPEC

@@ -8,7 +8,37 @@ use std::{fs, process::Command, thread};
 
 use anyhow::bail;
 
-use crate::sh;
+use crate::{docker::Engine, sh};
+
+/// Label of every container a benchmark starts.
+const LABEL: &str = "dockops.bench=1";
+
+/// The benchmark's containers (found by [`LABEL`]), removed on drop, even on error.
+struct Containers<'a> {
+    engine: &'a Engine,
+}
+
+impl Containers<'_> {
+    fn remove(&self) {
+        let ids = sh::output(self.engine.docker().args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label={LABEL}"),
+        ]))
+        .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = sh::ok(self.engine.docker().args(["rm", "-f"]).args(&ids));
+        }
+    }
+}
+
+impl Drop for Containers<'_> {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
 
 #[derive(clap::Args)]
 pub struct Args {

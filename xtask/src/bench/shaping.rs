@@ -4,13 +4,12 @@ use std::{
     fmt::Write as _,
     fs,
     process::{Command, Stdio},
-    thread,
-    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use super::{Containers, LABEL};
 use crate::{docker::Engine, sh};
 
 const RATES: [(u64, &str); 3] = [
@@ -55,45 +54,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     engine.ensure_test_image()?;
     let guard = Containers { engine: &engine };
     guard.remove();
-    let run = |name: &str, cmd: &[&str]| -> anyhow::Result<String> {
-        let mut c = engine.docker();
-        c.args([
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--label",
-            LABEL,
-            crate::docker::TEST_IMAGE,
-        ])
-        .args(cmd);
-        sh::output(&mut c)
-            .map(|s| s.trim().to_owned())
-            .context("docker run")
-    };
-    run("dockops-bench-srv", &["iperf3", "-s"])?;
-    run("dockops-bench-cli", &["sleep", "86400"])?;
-    let inspect = |fmt: &str, name: &str| {
-        sh::output(engine.docker().args(["inspect", "-f", fmt, name]))
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
-    let iflink = sh::output(engine.docker().args([
-        "exec",
-        "dockops-bench-cli",
-        "cat",
-        "/sys/class/net/eth0/iflink",
-    ]))
-    .unwrap_or_default();
-    let bench = Bench {
-        engine: &engine,
-        server_ip: inspect("{{.NetworkSettings.IPAddress}}", "dockops-bench-srv"),
-        client: "dockops-bench-cli".into(),
-        veth: veth_by_index(iflink.trim())?,
-        client_pid: inspect("{{.State.Pid}}", "dockops-bench-cli"),
-        seconds,
-    };
+    let bench = Bench::start(&engine, seconds)?;
     let dockops = |args: &[&str]| {
         let mut cmd = Command::new(crate::binary());
         cmd.env("DOCKER_HOST", &engine.host)
@@ -179,6 +140,51 @@ fn row(table: &mut String, direction: &str, rate: &str, shaper: &str, r: &Run, b
         r.ping_max,
         r.ping_loss,
     );
+}
+
+impl<'a> Bench<'a> {
+    /// Starts the iperf3 server and the client container (the caller's guard removes them).
+    fn start(engine: &'a Engine, seconds: u64) -> anyhow::Result<Self> {
+        let run = |name: &str, cmd: &[&str]| -> anyhow::Result<String> {
+            let mut c = engine.docker();
+            c.args([
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--label",
+                LABEL,
+                crate::docker::TEST_IMAGE,
+            ])
+            .args(cmd);
+            sh::output(&mut c)
+                .map(|s| s.trim().to_owned())
+                .context("docker run")
+        };
+        run("dockops-bench-srv", &["iperf3", "-s"])?;
+        run("dockops-bench-cli", &["sleep", "86400"])?;
+        let inspect = |fmt: &str, name: &str| {
+            sh::output(engine.docker().args(["inspect", "-f", fmt, name]))
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let iflink = sh::output(engine.docker().args([
+            "exec",
+            "dockops-bench-cli",
+            "cat",
+            "/sys/class/net/eth0/iflink",
+        ]))
+        .unwrap_or_default();
+        Ok(Bench {
+            engine,
+            server_ip: inspect("{{.NetworkSettings.IPAddress}}", "dockops-bench-srv"),
+            client: "dockops-bench-cli".into(),
+            veth: veth_by_index(iflink.trim())?,
+            client_pid: inspect("{{.State.Pid}}", "dockops-bench-cli"),
+            seconds,
+        })
+    }
 }
 
 impl Bench<'_> {
@@ -336,34 +342,4 @@ fn bpf_run_time(bench: &Bench<'_>) -> anyhow::Result<String> {
         "{:.0} ns per packet ({count:.0} runs, egress capped at 100 Mbit/s)",
         ns / count.max(1.0)
     ))
-}
-
-const LABEL: &str = "dockops.bench=1";
-
-/// The benchmark's containers, removed on drop.
-struct Containers<'a> {
-    engine: &'a Engine,
-}
-
-impl Containers<'_> {
-    fn remove(&self) {
-        let ids = sh::output(self.engine.docker().args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={LABEL}"),
-        ]))
-        .unwrap_or_default();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = sh::ok(self.engine.docker().args(["rm", "-f"]).args(&ids));
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-impl Drop for Containers<'_> {
-    fn drop(&mut self) {
-        self.remove();
-    }
 }

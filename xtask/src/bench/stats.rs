@@ -9,16 +9,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use super::{Containers, LABEL};
 use crate::{docker::Engine, sh};
-
-const LABEL: &str = "dockops.bench=1";
 
 pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::build()?;
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
     engine.ensure_test_image()?;
-    let fleet = Fleet::start(&engine, containers)?;
+    let fleet = start_fleet(&engine, containers)?;
     let dockops = |args: &[&str]| {
         let mut cmd = Command::new(crate::binary());
         cmd.env("DOCKER_HOST", &engine.host).args(args);
@@ -70,68 +69,41 @@ pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
     super::record("stats", &table)
 }
 
-/// Containers that exist for the benchmark, removed on drop.
-struct Fleet<'a> {
-    engine: &'a Engine,
-}
-
-impl<'a> Fleet<'a> {
-    fn start(engine: &'a Engine, count: usize) -> anyhow::Result<Self> {
-        let fleet = Self { engine };
-        fleet.remove();
-        eprintln!("bench: starting {count} containers");
-        // Four `docker run`s at a time keep the 2-core machine busy without thrashing dockerd.
-        let names: Vec<String> = (0..count).map(|i| format!("dockops-bench-{i}")).collect();
-        for chunk in names.chunks(4) {
-            let children: Vec<_> = chunk
-                .iter()
-                .map(|name| {
-                    engine
-                        .docker()
-                        .args([
-                            "run",
-                            "-d",
-                            "--name",
-                            name,
-                            "--label",
-                            LABEL,
-                            crate::docker::TEST_IMAGE,
-                            "sleep",
-                            "86400",
-                        ])
-                        .stdout(Stdio::null())
-                        .spawn()
-                })
-                .collect::<Result<_, _>>()?;
-            for mut child in children {
-                if !child.wait()?.success() {
-                    bail!("docker run failed");
-                }
+/// Starts `count` idle containers; the returned guard removes them.
+fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Containers<'_>> {
+    let fleet = Containers { engine };
+    fleet.remove();
+    eprintln!("bench: starting {count} containers");
+    // Four `docker run`s at a time keep the 2-core machine busy without thrashing dockerd.
+    let names: Vec<String> = (0..count).map(|i| format!("dockops-bench-{i}")).collect();
+    for chunk in names.chunks(4) {
+        let children: Vec<_> = chunk
+            .iter()
+            .map(|name| {
+                engine
+                    .docker()
+                    .args([
+                        "run",
+                        "-d",
+                        "--name",
+                        name,
+                        "--label",
+                        LABEL,
+                        crate::docker::TEST_IMAGE,
+                        "sleep",
+                        "86400",
+                    ])
+                    .stdout(Stdio::null())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for mut child in children {
+            if !child.wait()?.success() {
+                bail!("docker run failed");
             }
         }
-        Ok(fleet)
     }
-
-    fn remove(&self) {
-        let ids = sh::output(self.engine.docker().args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={LABEL}"),
-        ]))
-        .unwrap_or_default();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = sh::ok(self.engine.docker().args(["rm", "-f"]).args(&ids));
-        }
-    }
-}
-
-impl Drop for Fleet<'_> {
-    fn drop(&mut self) {
-        eprintln!("bench: removing the containers");
-        self.remove();
-    }
+    Ok(fleet)
 }
 
 /// Wall time of `cmd` in milliseconds; fails if it fails.
