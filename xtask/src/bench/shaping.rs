@@ -113,6 +113,8 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     }
     let per_packet = bpf_run_time(&bench)?;
     drop(guard);
+    // Leave no attachments, pins or caps behind.
+    dockops(&["reset"])?;
     let _ = writeln!(
         table,
         "\nUncapped throughput, one flow: {:.0} Mbit/s without dockops, {:.0} Mbit/s with its programs attached ({:.3}×).\n\

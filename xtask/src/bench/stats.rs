@@ -51,6 +51,8 @@ pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
     ]))?;
     let (cpu, rss) = agent_usage(dockops(&["watch", "--interval", "1s"]), seconds)?;
     drop(fleet);
+    // Leave no attachments or pins behind.
+    sh::run(dockops(&["reset"]).stdout(Stdio::null()))?;
 
     let snap = percentile(&snapshots, 50);
     let table = format!(
