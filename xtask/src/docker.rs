@@ -75,6 +75,21 @@ impl Engine {
         cmd
     }
 
+    /// Removes (`rm -f`) every container labelled `label`; returns how many.
+    pub fn remove_labelled(&self, label: &str) -> usize {
+        let ids =
+            sh::output(
+                self.docker()
+                    .args(["ps", "-aq", "--filter", &format!("label={label}")]),
+            )
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = sh::ok(self.docker().args(["rm", "-f"]).args(&ids));
+        }
+        ids.len()
+    }
+
     /// Imports [`TEST_IMAGE`] unless present.
     pub fn ensure_test_image(&self) -> anyhow::Result<()> {
         let version = sh::output(self.docker().args([

@@ -98,17 +98,9 @@ impl<'a> Demo<'a> {
 
 impl Drop for Demo<'_> {
     fn drop(&mut self) {
-        let ids = sh::output(self.engine.docker().args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={DEMO_LABEL}"),
-        ]))
-        .unwrap_or_default();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            eprintln!("demo: removing {} containers", ids.len());
-            let _ = sh::ok(self.engine.docker().args(["rm", "-f"]).args(&ids));
+        let removed = self.engine.remove_labelled(DEMO_LABEL);
+        if removed > 0 {
+            eprintln!("demo: removed {removed} containers");
         }
     }
 }

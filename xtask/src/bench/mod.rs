@@ -20,17 +20,7 @@ struct Containers<'a> {
 
 impl Containers<'_> {
     fn remove(&self) {
-        let ids = sh::output(self.engine.docker().args([
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label={LABEL}"),
-        ]))
-        .unwrap_or_default();
-        let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
-            let _ = sh::ok(self.engine.docker().args(["rm", "-f"]).args(&ids));
-        }
+        self.engine.remove_labelled(LABEL);
     }
 }
 
