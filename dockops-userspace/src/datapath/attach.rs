@@ -4,7 +4,7 @@ use std::{fs, io, path::Path};
 
 use aya::programs::{
     LinkOrder, SchedClassifier,
-    links::{FdLink, PinnedLink},
+    links::PinnedLink,
     tc::{self, NlOptions, TcAttachOptions, TcError},
 };
 
@@ -49,13 +49,7 @@ pub(super) fn attach(
             let id = prog
                 .attach_with_options(&iface.name, direction.attach_type(), options)
                 .map_err(attach_err)?;
-            let link: FdLink = prog.take_link(id).map_err(attach_err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| DatapathError::Link {
-                    path: path.clone(),
-                    source: e,
-                },
-            )?;
-            link.pin(&path).map_err(pin_err)?;
+            super::pin_link(prog.take_link(id).map_err(attach_err)?, &path)?;
         }
         AttachKind::Netlink { .. } => {
             let options = TcAttachOptions::Netlink(NlOptions::default());

@@ -6,7 +6,7 @@ use std::{collections::HashMap, collections::HashSet, path::Path};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap},
-    programs::{TracePoint, links::FdLink},
+    programs::TracePoint,
 };
 use dockops_common::{BlockCounters, BlockKey, names};
 
@@ -33,18 +33,7 @@ impl BlockAccounting {
                 .map_err(prog_err)?;
             prog.load().map_err(prog_err)?;
             let id = prog.attach("block", "block_bio_queue").map_err(prog_err)?;
-            let fd: FdLink =
-                prog.take_link(id)
-                    .map_err(prog_err)?
-                    .try_into()
-                    .map_err(|source| DatapathError::Link {
-                        path: link.to_owned(),
-                        source,
-                    })?;
-            fd.pin(link).map_err(|source| DatapathError::Pin {
-                path: link.to_owned(),
-                source,
-            })?;
+            super::pin_link(prog.take_link(id).map_err(prog_err)?, link)?;
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(DatapathError::Missing(name))

@@ -5,7 +5,7 @@ use std::{collections::HashMap, fs::File, net::Ipv4Addr, path::Path};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{CgroupAttachMode, SockOps, links::FdLink},
+    programs::{CgroupAttachMode, SockOps},
 };
 use dockops_common::{Caps, names};
 
@@ -48,18 +48,7 @@ impl Pacing {
             let id = prog
                 .attach(cgroup, CgroupAttachMode::Single)
                 .map_err(prog_err)?;
-            let fd: FdLink =
-                prog.take_link(id)
-                    .map_err(prog_err)?
-                    .try_into()
-                    .map_err(|source| DatapathError::Link {
-                        path: link.to_owned(),
-                        source,
-                    })?;
-            fd.pin(link).map_err(|source| DatapathError::Pin {
-                path: link.to_owned(),
-                source,
-            })?;
+            super::pin_link(prog.take_link(id).map_err(prog_err)?, link)?;
         }
         let caps = ebpf
             .take_map(names::CAPS)

@@ -545,3 +545,19 @@ fn not_found(error: &MapError) -> bool {
         _ => false,
     }
 }
+
+/// Pins a freshly attached link at `path` so that it outlives this process.
+fn pin_link<L>(link: L, path: &Path) -> Result<(), DatapathError>
+where
+    L: TryInto<aya::programs::links::FdLink, Error = aya::programs::links::LinkError>,
+{
+    let link = link.try_into().map_err(|source| DatapathError::Link {
+        path: path.to_owned(),
+        source,
+    })?;
+    link.pin(path).map_err(|source| DatapathError::Pin {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(())
+}

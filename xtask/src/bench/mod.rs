@@ -18,6 +18,23 @@ struct Containers<'a> {
     engine: &'a Engine,
 }
 
+/// `docker run -d --name NAME --label LABEL <test image> CMD...`, ready to run.
+fn run_labelled(engine: &Engine, name: &str, cmd: &[&str]) -> std::process::Command {
+    let mut docker = engine.docker();
+    docker
+        .args([
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            LABEL,
+            crate::docker::TEST_IMAGE,
+        ])
+        .args(cmd);
+    docker
+}
+
 impl Containers<'_> {
     fn remove(&self) {
         self.engine.remove_labelled(LABEL);

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use super::{Containers, LABEL};
+use super::{Containers, run_labelled};
 use crate::{docker::Engine, sh};
 
 const RATES: [(u64, &str); 3] = [
@@ -148,18 +148,7 @@ impl<'a> Bench<'a> {
     /// Starts the iperf3 server and the client container (the caller's guard removes them).
     fn start(engine: &'a Engine, seconds: u64) -> anyhow::Result<Self> {
         let run = |name: &str, cmd: &[&str]| -> anyhow::Result<String> {
-            let mut c = engine.docker();
-            c.args([
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--label",
-                LABEL,
-                crate::docker::TEST_IMAGE,
-            ])
-            .args(cmd);
-            sh::output(&mut c)
+            sh::output(&mut run_labelled(engine, name, cmd))
                 .map(|s| s.trim().to_owned())
                 .context("docker run")
         };

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{Containers, LABEL};
+use super::{Containers, run_labelled};
 use crate::{docker::Engine, sh};
 
 pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
@@ -82,19 +82,7 @@ fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Containers<'_>> 
         let children: Vec<_> = chunk
             .iter()
             .map(|name| {
-                engine
-                    .docker()
-                    .args([
-                        "run",
-                        "-d",
-                        "--name",
-                        name,
-                        "--label",
-                        LABEL,
-                        crate::docker::TEST_IMAGE,
-                        "sleep",
-                        "86400",
-                    ])
+                run_labelled(engine, name, &["sleep", "86400"])
                     .stdout(Stdio::null())
                     .spawn()
             })
