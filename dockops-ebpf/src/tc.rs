@@ -10,7 +10,7 @@
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_spin_lock},
     btf_maps::HashMap as BtfHashMap,
-    helpers::{bpf_ktime_get_ns, bpf_spin_lock as lock, bpf_spin_unlock as unlock},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_spin_lock as lock, bpf_spin_unlock as unlock},
     macros::{btf_map, classifier, map},
     maps::PerCpuHashMap,
     programs::TcContext,
@@ -94,13 +94,17 @@ fn sizes(ctx: &TcContext) -> (u32, u64, u64) {
 
 /// Takes `bytes` from the hook's bucket; true (admit) when it has no cap. The bucket is shared
 /// by all CPUs, so it is updated under its spin lock (no helper calls while held).
+///
+/// The clock is the coarse one (one tick, 4 ms at HZ=250): reading it costs a few ns where
+/// `bpf_ktime_get_ns` costs ~30 ns in a VM. Tokens then arrive a tick's worth at a time, so a
+/// bucket must hold at least one tick at the rate; userspace refuses smaller bursts.
 #[inline(always)]
 fn admit(key: u64, bytes: u64) -> bool {
     let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
         return true;
     };
     // SAFETY: reads the monotonic clock.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a map value, valid for the program run; mutated only under its lock.
     let b = unsafe { &mut *bucket };
     unsafe { lock(&raw mut b.lock) };

@@ -6,7 +6,12 @@ use std::{
 };
 
 use aya::util::KernelVersion;
-use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+use std::time::Duration;
+
+use nix::{
+    sys::statfs::{CGROUP2_SUPER_MAGIC, statfs},
+    time::{ClockId, clock_getres},
+};
 
 /// How tc programs are attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +73,8 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub struct Capabilities {
     pub tc_mode: TcMode,
     pub cgroup: CgroupMode,
+    /// Resolution of the coarse monotonic clock the tc hard cap refills by (one jiffy).
+    pub clock_tick_ns: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +114,16 @@ impl Capabilities {
         if cgroup.unified().is_none() {
             tracing::warn!("no cgroup v2 hierarchy: block IO per container is not available");
         }
-        Ok(Self { tc_mode, cgroup })
+        // A jiffy: 1 to 10 ms. 10 ms, the coarsest, if the kernel will not say.
+        let clock_tick_ns = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE)
+            .ok()
+            .and_then(|t| u64::try_from(Duration::from(t).as_nanos()).ok())
+            .filter(|&ns| ns > 0)
+            .unwrap_or(10_000_000);
+        Ok(Self {
+            tc_mode,
+            cgroup,
+            clock_tick_ns,
+        })
     }
 }

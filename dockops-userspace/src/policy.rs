@@ -16,6 +16,16 @@ pub enum PolicyError {
     #[error("burst {0:?} is smaller than one full-size packet ({MIN_BURST} bytes)")]
     BurstTooSmall(String),
     #[error(
+        "burst {burst} B is less than what {rate_bits} bit/s refills in one {tick_us} µs clock \
+         tick: give --burst {min} or more, or leave it out"
+    )]
+    BurstBelowTick {
+        burst: u64,
+        rate_bits: u64,
+        tick_us: u64,
+        min: u64,
+    },
+    #[error(
         "invalid rate {0:?}: give a number and a unit, e.g. 10mbit, 1.5gbit, 500kbps \
          (bit, kbit, mbit, gbit, tbit; bps, kbps, mbps, gbps, tbps are bytes per second)"
     )]
@@ -98,6 +108,23 @@ pub fn parse_burst(text: &str) -> Result<u64, PolicyError> {
     Ok(bytes)
 }
 
+/// The hard cap's bucket refills once per tick of the coarse kernel clock, so it must hold a
+/// tick's worth of tokens at the bucket's rate (`rate_bits`, headroom included), or the cap
+/// would fall below the rate.
+pub fn check_burst(burst: u64, rate_bits: u64, tick_ns: u64) -> Result<(), PolicyError> {
+    let per_tick = u128::from(rate_bits) * u128::from(tick_ns) / 8 / 1_000_000_000;
+    let min = u64::try_from(per_tick).unwrap_or(u64::MAX).max(MIN_BURST);
+    if burst < min {
+        return Err(PolicyError::BurstBelowTick {
+            burst,
+            rate_bits,
+            tick_us: tick_ns / 1000,
+            min,
+        });
+    }
+    Ok(())
+}
+
 /// The hard cap's bucket when the user gives none: 200 ms at the cap (a drop on a same-host
 /// path costs a ~200 ms retransmission timeout, so a smaller bucket starves TCP), and at
 /// least two 64 KiB GSO aggregates.
@@ -138,6 +165,25 @@ mod tests {
             25_000_000,
             "200 ms at 1 Gbit/s"
         );
+    }
+
+    #[test]
+    fn a_burst_holds_one_clock_tick() {
+        const TICK: u64 = 4_000_000;
+        // 100 Mbit/s for 4 ms is 50 000 bytes.
+        assert_eq!(check_burst(50_000, 100_000_000, TICK), Ok(()));
+        assert_eq!(
+            check_burst(49_999, 100_000_000, TICK),
+            Err(PolicyError::BurstBelowTick {
+                burst: 49_999,
+                rate_bits: 100_000_000,
+                tick_us: 4000,
+                min: 50_000
+            })
+        );
+        // Slow rates need one full-size packet, whatever the tick.
+        assert_eq!(check_burst(MIN_BURST, 1_000, TICK), Ok(()));
+        assert!(check_burst(MIN_BURST, MAX_RATE_BITS, u64::MAX).is_err());
     }
 
     #[test]

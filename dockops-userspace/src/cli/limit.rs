@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use dockops::{
     datapath::DatapathError,
     discovery::Container,
-    policy::{default_burst, parse_burst, parse_rate},
+    policy::{check_burst, default_burst, parse_burst, parse_rate},
 };
 use dockops_common::Caps;
 
@@ -92,6 +92,9 @@ async fn update(
         .and_then(|ip| agent.datapath.caps().ok()?.get(ip).copied())
         .unwrap_or_default();
     let new = change(old);
+    let fastest = new.egress_bits.max(new.ingress_bits);
+    check_burst(new.burst_bytes, fastest, agent.caps.clock_tick_ns)
+        .map_err(|e| InputError(e.to_string()))?;
     match agent.datapath.set_caps(&container, new) {
         Err(DatapathError::NoAddress(name)) => {
             return Err(InputError(format!("container {name} has no IPv4 address of its own (--network host or none?): it cannot be capped")).into());

@@ -36,7 +36,7 @@ pub enum TcAttach {
 pub struct Agent {
     pub docker: Docker,
     pub datapath: Datapath,
-    caps: Capabilities,
+    pub caps: Capabilities,
     /// Cgroup directories kept open between snapshots.
     dirs: cgroup::Dirs,
     /// What the last refresh found.
