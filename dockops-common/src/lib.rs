@@ -27,6 +27,9 @@ pub mod names {
     pub const SOCK_PACE: &str = "sock_pace";
 }
 
+/// Room for this many flows a hard cap has marked with ECN (least recently used go first).
+pub const MAX_ECN_FLOWS: u32 = 16384;
+
 /// Room for this many capped container addresses.
 pub const MAX_CAPS: u32 = 8192;
 
@@ -42,9 +45,22 @@ pub struct Caps {
     /// The container that set these caps (its id's 32 bytes): addresses are reused, so a
     /// later container with the same address must not inherit them. Unused by eBPF.
     pub owner: [u8; 32],
+    /// [`Caps::NO_PACING`] or 0.
+    pub flags: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Caps>() == 56);
+const _: () = assert!(core::mem::size_of::<Caps>() == 64);
+
+impl Caps {
+    /// Same-host TCP senders are not paced: only the tc hard cap holds the rate, as it does
+    /// for senders beyond the host.
+    pub const NO_PACING: u64 = 1;
+
+    /// Whether the `sock_ops` program paces sockets toward these caps.
+    pub const fn paced(&self) -> bool {
+        self.flags & Self::NO_PACING == 0
+    }
+}
 
 /// Key of [`names::TC_CAPS`]: the host veth and which of the container's directions.
 pub const fn tc_cap_key(ifindex: u32, ingress: bool) -> u64 {
@@ -62,7 +78,8 @@ pub struct TcCap {
     /// Wire bytes per second.
     pub rate_bytes: u64,
     pub burst_bytes: u64,
-    pub tokens: u64,
+    /// Below zero after retransmissions passed on credit (at most one burst of debt).
+    pub tokens: i64,
     pub last_ns: u64,
 }
 
@@ -95,9 +112,12 @@ pub struct TrafficCounters {
     pub rx_dropped_bytes: u64,
     pub tx_dropped_packets: u64,
     pub tx_dropped_bytes: u64,
+    /// Passed with ECN Congestion Experienced set by the hard cap (its bucket ran low).
+    pub rx_marked_packets: u64,
+    pub tx_marked_packets: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 64);
+const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 80);
 
 impl TrafficCounters {
     /// Adds another CPU's (or interface's) counts to these.
@@ -116,6 +136,8 @@ impl TrafficCounters {
                 .tx_dropped_packets
                 .wrapping_add(other.tx_dropped_packets),
             tx_dropped_bytes: self.tx_dropped_bytes.wrapping_add(other.tx_dropped_bytes),
+            rx_marked_packets: self.rx_marked_packets.wrapping_add(other.rx_marked_packets),
+            tx_marked_packets: self.tx_marked_packets.wrapping_add(other.tx_marked_packets),
         }
     }
 }
@@ -210,6 +232,8 @@ mod tests {
             rx_dropped_bytes: 10,
             tx_dropped_packets: 2,
             tx_dropped_bytes: 20,
+            rx_marked_packets: 5,
+            tx_marked_packets: 6,
         };
         let b = TrafficCounters {
             rx_packets: 3,
@@ -220,6 +244,8 @@ mod tests {
             rx_dropped_bytes: 30,
             tx_dropped_packets: 4,
             tx_dropped_bytes: 40,
+            rx_marked_packets: 7,
+            tx_marked_packets: 8,
         };
         assert_eq!(
             a.plus(b),
@@ -231,7 +257,9 @@ mod tests {
                 rx_dropped_packets: 4,
                 rx_dropped_bytes: 40,
                 tx_dropped_packets: 6,
-                tx_dropped_bytes: 60
+                tx_dropped_bytes: 60,
+                rx_marked_packets: 12,
+                tx_marked_packets: 14,
             }
         );
     }

@@ -68,9 +68,10 @@ fn try_sock_pace(ctx: &SockOpsContext) {
     let Some((local, remote)) = ipv4_addresses(ctx) else {
         return;
     };
-    // SAFETY: plain lookups; the values are copied out at once.
-    let egress = unsafe { CAPS.get(&local) }.map_or(0, |c| c.egress_bits);
-    let ingress = unsafe { CAPS.get(&remote) }.map_or(0, |c| c.ingress_bits);
+    // SAFETY: plain lookups; the values are read at once.
+    let paced = |ip| unsafe { CAPS.get(&ip) }.filter(|c| c.paced());
+    let egress = paced(local).map_or(0, |c| c.egress_bits);
+    let ingress = paced(remote).map_or(0, |c| c.ingress_bits);
     // SAFETY: ctx.ops is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     if egress == 0 && ingress == 0 {

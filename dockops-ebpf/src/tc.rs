@@ -17,6 +17,8 @@ use aya_ebpf::{
 };
 use dockops_common::{MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
 
+mod ecn;
+
 /// Host veth ifindex → counters. Userspace inserts the entry when it attaches and removes it
 /// when the container goes, so the datapath never allocates and ignores unknown interfaces.
 #[map(name = "TRAFFIC")]
@@ -34,7 +36,7 @@ struct CapBucket {
     pad: u32,
     rate_bytes: u64,
     burst_bytes: u64,
-    tokens: u64,
+    tokens: i64,
     last_ns: u64,
 }
 
@@ -52,26 +54,47 @@ pub fn tc_egress_acct(ctx: TcContext) -> i32 {
     account(&ctx, true)
 }
 
-/// Applies the hook's hard cap, then counts the packet as passed or dropped, into the
+/// What the hard cap does with one packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    /// Passed with ECN Congestion Experienced set.
+    Marked,
+    Drop,
+}
+
+/// Applies the hook's hard cap, then counts the packet as passed, marked or dropped, into the
 /// container (`into`) or out of it.
 #[inline(always)]
 fn account(ctx: &TcContext, into: bool) -> i32 {
     let (ifindex, packets, bytes) = sizes(ctx);
-    let admitted = admit(tc_cap_key(ifindex, into), bytes);
+    let key = tc_cap_key(ifindex, into);
+    let verdict = match take(key, bytes) {
+        Level::Plenty => Verdict::Pass,
+        Level::Low => ecn::mark(ctx, key),
+        Level::Empty => ecn::when_empty(ctx, key, bytes),
+    };
     if let Some(c) = counters(ifindex) {
-        let (p, b) = match (into, admitted) {
-            (true, true) => (&mut c.rx_packets, &mut c.rx_bytes),
-            (true, false) => (&mut c.rx_dropped_packets, &mut c.rx_dropped_bytes),
-            (false, true) => (&mut c.tx_packets, &mut c.tx_bytes),
-            (false, false) => (&mut c.tx_dropped_packets, &mut c.tx_dropped_bytes),
+        let (p, b) = match (into, verdict == Verdict::Drop) {
+            (true, false) => (&mut c.rx_packets, &mut c.rx_bytes),
+            (true, true) => (&mut c.rx_dropped_packets, &mut c.rx_dropped_bytes),
+            (false, false) => (&mut c.tx_packets, &mut c.tx_bytes),
+            (false, true) => (&mut c.tx_dropped_packets, &mut c.tx_dropped_bytes),
         };
         *p += packets;
         *b += bytes;
+        if verdict == Verdict::Marked {
+            *(if into {
+                &mut c.rx_marked_packets
+            } else {
+                &mut c.tx_marked_packets
+            }) += packets;
+        }
     }
-    if admitted {
-        TC_ACT_UNSPEC
-    } else {
+    if verdict == Verdict::Drop {
         TC_ACT_SHOT as i32
+    } else {
+        TC_ACT_UNSPEC
     }
 }
 
@@ -92,28 +115,66 @@ fn sizes(ctx: &TcContext) -> (u32, u64, u64) {
     (ifindex, u64::from(segs.max(1)), u64::from(ctx.len()))
 }
 
-/// Takes `bytes` from the hook's bucket; true (admit) when it has no cap. The bucket is shared
-/// by all CPUs, so it is updated under its spin lock (no helper calls while held).
+/// The bucket after a packet asked for its bytes.
+enum Level {
+    /// No cap, or more than half the bucket left after taking the bytes.
+    Plenty,
+    /// Taken, but less than half the bucket is left: the flow is faster than the cap.
+    Low,
+    /// Not enough tokens: nothing was taken.
+    Empty,
+}
+
+/// Takes `bytes` from the hook's bucket. The bucket is shared by all CPUs, so it is updated
+/// under its spin lock (no helper calls while held).
 ///
 /// The clock is the coarse one (one tick, 4 ms at HZ=250): reading it costs a few ns where
-/// `bpf_ktime_get_ns` costs ~30 ns in a VM. Tokens then arrive a tick's worth at a time, so a
+/// `bpf_ktime_get_coarse_ns` costs ~30 ns in a VM. Tokens then arrive a tick's worth at a time, so a
 /// bucket must hold at least one tick at the rate; userspace refuses smaller bursts.
 #[inline(always)]
-fn admit(key: u64, bytes: u64) -> bool {
+fn take(key: u64, bytes: u64) -> Level {
     let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
-        return true;
+        return Level::Plenty;
     };
     // SAFETY: reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a map value, valid for the program run; mutated only under its lock.
     let b = unsafe { &mut *bucket };
     unsafe { lock(&raw mut b.lock) };
-    // At most one second of refill: keeps `elapsed * rate` below 2^64 at any rate.
+    // At most one second of refill: keeps `elapsed * rate` below 2^63 at any rate.
     let elapsed = now.saturating_sub(b.last_ns).min(1_000_000_000);
-    let tokens = (b.tokens + elapsed * b.rate_bytes / 1_000_000_000).min(b.burst_bytes);
-    let admitted = tokens >= bytes;
-    b.tokens = if admitted { tokens - bytes } else { tokens };
+    let refill = (elapsed * b.rate_bytes / 1_000_000_000) as i64;
+    let burst = b.burst_bytes as i64;
+    let tokens = (b.tokens + refill).min(burst);
+    let want = bytes as i64;
+    let level = if tokens < want {
+        Level::Empty
+    } else if tokens - want < burst / 2 {
+        Level::Low
+    } else {
+        Level::Plenty
+    };
+    b.tokens = if tokens < want { tokens } else { tokens - want };
     b.last_ns = b.last_ns.max(now);
     unsafe { unlock(&raw mut b.lock) };
-    admitted
+    level
+}
+
+/// Takes `bytes` the bucket does not have, for a packet that must pass anyway (a
+/// retransmission): later refills pay the debt. False when that would owe more than a burst.
+#[inline(always)]
+fn owe(key: u64, bytes: u64) -> bool {
+    let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
+        return true;
+    };
+    // SAFETY: as in `take`.
+    let b = unsafe { &mut *bucket };
+    unsafe { lock(&raw mut b.lock) };
+    let tokens = b.tokens - bytes as i64;
+    let granted = tokens >= -(b.burst_bytes as i64);
+    if granted {
+        b.tokens = tokens;
+    }
+    unsafe { unlock(&raw mut b.lock) };
+    granted
 }

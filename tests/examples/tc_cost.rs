@@ -35,7 +35,10 @@ fn main() -> anyhow::Result<()> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.0)
         .load(dockops::datapath::OBJECT)?;
-    let prog: &mut SchedClassifier = ebpf.program_mut(names::TC_EGRESS_ACCT).unwrap().try_into()?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(names::TC_EGRESS_ACCT)
+        .unwrap()
+        .try_into()?;
     prog.load()?;
     let mut traffic: PerCpuHashMap<_, u32, TrafficCounters> =
         PerCpuHashMap::try_from(ebpf.take_map(names::TRAFFIC).unwrap())?;
@@ -70,13 +73,16 @@ fn main() -> anyhow::Result<()> {
     };
 
     time("unmanaged interface")?;
-    let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); nr_cpus().map_err(|(_, e)| e)?])?;
+    let zeros = PerCpuValues::try_from(vec![
+        TrafficCounters::default();
+        nr_cpus().map_err(|(_, e)| e)?
+    ])?;
     traffic.insert(LO, zeros, 0)?;
     time("counted, no cap")?;
     let open = TcCap {
         rate_bytes: u64::from(u32::MAX),
         burst_bytes: u64::MAX / 4,
-        tokens: u64::MAX / 4,
+        tokens: i64::MAX / 4,
         ..TcCap::default()
     };
     caps.insert(tc_cap_key(LO, true), open, 0)?;

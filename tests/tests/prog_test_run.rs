@@ -4,7 +4,7 @@
 use std::{fs, path::PathBuf};
 
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
     maps::{PerCpuHashMap, PerCpuValues},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     util::nr_cpus,
@@ -51,10 +51,10 @@ fn run(prog: &SchedClassifier, ifindex: u32, gso_segs: u32, len: usize) -> u32 {
     prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
 }
 
-#[test]
-fn tc_programs_count_and_enforce_the_hard_cap() {
+/// Loads the object with its maps pinned in a private directory, and both tc programs.
+fn load(test: &str) -> (PinDir, Ebpf) {
     let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/dockops-test-{}",
+        "/sys/fs/bpf/dockops-test-{}-{test}",
         std::process::id()
     )));
     fs::create_dir_all(&pins.0).expect("bpffs (run through cargo xtask test, as root)");
@@ -66,6 +66,12 @@ fn tc_programs_count_and_enforce_the_hard_cap() {
         let prog: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         prog.load().unwrap();
     }
+    (pins, ebpf)
+}
+
+#[test]
+fn tc_programs_count_and_enforce_the_hard_cap() {
+    let (_pins, mut ebpf) = load("cap");
     let mut traffic: PerCpuHashMap<_, u32, TrafficCounters> =
         PerCpuHashMap::try_from(ebpf.take_map(names::TRAFFIC).unwrap()).unwrap();
     let ingress: &SchedClassifier = ebpf
@@ -160,4 +166,123 @@ fn tc_programs_count_and_enforce_the_hard_cap() {
         .try_into()
         .unwrap();
     assert_eq!(run(egress, LO, 1, 1500), TC_ACT_UNSPEC);
+}
+
+/// An Ethernet + IPv4 + TCP frame (10.0.0.1:1000 → 10.0.0.2:2000) with the given ECN field,
+/// a valid IPv4 header checksum and `payload` bytes of data.
+fn tcp_frame(ecn: u8, payload: usize) -> Vec<u8> {
+    let mut f = vec![0_u8; 14 + 20 + 20 + payload];
+    f[12..14].copy_from_slice(&0x0800_u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[1] = ecn;
+    ip[2..4].copy_from_slice(&u16::try_from(40 + payload).unwrap().to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    let sum = !ip_sum(ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&1000_u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&2000_u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18; // PSH, ACK
+    f
+}
+
+/// The ones' complement sum of an IPv4 header (0xffff when its checksum is right).
+fn ip_sum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    u16::try_from(sum).unwrap()
+}
+
+/// Runs the program on `frame`; returns the verdict and the frame as it left.
+fn run_frame(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
+    let ctx = skb_ctx(LO, 1);
+    let mut out = vec![0_u8; frame.len()];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    opts.ctx_in = Some(&ctx);
+    let verdict = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
+    (verdict, out)
+}
+
+#[test]
+fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions() {
+    const ECT0: u8 = 2;
+    const CE: u8 = 3;
+    let (_pins, mut ebpf) = load("ecn");
+    let mut traffic: PerCpuHashMap<_, u32, TrafficCounters> =
+        PerCpuHashMap::try_from(ebpf.take_map(names::TRAFFIC).unwrap()).unwrap();
+    let zeros =
+        PerCpuValues::try_from(vec![TrafficCounters::default(); nr_cpus().unwrap()]).unwrap();
+    traffic.insert(LO, zeros, 0).unwrap();
+    let mut caps: aya::maps::HashMap<_, u64, TcCap> =
+        aya::maps::HashMap::try_from(ebpf.take_map(names::TC_CAPS).unwrap()).unwrap();
+    let egress: &SchedClassifier = ebpf
+        .program(names::TC_EGRESS_ACCT)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = tc_cap_key(LO, true);
+    let bucket = |tokens| TcCap {
+        rate_bytes: 1,
+        burst_bytes: 10_000,
+        tokens,
+        ..TcCap::default()
+    };
+    let ect = tcp_frame(ECT0, 1000);
+    let not_ect = tcp_frame(0, 1000);
+
+    // Plenty of tokens: passed untouched.
+    caps.insert(key, bucket(10_000), 0).unwrap();
+    let (verdict, out) = run_frame(egress, &ect);
+    assert_eq!((verdict, out[15] & 3), (TC_ACT_UNSPEC, ECT0));
+
+    // Below half the bucket: an ECN-capable packet passes marked CE, with a valid checksum;
+    // a packet that is not ECN-capable passes as it is.
+    caps.insert(key, bucket(4000), 0).unwrap();
+    let (verdict, out) = run_frame(egress, &ect);
+    assert_eq!((verdict, out[15] & 3), (TC_ACT_UNSPEC, CE));
+    assert_eq!(ip_sum(&out[14..34]), 0xffff, "IPv4 checksum after marking");
+    let (verdict, out) = run_frame(egress, &not_ect);
+    assert_eq!((verdict, out[15] & 3), (TC_ACT_UNSPEC, 0));
+
+    // Empty: an ECN-capable packet is dropped; the flow's next non-ECT packet (how Linux
+    // retransmits) passes on credit, and the bucket owes its bytes.
+    caps.insert(key, bucket(0), 0).unwrap();
+    assert_eq!(run_frame(egress, &ect).0, TC_ACT_SHOT);
+    assert_eq!(run_frame(egress, &not_ect).0, TC_ACT_UNSPEC);
+    let owed = caps.get(&key, 0).unwrap().tokens;
+    assert!(owed < 0, "tokens {owed} after a packet passed on credit");
+    // At most one burst of debt: then retransmissions are dropped too.
+    caps.insert(key, bucket(-9_500), 0).unwrap();
+    assert_eq!(run_frame(egress, &not_ect).0, TC_ACT_SHOT);
+    // Another flow's non-ECT packet gets no credit.
+    caps.insert(key, bucket(0), 0).unwrap();
+    let mut other = tcp_frame(0, 1000);
+    other[34..36].copy_from_slice(&1001_u16.to_be_bytes());
+    assert_eq!(run_frame(egress, &other).0, TC_ACT_SHOT);
+
+    let total = traffic
+        .get(&LO, 0)
+        .unwrap()
+        .iter()
+        .fold(TrafficCounters::default(), |a, c| a.plus(*c));
+    assert_eq!(
+        (
+            total.rx_packets,
+            total.rx_marked_packets,
+            total.rx_dropped_packets
+        ),
+        (4, 1, 3)
+    );
 }

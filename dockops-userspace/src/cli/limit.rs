@@ -25,6 +25,10 @@ pub struct LimitArgs {
     /// larger cap, at least 128 KiB. At least one full-size packet.
     #[arg(long, value_name = "SIZE", value_parser = parse_burst)]
     burst: Option<u64>,
+    /// Do not pace same-host TCP senders: only the tc hard cap (ECN marking, then drops)
+    /// holds the rate, as it does for senders beyond this host. For tests and benchmarks.
+    #[arg(long)]
+    no_pacing: bool,
 }
 
 #[derive(clap::Args)]
@@ -53,6 +57,7 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
             egress_bits,
             ingress_bits,
             burst_bytes,
+            flags: if args.no_pacing { Caps::NO_PACING } else { 0 },
             ..old
         }
     })

@@ -28,6 +28,9 @@ pub struct NetworkStats {
     /// The same in bytes.
     pub rx_dropped_bytes_total: u64,
     pub tx_dropped_bytes_total: u64,
+    /// Packets the hard cap passed with ECN Congestion Experienced set.
+    pub rx_marked_total: u64,
+    pub tx_marked_total: u64,
 }
 
 impl From<TrafficCounters> for NetworkStats {
@@ -41,6 +44,8 @@ impl From<TrafficCounters> for NetworkStats {
             tx_dropped_total: c.tx_dropped_packets,
             rx_dropped_bytes_total: c.rx_dropped_bytes,
             tx_dropped_bytes_total: c.tx_dropped_bytes,
+            rx_marked_total: c.rx_marked_packets,
+            tx_marked_total: c.tx_marked_packets,
             ..Self::default()
         }
     }
@@ -64,13 +69,32 @@ pub struct ContainerStats {
 pub struct Limits {
     pub egress_bps: Option<u64>,
     pub ingress_bps: Option<u64>,
+    /// How the caps are enforced; `null` without a cap.
+    pub mode: Option<ShapingMode>,
+}
+
+/// How a container's bandwidth caps are enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShapingMode {
+    /// Same-host TCP senders are paced to the cap (`SO_MAX_PACING_RATE`); the tc token
+    /// bucket (ECN marking, then drops) holds the rest.
+    Paced,
+    /// The tc token bucket alone, as for senders beyond the host (`limit --no-pacing`).
+    Policed,
 }
 
 impl From<Caps> for Limits {
     fn from(c: Caps) -> Self {
+        let capped = c.egress_bits > 0 || c.ingress_bits > 0;
         Self {
             egress_bps: (c.egress_bits > 0).then_some(c.egress_bits),
             ingress_bps: (c.ingress_bits > 0).then_some(c.ingress_bits),
+            mode: capped.then_some(if c.paced() {
+                ShapingMode::Paced
+            } else {
+                ShapingMode::Policed
+            }),
         }
     }
 }

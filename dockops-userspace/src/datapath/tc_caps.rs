@@ -7,8 +7,9 @@ use dockops_common::{Caps, TcCap, tc_cap_key};
 use super::{Datapath, DatapathError, not_found};
 use crate::discovery::Container;
 
-/// The hard cap counts wire bytes (headers included) while pacing counts TCP payload: the
-/// bucket runs this much faster so that paced flows never reach it.
+/// The hard cap counts wire bytes (headers included) while pacing counts TCP payload: behind
+/// pacing, the bucket runs this much faster so that paced flows never reach it. Without
+/// pacing it runs at the cap, on wire bytes, as tc's shapers do.
 const WIRE_HEADROOM_PERCENT: u64 = 105;
 
 impl Datapath {
@@ -22,10 +23,15 @@ impl Datapath {
                     _ => {}
                 }
             } else {
+                let headroom = if caps.paced() {
+                    WIRE_HEADROOM_PERCENT
+                } else {
+                    100
+                };
                 let cap = TcCap {
-                    rate_bytes: bits / 8 * WIRE_HEADROOM_PERCENT / 100,
+                    rate_bytes: bits / 8 * headroom / 100,
                     burst_bytes: caps.burst_bytes,
-                    tokens: caps.burst_bytes,
+                    tokens: i64::try_from(caps.burst_bytes).unwrap_or(i64::MAX),
                     ..TcCap::default()
                 };
                 self.tc_caps.insert(key, cap, 0)?;

@@ -115,6 +115,16 @@ const INT_COUNTERS: &[(&str, &str, Get<u64>)] = &[
         "Bytes from the container the hard cap dropped",
         |c| c.network.tx_dropped_bytes_total,
     ),
+    (
+        "dockops_network_receive_ecn_marked_packets",
+        "Packets to the container the hard cap marked ECN Congestion Experienced",
+        |c| c.network.rx_marked_total,
+    ),
+    (
+        "dockops_network_transmit_ecn_marked_packets",
+        "Packets from the container the hard cap marked ECN Congestion Experienced",
+        |c| c.network.tx_marked_total,
+    ),
 ];
 
 #[expect(clippy::cast_possible_wrap, reason = "byte counts stay below 2^63")]
@@ -207,7 +217,9 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::collection::{BlkioStats, CpuStats, Limits, MemoryStats, NetworkStats, PidsStats};
+    use crate::collection::{
+        BlkioStats, CpuStats, Limits, MemoryStats, NetworkStats, PidsStats, ShapingMode,
+    };
 
     #[test]
     fn exposes_cadvisor_names_with_labels() {
@@ -242,6 +254,7 @@ mod tests {
                 limits: Limits {
                     egress_bps: Some(50_000_000),
                     ingress_bps: None,
+                    mode: Some(ShapingMode::Paced),
                 },
             }],
         };

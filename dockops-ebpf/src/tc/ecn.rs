@@ -1,0 +1,87 @@
+//! ECN for the hard cap, for senders it cannot pace (beyond the host, or pacing off).
+//!
+//! While the bucket runs low, ECN-capable packets pass with Congestion Experienced set: the
+//! sender slows down as after a loss, without losing anything. Once it is empty, packets are
+//! dropped, except the non-ECT TCP packets of flows already marked: Linux sends
+//! retransmissions and loss probes without ECT, and dropping them would turn every episode
+//! into a retransmission timeout (>= 200 ms, which starves the flow on a short path). They
+//! pass on credit, so the cap still holds on average.
+
+use aya_ebpf::{
+    helpers::{bpf_get_hash_recalc, bpf_skb_ecn_set_ce},
+    macros::map,
+    maps::LruHashMap,
+    programs::TcContext,
+};
+use dockops_common::MAX_ECN_FLOWS;
+
+use super::Verdict;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const NOT_ECT: u8 = 0;
+
+/// `tc_cap_key << 32 | flow hash` of flows this hook marked or found ECN-capable.
+#[map]
+static ECN_FLOWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_ECN_FLOWS, 0);
+
+/// The bucket runs low: marks the packet CE if it is ECN-capable, and passes it either way.
+#[inline(always)]
+pub fn mark(ctx: &TcContext, key: u64) -> Verdict {
+    // SAFETY: the program's own skb. Returns 1 when the packet is (now) CE, 0 if not ECT.
+    if unsafe { bpf_skb_ecn_set_ce(ctx.skb.skb) } == 1 {
+        remember(ctx, key);
+        Verdict::Marked
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// The bucket is empty: drops, except a marked flow's non-ECT TCP packets, which pass on
+/// credit (up to one burst of debt).
+#[inline(always)]
+pub fn when_empty(ctx: &TcContext, key: u64, bytes: u64) -> Verdict {
+    let Some((ecn, tcp)) = header(ctx) else {
+        return Verdict::Drop;
+    };
+    if ecn != NOT_ECT {
+        remember(ctx, key);
+        return Verdict::Drop;
+    }
+    if tcp && ECN_FLOWS.get_ptr(&flow(ctx, key)).is_some() && super::owe(key, bytes) {
+        Verdict::Pass
+    } else {
+        Verdict::Drop
+    }
+}
+
+#[inline(always)]
+fn remember(ctx: &TcContext, key: u64) {
+    let _ = ECN_FLOWS.insert(&flow(ctx, key), &1, 0);
+}
+
+#[inline(always)]
+fn flow(ctx: &TcContext, key: u64) -> u64 {
+    // SAFETY: the program's own skb; computes the flow hash if the skb has none yet.
+    key << 32 | u64::from(unsafe { bpf_get_hash_recalc(ctx.skb.skb) })
+}
+
+/// The ECN field and whether the packet is TCP, for an IPv4 or IPv6 frame (IPv6 extension
+/// headers are not walked: such packets count as not TCP).
+#[inline(always)]
+fn header(ctx: &TcContext) -> Option<(u8, bool)> {
+    match u16::from_be(ctx.load::<u16>(12).ok()?) {
+        ETH_P_IP => {
+            let tos: u8 = ctx.load(15).ok()?;
+            let protocol: u8 = ctx.load(23).ok()?;
+            Some((tos & 3, protocol == IPPROTO_TCP))
+        }
+        ETH_P_IPV6 => {
+            let first = u16::from_be(ctx.load::<u16>(14).ok()?);
+            let next: u8 = ctx.load(20).ok()?;
+            Some(((first >> 4) as u8 & 3, next == IPPROTO_TCP))
+        }
+        _ => None,
+    }
+}
