@@ -3,7 +3,7 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use dockops_integration::{Container, dockops, dockops_ok, field, stats_json};
+use dockops_integration::{Container, counter, dockops, dockops_ok, field, stats_json};
 use serde_json::Value;
 
 const CAP: u64 = 50_000_000;
@@ -61,6 +61,10 @@ fn egress_cap_holds_for_one_and_four_flows_and_unlimit_lifts_it() {
     let stats = stats_json();
     assert_eq!(field(&stats, &pair.client.name, "/limits/egress_bps"), CAP);
     assert_eq!(
+        field(&stats, &pair.client.name, "/limits/mode"),
+        Value::from("paced")
+    );
+    assert_eq!(
         field(&stats, &pair.client.name, "/limits/ingress_bps"),
         Value::Null
     );
@@ -93,6 +97,37 @@ fn ingress_cap_paces_the_sender_even_a_server_on_an_ipv6_socket() {
     // Its own uploads are not capped.
     let r = ratio(pair.iperf(&["-t", "2"]), CAP);
     assert!(r > 5.0, "egress got capped too: {r:.2}× the ingress cap");
+}
+
+#[test]
+fn the_tc_cap_alone_steers_an_ecn_sender_with_marks() {
+    // As a sender beyond the host: no pacing, ECN on, cubic (NET_ADMIN lets iperf3 pick it;
+    // only reno and bbr are allowed in containers here).
+    let options = ["--cap-add", "NET_ADMIN", "--sysctl", "net.ipv4.tcp_ecn=1"];
+    let pair = Pair {
+        server: Container::start_with("policed-srv", &options, "iperf3 -s"),
+        client: Container::start_with("policed-cli", &options, "sleep 600"),
+    };
+    dockops_ok(&[
+        "limit",
+        &pair.client.name,
+        "--ingress",
+        "50mbit",
+        "--no-pacing",
+    ]);
+    let r = ratio(pair.iperf(&["-t", "4", "-R", "-C", "cubic"]), CAP);
+    assert!(
+        (0.8..=1.05).contains(&r),
+        "ECN cubic through the tc cap alone: goodput/cap = {r:.3}"
+    );
+    let stats = stats_json();
+    assert_eq!(
+        field(&stats, &pair.client.name, "/limits/mode"),
+        Value::from("policed")
+    );
+    let marked = counter(&stats, &pair.client.name, "rx_marked_total");
+    assert!(marked > 0, "no packet marked CE");
+    assert_eq!(counter(&stats, &pair.server.name, "rx_marked_total"), 0);
 }
 
 #[test]
@@ -139,6 +174,9 @@ fn bad_limits_exit_2_and_change_nothing() {
         (vec!["--egress", "10xbit"], "\"10xbit\""),
         (vec!["--ingress=-5mbit"], "\"-5mbit\""),
         (vec!["--egress", "40gbit"], "\"40gbit\""),
+        (vec!["--egress", "1mbit", "--burst", "1000b"], "\"1000b\""),
+        // 1 Gbit/s refills 500 000 bytes in one 4 ms tick (HZ=250 here).
+        (vec!["--egress", "1gbit", "--burst", "64kb"], "65536 B"),
         (vec![], "--egress"),
     ] {
         let mut full = vec!["limit", c.name.as_str()];
