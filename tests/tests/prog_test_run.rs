@@ -216,7 +216,7 @@ fn run_frame(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
 }
 
 #[test]
-fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions() {
+fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions_and_small_packets() {
     const ECT0: u8 = 2;
     const CE: u8 = 3;
     let (_pins, mut ebpf) = load("ecn");
@@ -271,6 +271,12 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions() {
     let mut other = tcp_frame(0, 1000);
     other[34..36].copy_from_slice(&1001_u16.to_be_bytes());
     assert_eq!(run_frame(egress, &other).0, TC_ACT_SHOT);
+    // A small packet (an ACK, a ping) passes on credit, up to the same debt limit.
+    let mut ack = tcp_frame(0, 0);
+    ack[34..36].copy_from_slice(&1001_u16.to_be_bytes());
+    assert_eq!(run_frame(egress, &ack).0, TC_ACT_UNSPEC);
+    caps.insert(key, bucket(-10_000), 0).unwrap();
+    assert_eq!(run_frame(egress, &ack).0, TC_ACT_SHOT);
 
     let total = traffic
         .get(&LO, 0)
@@ -283,6 +289,6 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions() {
             total.rx_marked_packets,
             total.rx_dropped_packets
         ),
-        (4, 1, 3)
+        (5, 1, 4)
     );
 }

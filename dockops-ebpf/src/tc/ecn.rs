@@ -5,7 +5,7 @@
 //! dropped, except the non-ECT TCP packets of flows already marked: Linux sends
 //! retransmissions and loss probes without ECT, and dropping them would turn every episode
 //! into a retransmission timeout (>= 200 ms, which starves the flow on a short path). They
-//! pass on credit, so the cap still holds on average.
+//! pass on credit, so the cap still holds on average. So do small packets.
 
 use aya_ebpf::{
     helpers::{bpf_get_hash_recalc, bpf_skb_ecn_set_ce},
@@ -21,6 +21,10 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 const NOT_ECT: u8 = 0;
+/// Up to this size (a pure ACK, a ping, a DNS query) a packet passes an empty bucket on
+/// credit: they are a trickle of the bytes, and dropping them costs the most (a stalled
+/// reverse flow, a lost probe). A flood of them still runs into the debt limit.
+const SMALL_PACKET: u64 = 128;
 
 /// `tc_cap_key << 32 | flow hash` of flows this hook marked or found ECN-capable.
 #[map]
@@ -38,10 +42,17 @@ pub fn mark(ctx: &TcContext, key: u64) -> Verdict {
     }
 }
 
-/// The bucket is empty: drops, except a marked flow's non-ECT TCP packets, which pass on
-/// credit (up to one burst of debt).
+/// The bucket is empty: drops, except small packets (ACKs, pings, DNS) and a marked flow's
+/// non-ECT TCP packets, which pass on credit (up to one burst of debt).
 #[inline(always)]
 pub fn when_empty(ctx: &TcContext, key: u64, bytes: u64) -> Verdict {
+    if bytes <= SMALL_PACKET {
+        return if super::owe(key, bytes) {
+            Verdict::Pass
+        } else {
+            Verdict::Drop
+        };
+    }
     let Some((ecn, tcp)) = header(ctx) else {
         return Verdict::Drop;
     };

@@ -18,19 +18,18 @@ struct Containers<'a> {
     engine: &'a Engine,
 }
 
-/// `docker run -d --name NAME --label LABEL <test image> CMD...`, ready to run.
-fn run_labelled(engine: &Engine, name: &str, cmd: &[&str]) -> std::process::Command {
+/// `docker run -d --name NAME --label LABEL OPTIONS... <test image> CMD...`, ready to run.
+fn run_labelled(
+    engine: &Engine,
+    name: &str,
+    options: &[&str],
+    cmd: &[&str],
+) -> std::process::Command {
     let mut docker = engine.docker();
     docker
-        .args([
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--label",
-            LABEL,
-            crate::docker::TEST_IMAGE,
-        ])
+        .args(["run", "-d", "--name", name, "--label", LABEL])
+        .args(options)
+        .arg(crate::docker::TEST_IMAGE)
         .args(cmd);
     docker
 }

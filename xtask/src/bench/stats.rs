@@ -82,7 +82,7 @@ fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Containers<'_>> 
         let children: Vec<_> = chunk
             .iter()
             .map(|name| {
-                run_labelled(engine, name, &["sleep", "86400"])
+                run_labelled(engine, name, &[], &["sleep", "86400"])
                     .stdout(Stdio::null())
                     .spawn()
             })
