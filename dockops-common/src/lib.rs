@@ -45,7 +45,7 @@ pub struct Caps {
     /// The container that set these caps (its id's 32 bytes): addresses are reused, so a
     /// later container with the same address must not inherit them. Unused by eBPF.
     pub owner: [u8; 32],
-    /// [`Caps::NO_PACING`] or 0.
+    /// [`Caps::NO_PACING`], [`Caps::QUEUE`] or 0.
     pub flags: u64,
 }
 
@@ -55,10 +55,18 @@ impl Caps {
     /// Same-host TCP senders are not paced: only the tc hard cap holds the rate, as it does
     /// for senders beyond the host.
     pub const NO_PACING: u64 = 1;
+    /// The ingress cap is a queue (HTB on the host veth) instead of the tc token bucket.
+    /// Used by userspace only.
+    pub const QUEUE: u64 = 2;
 
     /// Whether the `sock_ops` program paces sockets toward these caps.
     pub const fn paced(&self) -> bool {
         self.flags & Self::NO_PACING == 0
+    }
+
+    /// Whether the ingress cap is held by a queue rather than the tc token bucket.
+    pub const fn queued(&self) -> bool {
+        self.flags & Self::QUEUE != 0 && self.ingress_bits != 0
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use dockops_integration::{Container, counter, dockops, dockops_ok, field, stats_json};
+use dockops_integration::{Container, counter, dockops, dockops_ok, field, stats_json, tc};
 use serde_json::Value;
 
 const CAP: u64 = 50_000_000;
@@ -128,6 +128,57 @@ fn the_tc_cap_alone_steers_an_ecn_sender_with_marks() {
     let marked = counter(&stats, &pair.client.name, "rx_marked_total");
     assert!(marked > 0, "no packet marked CE");
     assert_eq!(counter(&stats, &pair.server.name, "rx_marked_total"), 0);
+}
+
+#[test]
+fn queue_mode_holds_ingress_with_htb_and_leaves_foreign_qdiscs_alone() {
+    let pair = Pair::start("queued");
+    let (_, veth) = pair.client.host_veth();
+    dockops_ok(&[
+        "limit",
+        &pair.client.name,
+        "--ingress",
+        "50mbit",
+        "--queue",
+        "--no-pacing",
+    ]);
+    let qdiscs = tc(&["qdisc", "show", "dev", &veth]);
+    assert!(qdiscs.contains("htb d0c5: root"), "{qdiscs}");
+    assert!(
+        tc(&["class", "show", "dev", &veth]).contains("rate 50Mbit ceil 50Mbit"),
+        "{}",
+        tc(&["class", "show", "dev", &veth])
+    );
+    // The queue counts wire bytes, as tc does: goodput a little under the cap.
+    let r = ratio(pair.iperf(&["-t", "4", "-R"]), CAP);
+    assert!((0.8..=1.05).contains(&r), "queued: goodput/cap = {r:.3}");
+    assert_eq!(
+        field(&stats_json(), &pair.client.name, "/limits/mode"),
+        Value::from("queued")
+    );
+    dockops_ok(&["unlimit", &pair.client.name]);
+    assert!(
+        !tc(&["qdisc", "show", "dev", &veth]).contains("htb"),
+        "unlimit left the queue"
+    );
+
+    // Someone else's root qdisc: refused (exit 2), left as it was, caps unchanged.
+    let status = Command::new("tc")
+        .args([
+            "qdisc", "add", "dev", &veth, "root", "tbf", "rate", "10mbit",
+        ])
+        .args(["burst", "32kb", "latency", "25ms"])
+        .status()
+        .expect("tc");
+    assert!(status.success());
+    let out = dockops(&["limit", &pair.client.name, "--ingress", "50mbit", "--queue"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(tbf)"));
+    assert!(tc(&["qdisc", "show", "dev", &veth]).contains("tbf"));
+    assert_eq!(
+        field(&stats_json(), &pair.client.name, "/limits/ingress_bps"),
+        Value::Null
+    );
 }
 
 #[test]

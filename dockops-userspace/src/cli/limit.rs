@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use dockops::{
-    datapath::DatapathError,
+    datapath::{DatapathError, QueueError},
     discovery::Container,
     policy::{check_burst, default_burst, parse_burst, parse_rate},
 };
@@ -29,6 +29,11 @@ pub struct LimitArgs {
     /// holds the rate, as it does for senders beyond this host. For tests and benchmarks.
     #[arg(long)]
     no_pacing: bool,
+    /// Hold the ingress cap with a queue (HTB on the host veth) instead of the token bucket:
+    /// packets wait rather than being marked or dropped. Smoother rates for senders that are
+    /// not paced, at the cost of up to 50 ms of queueing delay.
+    #[arg(long)]
+    queue: bool,
 }
 
 #[derive(clap::Args)]
@@ -47,6 +52,12 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
     if args.egress.is_none() && args.ingress.is_none() {
         return Err(InputError("give --egress RATE, --ingress RATE or both".into()).into());
     }
+    if args.queue && args.ingress.is_none() {
+        return Err(InputError(
+            "--queue holds the ingress cap: give --ingress RATE with it".into(),
+        )
+        .into());
+    }
     update(&args.container, tc_attach, |old| {
         let egress_bits = args.egress.unwrap_or(old.egress_bits);
         let ingress_bits = args.ingress.unwrap_or(old.ingress_bits);
@@ -57,7 +68,8 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
             egress_bits,
             ingress_bits,
             burst_bytes,
-            flags: if args.no_pacing { Caps::NO_PACING } else { 0 },
+            flags: if args.no_pacing { Caps::NO_PACING } else { 0 }
+                | if args.queue { Caps::QUEUE } else { 0 },
             ..old
         }
     })
@@ -101,6 +113,9 @@ async fn update(
     check_burst(new.burst_bytes, fastest, agent.caps.clock_tick_ns)
         .map_err(|e| InputError(e.to_string()))?;
     match agent.datapath.set_caps(&container, new) {
+        Err(DatapathError::Queue(e @ QueueError::Occupied { .. })) => {
+            return Err(InputError(e.to_string()).into());
+        }
         Err(DatapathError::NoAddress(name)) => {
             return Err(InputError(format!("container {name} has no IPv4 address of its own (--network host or none?): it cannot be capped")).into());
         }

@@ -82,6 +82,9 @@ pub enum ShapingMode {
     Paced,
     /// The tc token bucket alone, as for senders beyond the host (`limit --no-pacing`).
     Policed,
+    /// The ingress cap is an HTB queue on the host veth (`limit --queue`); same-host
+    /// senders are paced unless `--no-pacing`.
+    Queued,
 }
 
 impl From<Caps> for Limits {
@@ -90,7 +93,9 @@ impl From<Caps> for Limits {
         Self {
             egress_bps: (c.egress_bits > 0).then_some(c.egress_bits),
             ingress_bps: (c.ingress_bits > 0).then_some(c.ingress_bits),
-            mode: capped.then_some(if c.paced() {
+            mode: capped.then_some(if c.queued() {
+                ShapingMode::Queued
+            } else if c.paced() {
                 ShapingMode::Paced
             } else {
                 ShapingMode::Policed

@@ -8,6 +8,7 @@ mod block;
 mod bpffs;
 mod caps;
 pub mod pins;
+mod queue;
 mod tc_caps;
 
 use std::{
@@ -25,6 +26,7 @@ use aya::{
 use dockops_common::{BlockCounters, BlockKey, Caps, TcCap, TrafficCounters, names};
 pub use pins::Direction;
 use pins::{Layout, PinName};
+pub use queue::QueueError;
 
 use crate::{capabilities::TcMode, discovery::Container};
 
@@ -105,6 +107,18 @@ pub enum DatapathError {
     NoAddress(String),
     #[error("the eBPF object has no {0}: binary and object are out of step")]
     Missing(&'static str),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+}
+
+/// Puts the ingress queue on a host veth, or takes it away, as `caps` say.
+fn set_queue(ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
+    if caps.queued() {
+        queue::set(ifindex, caps.ingress_bits / 8)?;
+    } else {
+        queue::remove(ifindex)?;
+    }
+    Ok(())
 }
 
 /// Block IO counters by cgroup id, then device (sorted by `dev`).
@@ -307,7 +321,8 @@ impl Datapath {
     /// Sets the caps of every address of `container`; all-zero caps remove them.
     ///
     /// Two layers: TCP senders from and to the container are paced to the cap (`sock_ops`),
-    /// and a tc token bucket on each of its host veths drops what still exceeds it.
+    /// and a tc token bucket on each of its host veths marks (ECN) and drops what still
+    /// exceeds it, or, for a queued ingress cap, an HTB queue holds it.
     pub fn set_caps(&mut self, container: &Container, caps: Caps) -> Result<(), DatapathError> {
         if container.ipv4.is_empty() {
             return Err(DatapathError::NoAddress(container.name.clone()));
@@ -320,6 +335,10 @@ impl Datapath {
             owner: container.id_bytes(),
             ..caps
         };
+        // The queue first: the one step that can be refused (a foreign root qdisc).
+        for iface in container.interfaces.iter().flatten() {
+            set_queue(iface.ifindex, caps)?;
+        }
         for ip in &container.ipv4 {
             pacing.set(*ip, caps)?;
         }
@@ -458,6 +477,13 @@ pub fn reset() -> Result<Vec<String>, DatapathError> {
     }
     let _lock = bpffs::lock()?;
     let mut removed = Vec::new();
+    for ifindex in queue::interfaces()? {
+        if queue::remove(ifindex)? {
+            removed.push(format!(
+                "interface {ifindex}: ingress queue (htb qdisc) removed"
+            ));
+        }
+    }
     for (id, pins) in scan(&layout)? {
         let dir = layout.container(&id);
         for pin in pins {

@@ -15,7 +15,9 @@ const WIRE_HEADROOM_PERCENT: u64 = 105;
 impl Datapath {
     /// Writes (or removes) both hard caps of one host veth, with a full bucket.
     pub(super) fn set_tc_caps(&mut self, ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
-        for (ingress, bits) in [(false, caps.egress_bits), (true, caps.ingress_bits)] {
+        // A queued ingress cap has no bucket.
+        let ingress_bits = if caps.queued() { 0 } else { caps.ingress_bits };
+        for (ingress, bits) in [(false, caps.egress_bits), (true, ingress_bits)] {
             let key = tc_cap_key(ifindex, ingress);
             if bits == 0 {
                 match self.tc_caps.remove(&key) {
@@ -54,6 +56,12 @@ impl Datapath {
             }
         }
         let caps = self.caps()?;
+        // One netlink dump, and only when a queue may be missing.
+        let queues: HashSet<u32> = if caps.values().any(Caps::queued) {
+            super::queue::interfaces()?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
         for container in containers {
             let Some(c) = container.ipv4.first().and_then(|ip| caps.get(ip)).copied() else {
                 continue;
@@ -62,8 +70,19 @@ impl Datapath {
                 let missing = |ingress, bits| {
                     bits != 0 && !present.contains(&tc_cap_key(iface.ifindex, ingress))
                 };
-                if missing(false, c.egress_bits) || missing(true, c.ingress_bits) {
+                let ingress_bucket = if c.queued() { 0 } else { c.ingress_bits };
+                if missing(false, c.egress_bits) || missing(true, ingress_bucket) {
                     self.set_tc_caps(iface.ifindex, c)?;
+                }
+                if c.queued() && !queues.contains(&iface.ifindex) {
+                    // Not fatal: one container's queue must not stop the others' reconcile.
+                    if let Err(error) = super::set_queue(iface.ifindex, c) {
+                        tracing::warn!(
+                            container = container.name,
+                            "ingress queue not restored: {}",
+                            super::chain(&error)
+                        );
+                    }
                 }
             }
         }

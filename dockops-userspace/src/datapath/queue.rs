@@ -1,0 +1,260 @@
+//! The queue mode of an ingress cap (`limit --queue`): an HTB qdisc at the root of the
+//! container's host veth, one class at the cap that every packet falls into, and a byte FIFO
+//! under it. Packets wait instead of being dropped or marked: smoother rates for senders that
+//! cannot be paced, at the cost of queueing delay.
+//!
+//! dockops' qdiscs carry their own handles ([`ROOT`], [`LEAF`]), so they are told apart from
+//! the host's and never replace a root qdisc someone else configured.
+
+use std::{io, num::NonZeroI32};
+
+use rtnetlink::{
+    packet_core::{
+        DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
+        NetlinkMessage, NetlinkPayload,
+    },
+    packet_route::{
+        RouteNetlinkMessage,
+        tc::{TcAttribute, TcHandle, TcMessage, TcOption},
+    },
+    sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
+};
+
+/// Major of dockops' HTB root qdisc ("d0c5:"), and its one class `d0c5:1`.
+const ROOT: u16 = 0xd0c5;
+/// Major of the FIFO under the class.
+const LEAF: u16 = 0xd0c6;
+const CLASS: TcHandle = TcHandle {
+    major: ROOT,
+    minor: 1,
+};
+/// `TCA_OPTIONS`, and the HTB attributes inside it.
+const TCA_OPTIONS: u16 = 2;
+const TCA_HTB_PARMS: u16 = 1;
+const TCA_HTB_INIT: u16 = 2;
+const TC_LINKLAYER_ETHERNET: u8 = 1;
+/// The queue holds this long at the cap, and at least two 64 KiB aggregates.
+const QUEUE_MS: u64 = 50;
+const MIN_QUEUE_BYTES: u64 = 128 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("netlink")]
+    Netlink(#[from] io::Error),
+    #[error(
+        "interface {ifindex} already has a root qdisc ({kind}) that dockops did not create: \
+         remove it, or cap without --queue"
+    )]
+    Occupied { ifindex: u32, kind: String },
+}
+
+/// Queues the interface's egress (what its container receives) at `rate_bytes` per second.
+/// Idempotent: an existing dockops queue is updated in place.
+pub fn set(ifindex: u32, rate_bytes: u64) -> Result<(), QueueError> {
+    match root_qdisc(ifindex)? {
+        Some((handle, _)) if handle.major == ROOT => {}
+        Some((handle, kind)) if handle != TcHandle::UNSPEC => {
+            return Err(QueueError::Occupied { ifindex, kind });
+        }
+        // The default (noqueue, pfifo_fast...) has handle 0: replaced.
+        _ => {
+            let glob = [3_u32, 10, u32::from(CLASS.minor), 0, 0]; // version, r2q, default class
+            let mut msg = tc_message(
+                ifindex,
+                TcHandle::ROOT,
+                TcHandle {
+                    major: ROOT,
+                    minor: 0,
+                },
+            );
+            msg.attributes.push(TcAttribute::Kind("htb".into()));
+            msg.attributes
+                .push(TcAttribute::Options(vec![TcOption::Other(
+                    DefaultNla::new(TCA_HTB_INIT, words(&glob)),
+                )]));
+            request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE)?;
+        }
+    }
+    let mut class = tc_message(
+        ifindex,
+        TcHandle {
+            major: ROOT,
+            minor: 0,
+        },
+        CLASS,
+    );
+    class.attributes.push(TcAttribute::Kind("htb".into()));
+    class
+        .attributes
+        .push(TcAttribute::Options(vec![TcOption::Other(
+            DefaultNla::new(TCA_HTB_PARMS, htb_opt(rate_bytes)),
+        )]));
+    request(
+        RouteNetlinkMessage::NewTrafficClass(class),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )?;
+    let limit = (rate_bytes * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES);
+    let mut leaf = tc_message(
+        ifindex,
+        CLASS,
+        TcHandle {
+            major: LEAF,
+            minor: 0,
+        },
+    );
+    leaf.attributes.push(TcAttribute::Kind("bfifo".into()));
+    // A FIFO's options are a bare `struct tc_fifo_qopt { __u32 limit; }`.
+    leaf.attributes.push(TcAttribute::Other(DefaultNla::new(
+        TCA_OPTIONS,
+        words(&[u32::try_from(limit).unwrap_or(u32::MAX)]),
+    )));
+    request(
+        RouteNetlinkMessage::NewQueueDiscipline(leaf),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )?;
+    Ok(())
+}
+
+/// Removes dockops' queue from the interface, if it has one. True if it did.
+pub fn remove(ifindex: u32) -> Result<bool, QueueError> {
+    if root_qdisc(ifindex)?.is_none_or(|(h, _)| h.major != ROOT) {
+        return Ok(false);
+    }
+    let msg = tc_message(
+        ifindex,
+        TcHandle::ROOT,
+        TcHandle {
+            major: ROOT,
+            minor: 0,
+        },
+    );
+    match request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0) {
+        // Gone in between (the interface went with its container).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => Ok(false),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(true),
+    }
+}
+
+/// Interfaces that carry a dockops queue.
+pub fn interfaces() -> Result<Vec<u32>, QueueError> {
+    Ok(roots()?
+        .into_iter()
+        .filter(|(_, handle, _)| handle.major == ROOT)
+        .map(|(ifindex, _, _)| ifindex)
+        .collect())
+}
+
+fn root_qdisc(ifindex: u32) -> io::Result<Option<(TcHandle, String)>> {
+    Ok(roots()?
+        .into_iter()
+        .find(|(i, _, _)| *i == ifindex)
+        .map(|(_, handle, kind)| (handle, kind)))
+}
+
+/// The root qdisc of every interface: ifindex, handle, kind.
+fn roots() -> io::Result<Vec<(u32, TcHandle, String)>> {
+    let dump = request(
+        RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+        NLM_F_DUMP,
+    )?;
+    Ok(dump
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewQueueDiscipline(q) if q.header.parent == TcHandle::ROOT => {
+                let kind = q.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                })?;
+                Some((u32::try_from(q.header.index).ok()?, q.header.handle, kind))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+fn tc_message(ifindex: u32, parent: TcHandle, handle: TcHandle) -> TcMessage {
+    let mut msg = TcMessage::default();
+    msg.header.index = i32::try_from(ifindex).unwrap_or(i32::MAX);
+    msg.header.parent = parent;
+    msg.header.handle = handle;
+    msg
+}
+
+/// `struct tc_htb_opt` with rate = ceil = `rate_bytes`, and a burst of 10 ms at the rate plus
+/// a full-size frame, in the kernel's 64 ns scheduler ticks.
+fn htb_opt(rate_bytes: u64) -> Vec<u8> {
+    let rate = u32::try_from(rate_bytes).unwrap_or(u32::MAX);
+    let burst_bytes = u128::from(rate_bytes / 100 + 1514);
+    let ticks = burst_bytes * 1_000_000_000 / u128::from(rate_bytes.max(1)) / 64;
+    let buffer = u32::try_from(ticks).unwrap_or(u32::MAX);
+    // struct tc_ratespec: cell_log u8, linklayer u8, overhead u16, cell_align i16, mpu u16,
+    // rate u32 (bytes per second).
+    let mut ratespec = vec![0_u8, TC_LINKLAYER_ETHERNET, 0, 0, 0, 0, 0, 0];
+    ratespec.extend_from_slice(&rate.to_ne_bytes());
+    let mut opt = ratespec.clone(); // rate
+    opt.extend_from_slice(&ratespec); // ceil
+    // buffer, cbuffer, quantum (0: the kernel derives it), level, prio.
+    opt.extend_from_slice(&words(&[buffer, buffer, 0, 0, 0]));
+    opt
+}
+
+fn words(values: &[u32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_ne_bytes()).collect()
+}
+
+/// Sends one rtnetlink request and collects the answer: the messages of a dump, or nothing
+/// for an acknowledged change. A kernel error comes back as the matching `io::Error`.
+fn request(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut message = NetlinkMessage::from(msg);
+    message.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    message.header.sequence_number = 1;
+    message.finalize();
+    let mut buf = vec![0; message.buffer_len()];
+    message.serialize(&mut buf);
+    socket.send(&buf, 0)?;
+    let mut answers = Vec::new();
+    loop {
+        let (data, _) = socket.recv_from_full()?;
+        let mut offset = 0;
+        while offset < data.len() {
+            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            offset += reply.header.length as usize;
+            match reply.payload {
+                NetlinkPayload::InnerMessage(m) => answers.push(m),
+                NetlinkPayload::Done(_) => return Ok(answers),
+                NetlinkPayload::Error(e) => {
+                    return match e.code.map(NonZeroI32::get) {
+                        None => Ok(answers),
+                        Some(code) => Err(io::Error::from_raw_os_error(-code)),
+                    };
+                }
+                _ => {}
+            }
+            if reply.header.length == 0 {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn htb_options_have_the_kernel_layout() {
+        // 50 Mbit/s: 6 250 000 bytes/s; burst 62 500 + 1514 bytes = 10.242 ms = 160 035 ticks.
+        let opt = htb_opt(6_250_000);
+        assert_eq!(opt.len(), 44, "sizeof(struct tc_htb_opt)");
+        let word = |at: usize| u32::from_ne_bytes(opt[at..at + 4].try_into().unwrap());
+        assert_eq!(opt[1], TC_LINKLAYER_ETHERNET);
+        assert_eq!((word(8), word(20)), (6_250_000, 6_250_000), "rate, ceil");
+        assert_eq!((word(24), word(28)), (160_035, 160_035), "buffer, cbuffer");
+        assert_eq!(htb_opt(u64::MAX)[8..12], u32::MAX.to_ne_bytes());
+    }
+}
