@@ -78,6 +78,23 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
                 row(&mut policed, Direction::Ingress, rate, shaper, &r, bits);
             }
         }
+        dockops(&[
+            "limit",
+            &pair.client,
+            "--ingress",
+            rate,
+            "--no-pacing",
+            "--queue",
+        ])?;
+        let r = pair.iperf(Direction::Ingress, 1, Tcp::Cubic)?;
+        row(
+            &mut policed,
+            Direction::Ingress,
+            rate,
+            "dockops queue (HTB), cubic",
+            &r,
+            bits,
+        );
         dockops(&["unlimit", &pair.client])?;
     }
 
@@ -98,7 +115,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let _ = write!(
         table,
         "\n**Senders the pacing cannot reach** (`limit --ingress RATE --no-pacing`, as for a sender \
-         beyond the host; 7–20 µs RTT here):\n\n{policed}\n**Flows joining mid-run** (one flow, \
+         beyond the host; 7–20 µs RTT here; the queue rows add `--queue`):\n\n{policed}\n**Flows joining mid-run** (one flow, \
          three more on a second server after 3 s; a fair share for the three is 0.75):\n\n{join}\n\
          **Overhead, uncapped, one flow** ({OVERHEAD_ROUNDS} runs each, alternated, medians): {overhead}\n\n\
          **Run time of the tc programs.** Under traffic, from kernel BPF stats (they add two clock \
