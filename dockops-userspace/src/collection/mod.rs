@@ -361,6 +361,34 @@ mod tests {
     }
 
     #[test]
+    fn limits_show_the_caps_and_how_they_are_held() {
+        let caps = |egress_bits, ingress_bits, flags| Caps {
+            egress_bits,
+            ingress_bits,
+            flags,
+            ..Caps::default()
+        };
+        let mode = |c| Limits::from(c).mode;
+        assert_eq!(Limits::from(Caps::default()), Limits::default());
+        assert_eq!(mode(caps(10, 0, 0)), Some(ShapingMode::Paced));
+        assert_eq!(
+            mode(caps(10, 0, Caps::NO_PACING)),
+            Some(ShapingMode::Policed)
+        );
+        assert_eq!(mode(caps(0, 10, Caps::QUEUE)), Some(ShapingMode::Queued));
+        // A queue needs an ingress cap: egress alone is held by pacing and the bucket.
+        assert_eq!(mode(caps(10, 0, Caps::QUEUE)), Some(ShapingMode::Paced));
+        assert_eq!(
+            Limits::from(caps(10, 0, 0)),
+            Limits {
+                egress_bps: Some(10),
+                ingress_bps: None,
+                mode: Some(ShapingMode::Paced)
+            }
+        );
+    }
+
+    #[test]
     fn rates_over_elapsed_time() {
         let c = [container("a", &[1]), container("b", &[2])];
         let mut prev = take(&c[..1], &HashMap::from([(1, counters(1000, 5000))]));
