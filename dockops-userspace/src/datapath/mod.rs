@@ -9,10 +9,12 @@ mod bpffs;
 mod caps;
 pub mod pins;
 mod queue;
+mod reconcile;
+mod reset;
 mod tc_caps;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -21,12 +23,13 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
-    programs::{ProgramError, SchedClassifier, links::PinnedLink},
+    programs::{ProgramError, SchedClassifier},
 };
 use dockops_common::{BlockCounters, BlockKey, Caps, TcCap, TrafficCounters, names};
 pub use pins::Direction;
 use pins::{Layout, PinName};
 pub use queue::QueueError;
+pub use reset::reset;
 
 use crate::{capabilities::TcMode, discovery::Container};
 
@@ -216,101 +219,6 @@ impl Datapath {
         })
     }
 
-    /// Makes the kernel match `containers`: attaches to new host veths, adopts pinned
-    /// attachments, and removes those of containers and interfaces that are gone.
-    /// Containers whose interfaces are unknown keep what they have.
-    pub fn reconcile(&mut self, containers: &[Container]) -> Result<Report, DatapathError> {
-        let _lock = bpffs::lock()?;
-        let mut report = Report::default();
-        let pinned = scan(&self.layout)?;
-        let by_id: HashMap<&str, &Container> =
-            containers.iter().map(|c| (c.id.as_str(), c)).collect();
-
-        let mut live = HashSet::new();
-        for (id, pins) in &pinned {
-            let wanted = by_id.get(id.as_str()).map(|c| c.interfaces.as_deref());
-            for pin in pins {
-                let keep = match wanted {
-                    None => false,
-                    Some(None) => true,
-                    Some(Some(ifaces)) => ifaces.iter().any(|i| i.ifindex == pin.ifindex),
-                };
-                if keep {
-                    live.insert(pin.ifindex);
-                } else {
-                    attach::detach(&self.layout.container(id).join(pin.to_string()), *pin)?;
-                    report.removed += 1;
-                }
-            }
-            if wanted.is_none() {
-                remove_dir(&self.layout.container(id))?;
-            }
-        }
-
-        for container in containers {
-            let Some(ifaces) = &container.interfaces else {
-                continue;
-            };
-            let dir = self.layout.container(&container.id);
-            for iface in ifaces {
-                // Two containers can share one network namespace (`--network container:`):
-                // the first one listed owns its veth.
-                if !live.insert(iface.ifindex) && !has_pin(&pinned, &container.id, iface.ifindex) {
-                    continue;
-                }
-                self.ensure_counters(iface.ifindex)?;
-                for direction in Direction::BOTH {
-                    let present = pinned.get(&container.id).is_some_and(|pins| {
-                        pins.iter()
-                            .any(|p| p.ifindex == iface.ifindex && p.direction == direction)
-                    });
-                    if present {
-                        report.adopted += 1;
-                        continue;
-                    }
-                    fs::create_dir_all(&dir).map_err(|source| DatapathError::Io {
-                        path: dir.clone(),
-                        source,
-                    })?;
-                    let prog = match direction {
-                        Direction::Ingress => &mut self.ingress,
-                        Direction::Egress => &mut self.egress,
-                    };
-                    attach::attach(prog, iface, direction, self.mode, &dir)?;
-                    tracing::info!(
-                        container = container.name,
-                        interface = iface.name,
-                        ?direction,
-                        "attached"
-                    );
-                    report.attached += 1;
-                }
-            }
-        }
-
-        let stale: Vec<u32> = self
-            .traffic
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !live.contains(k))
-            .collect();
-        for key in stale {
-            self.traffic.remove(&key)?;
-        }
-        if let Some(pacing) = &mut self.pacing {
-            let live = containers
-                .iter()
-                .flat_map(|c| c.ipv4.iter().map(|ip| (*ip, c.id_bytes())))
-                .collect();
-            pacing.reconcile(&live)?;
-        }
-        self.reconcile_tc_caps(containers, &live)?;
-        if let Some(block) = &mut self.block {
-            block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
-        }
-        Ok(report)
-    }
-
     /// Every capped address. Each of a container's addresses carries the same caps.
     pub fn caps(&self) -> Result<HashMap<Ipv4Addr, Caps>, DatapathError> {
         self.pacing
@@ -394,12 +302,6 @@ mod aya_obj_flags {
     pub const BPF_NOEXIST: u32 = 1;
 }
 
-fn has_pin(pinned: &BTreeMap<String, Vec<PinName>>, id: &str, ifindex: u32) -> bool {
-    pinned
-        .get(id)
-        .is_some_and(|pins| pins.iter().any(|p| p.ifindex == ifindex))
-}
-
 /// The pinned program `name`, loading and pinning it from the object the first time.
 fn program(
     ebpf: &mut Ebpf,
@@ -465,89 +367,6 @@ fn remove_dir(dir: &Path) -> Result<(), DatapathError> {
             source: e,
         }),
         _ => Ok(()),
-    }
-}
-
-/// Removes everything dockops attached or pinned: attachments (and the clsact qdiscs it
-/// created), programs, maps, and the directory. Needs neither Docker nor the object.
-pub fn reset() -> Result<Vec<String>, DatapathError> {
-    let layout = Layout::default();
-    if !layout.root().exists() {
-        return Ok(Vec::new());
-    }
-    let _lock = bpffs::lock()?;
-    let mut removed = Vec::new();
-    for ifindex in queue::interfaces()? {
-        if queue::remove(ifindex)? {
-            removed.push(format!(
-                "interface {ifindex}: ingress queue (htb qdisc) removed"
-            ));
-        }
-    }
-    for (id, pins) in scan(&layout)? {
-        let dir = layout.container(&id);
-        for pin in pins {
-            attach::detach(&dir.join(pin.to_string()), pin)?;
-            removed.push(format!(
-                "{} {}",
-                dir.join(pin.to_string()).display(),
-                describe(pin)
-            ));
-        }
-    }
-    for name in read_dir_names(&layout.global())? {
-        let path = layout.global().join(&name);
-        let link = PinnedLink::from_pin(&path).map_err(|source| DatapathError::Link {
-            path: path.clone(),
-            source,
-        })?;
-        drop(link.unpin().map_err(|source| DatapathError::Io {
-            path: path.clone(),
-            source,
-        })?);
-        removed.push(format!("{} (link detached)", path.display()));
-    }
-    for marker in read_dir_names(layout.root())?
-        .iter()
-        .filter(|n| n.starts_with(pins::BUILD_PREFIX))
-    {
-        remove_dir(&layout.root().join(marker))?;
-    }
-    for dir in [
-        layout.global(),
-        layout.links(),
-        layout.progs(),
-        layout.maps(),
-    ] {
-        for name in read_dir_names(&dir)? {
-            let path = dir.join(&name);
-            let result = if path.is_dir() {
-                // Only container directories remain under links/, now empty or foreign.
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            result.map_err(|source| DatapathError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            removed.push(path.display().to_string());
-        }
-        remove_dir(&dir)?;
-    }
-    remove_dir(layout.root())?;
-    Ok(removed)
-}
-
-fn describe(pin: PinName) -> &'static str {
-    match pin.kind {
-        pins::AttachKind::Tcx => "(tcx link detached)",
-        pins::AttachKind::Netlink {
-            created_clsact: false,
-        } => "(tc filter removed)",
-        pins::AttachKind::Netlink {
-            created_clsact: true,
-        } => "(tc filter and clsact qdisc removed)",
     }
 }
 

@@ -1,0 +1,114 @@
+//! Bringing the kernel in line with the running containers.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    fs,
+};
+
+use super::{
+    Datapath, DatapathError, Direction, Report, attach, bpffs, pins::PinName, remove_dir, scan,
+};
+use crate::discovery::Container;
+
+impl Datapath {
+    /// Makes the kernel match `containers`: attaches to new host veths, adopts pinned
+    /// attachments, and removes those of containers and interfaces that are gone.
+    /// Containers whose interfaces are unknown keep what they have.
+    pub fn reconcile(&mut self, containers: &[Container]) -> Result<Report, DatapathError> {
+        let _lock = bpffs::lock()?;
+        let mut report = Report::default();
+        let pinned = scan(&self.layout)?;
+        let by_id: HashMap<&str, &Container> =
+            containers.iter().map(|c| (c.id.as_str(), c)).collect();
+
+        let mut live = HashSet::new();
+        for (id, pins) in &pinned {
+            let wanted = by_id.get(id.as_str()).map(|c| c.interfaces.as_deref());
+            for pin in pins {
+                let keep = match wanted {
+                    None => false,
+                    Some(None) => true,
+                    Some(Some(ifaces)) => ifaces.iter().any(|i| i.ifindex == pin.ifindex),
+                };
+                if keep {
+                    live.insert(pin.ifindex);
+                } else {
+                    attach::detach(&self.layout.container(id).join(pin.to_string()), *pin)?;
+                    report.removed += 1;
+                }
+            }
+            if wanted.is_none() {
+                remove_dir(&self.layout.container(id))?;
+            }
+        }
+
+        for container in containers {
+            let Some(ifaces) = &container.interfaces else {
+                continue;
+            };
+            let dir = self.layout.container(&container.id);
+            for iface in ifaces {
+                // Two containers can share one network namespace (`--network container:`):
+                // the first one listed owns its veth.
+                if !live.insert(iface.ifindex) && !has_pin(&pinned, &container.id, iface.ifindex) {
+                    continue;
+                }
+                self.ensure_counters(iface.ifindex)?;
+                for direction in Direction::BOTH {
+                    let present = pinned.get(&container.id).is_some_and(|pins| {
+                        pins.iter()
+                            .any(|p| p.ifindex == iface.ifindex && p.direction == direction)
+                    });
+                    if present {
+                        report.adopted += 1;
+                        continue;
+                    }
+                    fs::create_dir_all(&dir).map_err(|source| DatapathError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    let prog = match direction {
+                        Direction::Ingress => &mut self.ingress,
+                        Direction::Egress => &mut self.egress,
+                    };
+                    attach::attach(prog, iface, direction, self.mode, &dir)?;
+                    tracing::info!(
+                        container = container.name,
+                        interface = iface.name,
+                        ?direction,
+                        "attached"
+                    );
+                    report.attached += 1;
+                }
+            }
+        }
+
+        let stale: Vec<u32> = self
+            .traffic
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.contains(k))
+            .collect();
+        for key in stale {
+            self.traffic.remove(&key)?;
+        }
+        if let Some(pacing) = &mut self.pacing {
+            let live = containers
+                .iter()
+                .flat_map(|c| c.ipv4.iter().map(|ip| (*ip, c.id_bytes())))
+                .collect();
+            pacing.reconcile(&live)?;
+        }
+        self.reconcile_tc_caps(containers, &live)?;
+        if let Some(block) = &mut self.block {
+            block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
+        }
+        Ok(report)
+    }
+}
+
+fn has_pin(pinned: &BTreeMap<String, Vec<PinName>>, id: &str, ifindex: u32) -> bool {
+    pinned
+        .get(id)
+        .is_some_and(|pins| pins.iter().any(|p| p.ifindex == ifindex))
+}
