@@ -5,7 +5,8 @@
 //! same-host path (7–20 µs RTT) drop-based policing cannot steer TCP at all.
 //!
 //! A cap is shared by the sockets that were active recently (an RTT sample in the current or
-//! previous ~134 ms window): idle connections do not take a share.
+//! previous ~134 ms window): idle connections, and thin ones (less than 16 KiB acknowledged in
+//! all), do not take a share.
 
 use core::{ffi::c_void, num::NonZeroU64, ptr::read_volatile};
 
@@ -33,9 +34,15 @@ const UNPACED: u32 = u32::MAX;
 #[map(name = "CAPS")]
 static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS, 0);
 
-/// Socket cookie → the window in which it was last counted.
+/// Socket cookie → the window in which it was last counted (`u64::MAX`: not yet).
 #[map]
 static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// A socket takes a share of a cap once this many of its bytes have been acknowledged: thin
+/// connections (iperf3's control connection, requests, keep-alives) would otherwise halve a
+/// busy flow's rate while they exchange a few messages. A bulk flow passes it in its first
+/// round trips.
+const BULK_BYTES: u64 = 16 << 10;
 
 /// Active sockets per (address, direction): key = address << 1 | ingress.
 #[map]
@@ -88,12 +95,9 @@ fn try_sock_pace(ctx: &SockOpsContext) {
     }
     // SAFETY: reads the monotonic clock.
     let epoch = unsafe { bpf_ktime_get_ns() } >> WINDOW_SHIFT;
-    let fresh = PACED_SOCKETS
-        .get_ptr(&cookie)
-        .is_none_or(|last| unsafe { *last } != epoch);
-    if fresh {
-        let _ = PACED_SOCKETS.insert(&cookie, &epoch, 0);
-    }
+    // SAFETY: ctx.ops is the program's context.
+    let acked = unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) };
+    let fresh = counts(cookie, epoch, acked);
     let mut rate = u64::MAX;
     if egress != 0 {
         rate = rate.min(egress / 8 / active(u64::from(local) << 1, epoch, fresh));
@@ -132,7 +136,31 @@ fn ipv4_addresses(ctx: &SockOpsContext) -> Option<(u32, u32)> {
     }
 }
 
-/// Sockets active in this or the previous window for `key`, counting this one if `fresh`.
+/// Whether the socket is counted now among the sockets sharing its caps: the first time in a
+/// window that it calls back once it has had [`BULK_BYTES`] acknowledged. Remembers it as
+/// paced either way (so that lifting the cap can unpace it).
+#[inline(always)]
+fn counts(cookie: u64, epoch: u64, acked: u64) -> bool {
+    let bulk = acked >= BULK_BYTES;
+    match PACED_SOCKETS.get_ptr_mut(&cookie) {
+        // SAFETY: a map value, valid for the program run.
+        Some(last) => {
+            let last = unsafe { &mut *last };
+            let fresh = bulk && *last != epoch;
+            if fresh {
+                *last = epoch;
+            }
+            fresh
+        }
+        None => {
+            let _ = PACED_SOCKETS.insert(&cookie, &(if bulk { epoch } else { u64::MAX }), 0);
+            bulk
+        }
+    }
+}
+
+/// Sockets active in this or the previous window for `key` (at least 1), counting this one if
+/// `fresh`.
 /// Updates race across CPUs (a count may be off by one for one window): accepted, the next
 /// RTT sample corrects the rate.
 #[inline(always)]
@@ -156,7 +184,7 @@ fn active(key: u64, epoch: u64, fresh: bool) -> NonZeroU64 {
                 &key,
                 &Window {
                     epoch,
-                    current: 1,
+                    current: u64::from(fresh),
                     previous: 0,
                 },
                 0,
