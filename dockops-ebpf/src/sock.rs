@@ -34,6 +34,11 @@ const UNPACED: u32 = u32::MAX;
 #[map(name = "CAPS")]
 static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS, 0);
 
+/// The caps each container asked for, by container id. No program reads it: it is declared
+/// here so that it is pinned beside `CAPS`, for userspace to re-apply after a restart.
+#[map(name = "DESIRED_CAPS")]
+static DESIRED_CAPS: HashMap<[u8; 32], Caps> = HashMap::pinned(MAX_CAPS, 0);
+
 /// Socket cookie → the window in which it was last counted (`u64::MAX`: not yet).
 #[map]
 static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);

@@ -3,7 +3,7 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use dockops_integration::{Container, counter, dockops, dockops_ok, field, stats_json, tc};
+use dockops_integration::{Container, counter, docker, dockops, dockops_ok, field, stats_json, tc};
 use serde_json::Value;
 
 const CAP: u64 = 50_000_000;
@@ -261,31 +261,72 @@ fn caps_of_a_removed_container_are_dropped() {
         "20mbit",
     ]);
     let ip = c.ip();
-    let dump = || {
-        let out = Command::new("bpftool")
-            .args([
-                "--json",
-                "map",
-                "dump",
-                "pinned",
-                "/sys/fs/bpf/dockops/maps/CAPS",
-            ])
-            .output()
-            .expect("bpftool");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let octets: Vec<String> = ip
-        .split('.')
-        .map(|o| format!("\"0x{:02x}\"", o.parse::<u8>().unwrap()))
-        .collect();
-    let key = octets.join(",");
-    assert!(dump().contains(&key), "no CAPS entry for {ip}: {}", dump());
+    let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    let key = bpftool_key(&octets);
+    let id = bpftool_key(&id_bytes(&c.id));
+    assert!(dump("CAPS").contains(&key), "no CAPS entry for {ip}");
+    assert!(dump("DESIRED_CAPS").contains(&id), "no DESIRED_CAPS entry");
     c.remove();
     dockops_ok(&["stats"]);
     assert!(
-        !dump().contains(&key),
+        !dump("CAPS").contains(&key),
         "CAPS entry for {ip} outlived its container: {}",
-        dump()
+        dump("CAPS")
+    );
+    assert!(
+        !dump("DESIRED_CAPS").contains(&id),
+        "DESIRED_CAPS entry outlived its container"
+    );
+}
+
+/// A pinned map's entries as `bpftool --json map dump` prints them.
+fn dump(map: &str) -> String {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "dump", "pinned"])
+        .arg(format!("/sys/fs/bpf/dockops/maps/{map}"))
+        .output()
+        .expect("bpftool");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A key as bpftool's JSON spells it: `"0x0a","0x00",...`.
+fn bpftool_key(bytes: &[u8]) -> String {
+    let hex: Vec<String> = bytes.iter().map(|b| format!("\"0x{b:02x}\"")).collect();
+    hex.join(",")
+}
+
+/// A container id's 64 hex digits as 32 bytes.
+fn id_bytes(id: &str) -> Vec<u8> {
+    (0..id.len() / 2)
+        .map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn caps_follow_a_restarted_container_to_its_new_address() {
+    let pair = Pair::start("restart");
+    dockops_ok(&["limit", &pair.client.name, "--egress", "50mbit"]);
+    let before = pair.client.ip();
+    docker(&["stop", "-t", "0", &pair.client.id]);
+    // A reconcile while it is stopped, and a newcomer that may take its address.
+    dockops_ok(&["stats"]);
+    let squatter = Container::start("restart-squat", "sleep 600");
+    docker(&["start", &pair.client.id]);
+    let stats = stats_json();
+    assert_eq!(
+        field(&stats, &pair.client.name, "/limits/egress_bps"),
+        CAP,
+        "caps lost over a restart ({before} → {})",
+        pair.client.ip()
+    );
+    assert_eq!(
+        field(&stats, &squatter.name, "/limits/egress_bps"),
+        Value::Null
+    );
+    let r = ratio(pair.iperf(&["-t", "3"]), CAP);
+    assert!(
+        (0.8..=1.05).contains(&r),
+        "after the restart: goodput/cap = {r:.3}"
     );
 }
 

@@ -66,10 +66,10 @@ impl Agent {
     /// Discovers running containers (re-reading those in `changed`) and brings the datapath
     /// in line with them.
     pub async fn refresh(&mut self, changed: &HashSet<String>) -> anyhow::Result<()> {
-        let containers = self.docker.running(&self.containers, changed).await?;
-        let report = self.datapath.reconcile(&containers)?;
-        tracing::debug!(?report, containers = containers.len(), "reconciled");
-        self.containers = containers;
+        let found = self.docker.running(&self.containers, changed).await?;
+        let report = self.datapath.reconcile(&found.running, &found.existing)?;
+        tracing::debug!(?report, containers = found.running.len(), "reconciled");
+        self.containers = found.running;
         Ok(())
     }
 

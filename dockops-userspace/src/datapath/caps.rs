@@ -1,6 +1,11 @@
 //! Bandwidth caps: the host-wide pacing program and the per-address caps it reads.
 
-use std::{collections::HashMap, fs::File, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use aya::{
     Ebpf,
@@ -11,9 +16,15 @@ use dockops_common::{Caps, names};
 
 use super::DatapathError;
 
-/// The pinned `sock_ops` link on the cgroup v2 root and the `CAPS` map.
+/// The pinned `sock_ops` link on the cgroup v2 root, the `CAPS` map it reads, and the caps
+/// each container asked for (`DESIRED_CAPS`, by container id).
 pub(super) struct Pacing {
     caps: BpfHashMap<MapData, u32, Caps>,
+    desired: BpfHashMap<MapData, [u8; 32], Caps>,
+}
+
+const fn uncapped(caps: Caps) -> bool {
+    caps.egress_bits == 0 && caps.ingress_bits == 0
 }
 
 /// Map keys are addresses as the kernel stores them (network byte order), read natively.
@@ -50,12 +61,10 @@ impl Pacing {
                 .map_err(prog_err)?;
             super::pin_link(prog.take_link(id).map_err(prog_err)?, link)?;
         }
-        let caps = ebpf
-            .take_map(names::CAPS)
-            .ok_or(DatapathError::Missing(names::CAPS))?;
-        Ok(Self {
-            caps: BpfHashMap::try_from(caps)?,
-        })
+        let mut map = |name| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
+        let caps = BpfHashMap::try_from(map(names::CAPS)?)?;
+        let desired = BpfHashMap::try_from(map(names::DESIRED_CAPS)?)?;
+        Ok(Self { caps, desired })
     }
 
     pub(super) fn all(&self) -> Result<HashMap<Ipv4Addr, Caps>, DatapathError> {
@@ -69,7 +78,7 @@ impl Pacing {
 
     /// Sets (or, when both directions are 0, removes) the caps of `ip`.
     pub(super) fn set(&mut self, ip: Ipv4Addr, caps: Caps) -> Result<(), DatapathError> {
-        if caps == Caps::default() {
+        if uncapped(caps) {
             match self.caps.remove(&key(ip)) {
                 Err(e) if !super::not_found(&e) => Err(e.into()),
                 _ => Ok(()),
@@ -77,6 +86,40 @@ impl Pacing {
         } else {
             Ok(self.caps.insert(key(ip), caps, 0)?)
         }
+    }
+
+    /// Records (or forgets) what the container `caps.owner` asked for.
+    pub(super) fn remember(&mut self, caps: Caps) -> Result<(), DatapathError> {
+        if uncapped(caps) {
+            match self.desired.remove(&caps.owner) {
+                Err(e) if !super::not_found(&e) => Err(e.into()),
+                _ => Ok(()),
+            }
+        } else {
+            Ok(self.desired.insert(caps.owner, caps, 0)?)
+        }
+    }
+
+    /// What each container asked for, by id.
+    pub(super) fn desired(&self) -> Result<HashMap<[u8; 32], Caps>, DatapathError> {
+        Ok(self.desired.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets the caps of containers that no longer exist (`existing`: ids as bytes).
+    pub(super) fn forget_gone(
+        &mut self,
+        existing: &HashSet<[u8; 32]>,
+    ) -> Result<(), DatapathError> {
+        let gone: Vec<[u8; 32]> = self
+            .desired
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| !existing.contains(id))
+            .collect();
+        for id in gone {
+            self.desired.remove(&id)?;
+        }
+        Ok(())
     }
 
     /// Keeps only the caps whose address belongs to the running container that set them:

@@ -250,6 +250,7 @@ impl Datapath {
         for ip in &container.ipv4 {
             pacing.set(*ip, caps)?;
         }
+        pacing.remember(caps)?;
         for iface in container.interfaces.iter().flatten() {
             self.set_tc_caps(iface.ifindex, caps)?;
         }

@@ -8,13 +8,21 @@ use std::{
 use super::{
     Datapath, DatapathError, Direction, Report, attach, bpffs, pins::PinName, remove_dir, scan,
 };
-use crate::discovery::Container;
+use crate::discovery::{Container, id_bytes};
 
 impl Datapath {
     /// Makes the kernel match `containers`: attaches to new host veths, adopts pinned
     /// attachments, and removes those of containers and interfaces that are gone.
     /// Containers whose interfaces are unknown keep what they have.
-    pub fn reconcile(&mut self, containers: &[Container]) -> Result<Report, DatapathError> {
+    ///
+    /// Caps follow containers by id: those of a stopped container are kept (and re-applied to
+    /// its new addresses and veths when it starts again) until it is removed; `existing`
+    /// holds the ids of every container, stopped ones included.
+    pub fn reconcile(
+        &mut self,
+        containers: &[Container],
+        existing: &HashSet<String>,
+    ) -> Result<Report, DatapathError> {
         let _lock = bpffs::lock()?;
         let mut report = Report::default();
         let pinned = scan(&self.layout)?;
@@ -98,12 +106,49 @@ impl Datapath {
                 .flat_map(|c| c.ipv4.iter().map(|ip| (*ip, c.id_bytes())))
                 .collect();
             pacing.reconcile(&live)?;
+            pacing.forget_gone(&existing.iter().map(|id| id_bytes(id)).collect())?;
         }
+        self.restore_caps(containers)?;
         self.reconcile_tc_caps(containers, &live)?;
         if let Some(block) = &mut self.block {
             block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
         }
         Ok(report)
+    }
+
+    /// Re-applies what a running container asked for where its addresses do not carry it
+    /// (it restarted on a new address, or a reconcile ran while it was stopped).
+    fn restore_caps(&mut self, containers: &[Container]) -> Result<(), DatapathError> {
+        let Some(pacing) = &self.pacing else {
+            return Ok(());
+        };
+        let desired = pacing.desired()?;
+        if desired.is_empty() {
+            return Ok(());
+        }
+        let current = self.caps()?;
+        for container in containers {
+            let Some(want) = desired.get(&container.id_bytes()).copied() else {
+                continue;
+            };
+            if container
+                .ipv4
+                .iter()
+                .all(|ip| current.get(ip) == Some(&want))
+            {
+                continue;
+            }
+            if let Err(error) = self.set_caps(container, want) {
+                tracing::warn!(
+                    container = container.name,
+                    "caps not restored: {}",
+                    super::chain(&error)
+                );
+            } else {
+                tracing::info!(container = container.name, "caps restored");
+            }
+        }
+        Ok(())
     }
 }
 

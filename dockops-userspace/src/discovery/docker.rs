@@ -6,10 +6,13 @@ use std::{
     path::PathBuf,
 };
 
-use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::{
+    models::ContainerSummaryStateEnum,
+    query_parameters::{EventsOptions, ListContainersOptions},
+};
 use futures::{Stream, StreamExt as _};
 
-use super::{CgroupPaths, Container, netns};
+use super::{CgroupPaths, Container, Inventory, netns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -62,7 +65,8 @@ impl Docker {
         Ok(Self { client, unified })
     }
 
-    /// Every running container with its pid and host-side interfaces.
+    /// Every running container with its pid and host-side interfaces, and the ids of all
+    /// containers (stopped ones keep their caps until they are removed).
     ///
     /// Pid and interfaces of a container in `previous` are reused unless its id is in
     /// `changed` (it started or stopped since): a list call then costs one API request
@@ -71,7 +75,7 @@ impl Docker {
         &self,
         previous: &[Container],
         changed: &HashSet<String>,
-    ) -> Result<Vec<Container>, DiscoveryError> {
+    ) -> Result<Inventory, DiscoveryError> {
         let known: HashMap<&str, &Container> = previous
             .iter()
             .filter(|c| c.interfaces.is_some() && !changed.contains(&c.id))
@@ -79,15 +83,26 @@ impl Docker {
             .collect();
         let summaries = self
             .client
-            .list_containers(Some(ListContainersOptions::default()))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                ..ListContainersOptions::default()
+            }))
             .await
             .map_err(|source| DiscoveryError::Api {
                 what: "list containers",
                 source,
             })?;
         let mut containers = Vec::with_capacity(summaries.len());
+        let mut existing = HashSet::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
+            existing.insert(id.clone());
+            if !matches!(
+                summary.state,
+                Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::PAUSED)
+            ) {
+                continue;
+            }
             let (pid, interfaces, cgroup, cgroup_id, ipv4) = if let Some(c) = known.get(id.as_str())
             {
                 (
@@ -125,7 +140,10 @@ impl Docker {
                 ipv4,
             });
         }
-        Ok(containers)
+        Ok(Inventory {
+            running: containers,
+            existing,
+        })
     }
 
     /// Pid and host interfaces of a running container; `None` if it is gone or not running.

@@ -7,7 +7,31 @@ mod netns;
 pub use cgroup::CgroupPaths;
 pub use docker::{DiscoveryError, Docker, Event};
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+};
+
+/// What one pass of discovery found.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    /// Running (and paused) containers.
+    pub running: Vec<Container>,
+    /// The ids of every container Docker knows, stopped ones included.
+    pub existing: HashSet<String>,
+}
+
+/// A container id as 32 bytes (its 64 hex digits decoded; zeros past anything not hex).
+pub fn id_bytes(id: &str) -> [u8; 32] {
+    let mut bytes = [0; 32];
+    for (byte, pair) in bytes.iter_mut().zip(id.as_bytes().chunks(2)) {
+        *byte = std::str::from_utf8(pair)
+            .ok()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .unwrap_or(0);
+    }
+    bytes
+}
 
 /// A running container as the rest of the pipeline needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,16 +70,9 @@ impl Container {
         self.name == query || (query.len() >= 4 && self.id.starts_with(query))
     }
 
-    /// The id as 32 bytes (its 64 hex digits decoded; zeros past anything not hex).
+    /// The id as 32 bytes.
     pub fn id_bytes(&self) -> [u8; 32] {
-        let mut bytes = [0; 32];
-        for (byte, pair) in bytes.iter_mut().zip(self.id.as_bytes().chunks(2)) {
-            *byte = std::str::from_utf8(pair)
-                .ok()
-                .and_then(|p| u8::from_str_radix(p, 16).ok())
-                .unwrap_or(0);
-        }
-        bytes
+        id_bytes(&self.id)
     }
 
     /// The short id the docker CLI prints.
