@@ -4,8 +4,9 @@
 //! the container sends (its tx), tc egress what is delivered into it (its rx). Both count, and
 //! enforce the hard cap of a capped container: a token bucket on wire bytes, behind the
 //! sender pacing of `sock.rs`, for what pacing cannot reach (UDP, sockets opened before the
-//! cap, senders beyond the host). Everything else returns `TC_ACT_UNSPEC`, so later programs
-//! in the chain still run.
+//! cap, senders beyond the host). A low bucket marks ECN-capable packets, an empty one drops
+//! (`tc/ecn.rs`). Everything else returns `TC_ACT_UNSPEC`, so later programs in the chain
+//! still run.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_spin_lock},
