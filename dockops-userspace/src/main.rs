@@ -43,7 +43,12 @@ enum Command {
     /// Live view: refresh every interval; picks up containers as they start and stop.
     Watch(cli::watch::Args),
     /// Cap a container's network bandwidth, live: egress (what it sends) and ingress (what it
-    /// receives). TCP connections made from now on are paced to the cap at the sender.
+    /// receives).
+    ///
+    /// TCP connections made from now on on this host are paced to the cap at the sender; a
+    /// token bucket in tc holds the rest (ECN marks, then drops). Each call sets the mode
+    /// (default, --no-pacing, --queue). Caps stay with the container, across restarts, until
+    /// it is removed.
     Limit(cli::limit::LimitArgs),
     /// Remove a container's bandwidth caps (both, or the one named).
     Unlimit(cli::limit::UnlimitArgs),

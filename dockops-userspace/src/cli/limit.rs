@@ -22,7 +22,8 @@ pub struct LimitArgs {
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     ingress: Option<u64>,
     /// Bucket of the tc hard cap behind the pacing (e.g. 256kb); default 200 ms at the
-    /// larger cap, at least 128 KiB. At least one full-size packet.
+    /// larger cap, at least 128 KiB. At least one full-size packet, and what the cap sends in
+    /// one kernel clock tick (1–10 ms).
     #[arg(long, value_name = "SIZE", value_parser = parse_burst)]
     burst: Option<u64>,
     /// Do not pace same-host TCP senders: only the tc hard cap (ECN marking, then drops)
@@ -31,7 +32,8 @@ pub struct LimitArgs {
     no_pacing: bool,
     /// Hold the ingress cap with a queue (HTB on the host veth) instead of the token bucket:
     /// packets wait rather than being marked or dropped. Smoother rates for senders that are
-    /// not paced, at the cost of up to 50 ms of queueing delay.
+    /// not paced, at the cost of queueing delay: the queue holds 50 ms at the cap (at least
+    /// 128 KiB, ~100 ms at 10 Mbit/s).
     #[arg(long)]
     queue: bool,
 }
