@@ -7,6 +7,9 @@ pub const MAX_RATE_BITS: u64 = u32::MAX as u64 * 8;
 /// The smallest hard-cap bucket: one full-size Ethernet frame.
 pub const MIN_BURST: u64 = 1514;
 
+/// The largest: about a second at the highest rate (the datapath keeps tokens in an `i64`).
+pub const MAX_BURST: u64 = 4 << 30;
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error(
@@ -15,6 +18,8 @@ pub enum PolicyError {
     Size(String),
     #[error("burst {0:?} is smaller than one full-size packet ({MIN_BURST} bytes)")]
     BurstTooSmall(String),
+    #[error("burst {0:?} is larger than {MAX_BURST} bytes (4gb), more than any cap can use")]
+    BurstTooLarge(String),
     #[error(
         "burst {burst} B is less than what {rate_bits} bit/s refills in one {tick_us} µs clock \
          tick: give --burst {min} or more, or leave it out"
@@ -99,11 +104,14 @@ pub fn parse_size(text: &str) -> Result<u64, PolicyError> {
         .ok_or_else(|| PolicyError::Size(text.to_owned()))
 }
 
-/// A `--burst` value: a size of at least one full-size packet.
+/// A `--burst` value: a size of at least one full-size packet, at most [`MAX_BURST`].
 pub fn parse_burst(text: &str) -> Result<u64, PolicyError> {
     let bytes = parse_size(text)?;
     if bytes < MIN_BURST {
         return Err(PolicyError::BurstTooSmall(text.to_owned()));
+    }
+    if bytes > MAX_BURST {
+        return Err(PolicyError::BurstTooLarge(text.to_owned()));
     }
     Ok(bytes)
 }
@@ -155,6 +163,11 @@ mod tests {
             Err(PolicyError::BurstTooSmall("1000b".into()))
         );
         assert_eq!(parse_burst("1514"), Ok(1514));
+        assert_eq!(parse_burst("4gb"), Ok(MAX_BURST));
+        assert_eq!(
+            parse_burst("5gb"),
+            Err(PolicyError::BurstTooLarge("5gb".into()))
+        );
         assert_eq!(
             default_burst(1_000_000),
             128 << 10,

@@ -5,6 +5,8 @@ use std::{
     fs,
 };
 
+use dockops_common::{Caps, tc_cap_key};
+
 use super::{
     Datapath, DatapathError, Direction, Report, attach, bpffs, pins::PinName, remove_dir, scan,
 };
@@ -108,44 +110,79 @@ impl Datapath {
             pacing.reconcile(&live)?;
             pacing.forget_gone(&existing.iter().map(|id| id_bytes(id)).collect())?;
         }
-        self.restore_caps(containers)?;
-        self.reconcile_tc_caps(containers, &live)?;
+        self.reconcile_caps(containers, &live)?;
         if let Some(block) = &mut self.block {
             block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
         }
         Ok(report)
     }
 
-    /// Re-applies what a running container asked for where its addresses do not carry it
-    /// (it restarted on a new address, or a reconcile ran while it was stopped).
-    fn restore_caps(&mut self, containers: &[Container]) -> Result<(), DatapathError> {
-        let Some(pacing) = &self.pacing else {
-            return Ok(());
+    /// Caps follow what each running container asked for (`DESIRED_CAPS`): re-applied in
+    /// full where its addresses do not carry them (it restarted on a new address, or a
+    /// reconcile ran while it was stopped), otherwise completed on new veths. Buckets of
+    /// interfaces that are gone go too.
+    fn reconcile_caps(
+        &mut self,
+        containers: &[Container],
+        live: &HashSet<u32>,
+    ) -> Result<(), DatapathError> {
+        let present: HashSet<u64> = self.tc_caps.keys().filter_map(Result::ok).collect();
+        for key in &present {
+            if !live.contains(&u32::try_from(key >> 1).unwrap_or(0)) {
+                self.tc_caps.remove(key)?;
+            }
+        }
+        let desired = match &self.pacing {
+            Some(pacing) => pacing.desired()?,
+            None => return Ok(()),
         };
-        let desired = pacing.desired()?;
         if desired.is_empty() {
             return Ok(());
         }
         let current = self.caps()?;
+        // One netlink dump, and only when a queue may be missing.
+        let queues: HashSet<u32> = if desired.values().any(Caps::queued) {
+            super::queue::interfaces()?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
         for container in containers {
             let Some(want) = desired.get(&container.id_bytes()).copied() else {
                 continue;
             };
-            if container
+            // Not fatal: one container's caps must not stop the others' reconcile.
+            let warn = |error: &DatapathError| {
+                tracing::warn!(
+                    container = container.name,
+                    "caps not restored: {}",
+                    super::chain(error)
+                );
+            };
+            if !container
                 .ipv4
                 .iter()
                 .all(|ip| current.get(ip) == Some(&want))
             {
+                match self.set_caps(container, want) {
+                    Ok(()) => tracing::info!(container = container.name, "caps restored"),
+                    Err(error) => warn(&error),
+                }
                 continue;
             }
-            if let Err(error) = self.set_caps(container, want) {
-                tracing::warn!(
-                    container = container.name,
-                    "caps not restored: {}",
-                    super::chain(&error)
-                );
-            } else {
-                tracing::info!(container = container.name, "caps restored");
+            for iface in container.interfaces.iter().flatten() {
+                let missing = |ingress, bits| {
+                    bits != 0 && !present.contains(&tc_cap_key(iface.ifindex, ingress))
+                };
+                let ingress_bucket = if want.queued() { 0 } else { want.ingress_bits };
+                if missing(false, want.egress_bits) || missing(true, ingress_bucket) {
+                    self.set_tc_caps(iface.ifindex, want)?;
+                }
+                if want.queued()
+                    && !queues.contains(&iface.ifindex)
+                    && let Err(error) = super::set_queue(iface.ifindex, want)
+                {
+                    warn(&error);
+                }
             }
         }
         Ok(())
