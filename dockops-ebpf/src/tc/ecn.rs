@@ -67,9 +67,14 @@ pub fn when_empty(ctx: &TcContext, key: u64, bytes: u64) -> Verdict {
     }
 }
 
+/// Records the flow, unless it is known already (a lookup is cheaper than an LRU insert, and
+/// while a flow is over its cap every packet of it comes here).
 #[inline(always)]
 fn remember(ctx: &TcContext, key: u64) {
-    let _ = ECN_FLOWS.insert(&flow(ctx, key), &1, 0);
+    let flow = flow(ctx, key);
+    if ECN_FLOWS.get_ptr(&flow).is_none() {
+        let _ = ECN_FLOWS.insert(&flow, &1, 0);
+    }
 }
 
 #[inline(always)]
