@@ -21,6 +21,8 @@ pub mod names {
     pub const BLOCK_BIO_ACCT: &str = "block_bio_acct";
     /// Hash map: container IPv4 address (network byte order) → [`super::Caps`].
     pub const CAPS: &str = "CAPS";
+    /// Hash map: container IPv6 address (its 16 bytes) → [`super::Caps`].
+    pub const CAPS6: &str = "CAPS6";
     /// Hash map: container id (its 32 bytes) → [`super::Caps`] it asked for, kept while the
     /// container exists; userspace re-applies them when it comes back on new addresses.
     pub const DESIRED_CAPS: &str = "DESIRED_CAPS";

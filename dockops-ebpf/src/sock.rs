@@ -1,8 +1,8 @@
 //! Bandwidth caps for TCP, enforced by pacing the sender: one `sock_ops` program on the
 //! cgroup v2 root sees every TCP socket on the host and sets `SO_MAX_PACING_RATE` on those
 //! sent from a capped container (local address capped for egress) or to one (remote address
-//! capped for ingress). Pacing at the sender keeps queues empty and avoids drops; on a
-//! same-host path (7–20 µs RTT) drop-based policing cannot steer TCP at all.
+//! capped for ingress), IPv4 or IPv6. Pacing at the sender keeps queues empty and avoids
+//! drops; on a same-host path (7–20 µs RTT) drop-based policing cannot steer TCP at all.
 //!
 //! A cap is shared by the sockets that were active recently (an RTT sample in the current or
 //! previous ~134 ms window): idle connections, and thin ones (less than 16 KiB acknowledged in
@@ -33,6 +33,10 @@ const UNPACED: u32 = u32::MAX;
 
 #[map(name = "CAPS")]
 static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS, 0);
+
+/// IPv6 container address (its 16 bytes) → [`Caps`], as `CAPS` for IPv4.
+#[map(name = "CAPS6")]
+static CAPS6: HashMap<[u8; 16], Caps> = HashMap::pinned(MAX_CAPS, 0);
 
 /// The caps each container asked for, by container id. No program reads it: it is declared
 /// here so that it is pinned beside `CAPS`, for userspace to re-apply after a restart.
@@ -77,13 +81,11 @@ fn try_sock_pace(ctx: &SockOpsContext) {
     {
         return;
     }
-    let Some((local, remote)) = ipv4_addresses(ctx) else {
+    let Some((local, remote)) = addresses(ctx) else {
         return;
     };
-    // SAFETY: plain lookups; the values are read at once.
-    let paced = |ip| unsafe { CAPS.get(&ip) }.filter(|c| c.paced());
-    let egress = paced(local).map_or(0, |c| c.egress_bits);
-    let ingress = paced(remote).map_or(0, |c| c.ingress_bits);
+    let egress = local.caps().map_or(0, |c| c.egress_bits);
+    let ingress = remote.caps().map_or(0, |c| c.ingress_bits);
     // SAFETY: ctx.ops is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     if egress == 0 && ingress == 0 {
@@ -105,36 +107,73 @@ fn try_sock_pace(ctx: &SockOpsContext) {
     let fresh = counts(cookie, epoch, acked);
     let mut rate = u64::MAX;
     if egress != 0 {
-        rate = rate.min(egress / 8 / active(u64::from(local) << 1, epoch, fresh));
+        rate = rate.min(egress / 8 / active(local.window_key() << 1, epoch, fresh));
     }
     if ingress != 0 {
-        rate = rate.min(ingress / 8 / active(u64::from(remote) << 1 | 1, epoch, fresh));
+        rate = rate.min(ingress / 8 / active(remote.window_key() << 1 | 1, epoch, fresh));
     }
     set_pacing(ctx, u32::try_from(rate).unwrap_or(UNPACED - 1).max(1));
 }
 
-/// Local and remote IPv4 addresses (network byte order). Servers often listen on the IPv6
-/// wildcard, so their IPv4 connections are IPv6 sockets with v4-mapped addresses
-/// (`::ffff:a.b.c.d`): those count as IPv4.
+/// A socket's address, in network byte order.
+#[derive(Clone, Copy)]
+enum Addr {
+    V4(u32),
+    V6([u32; 4]),
+}
+
+impl Addr {
+    /// The caps of a container with this address, if they are paced.
+    #[inline(always)]
+    fn caps(self) -> Option<&'static Caps> {
+        // SAFETY: plain lookups; the values are read at once.
+        let caps = match self {
+            Self::V4(ip) => unsafe { CAPS.get(&ip) },
+            // SAFETY: [u32; 4] and [u8; 16] have the same size; the bytes are the address.
+            Self::V6(ip) => unsafe { CAPS6.get(&core::mem::transmute::<[u32; 4], [u8; 16]>(ip)) },
+        };
+        caps.filter(|c| c.paced())
+    }
+
+    /// Key of the address in [`WINDOWS`] (before the direction bit): the IPv4 address, or
+    /// the IPv6 address folded to 62 bits with bit 62 set, so the two never meet.
+    #[inline(always)]
+    fn window_key(self) -> u64 {
+        match self {
+            Self::V4(ip) => u64::from(ip),
+            Self::V6(a) => {
+                (u64::from(a[0] ^ a[1]) << 32 | u64::from(a[2] ^ a[3])) & ((1 << 62) - 1) | 1 << 62
+            }
+        }
+    }
+}
+
+/// Local and remote addresses. Servers often listen on the IPv6 wildcard, so their IPv4
+/// connections are IPv6 sockets with v4-mapped addresses (`::ffff:a.b.c.d`): those count as
+/// IPv4.
 ///
 /// The context is read with volatile loads in each arm: otherwise LLVM merges the two arms'
 /// loads into one through a computed context pointer, which the verifier rejects
 /// ("dereference of modified ctx ptr").
 #[inline(always)]
-fn ipv4_addresses(ctx: &SockOpsContext) -> Option<(u32, u32)> {
+fn addresses(ctx: &SockOpsContext) -> Option<(Addr, Addr)> {
     let ops = ctx.ops;
     // SAFETY: ops is the program's context; the fields are plain u32s.
     unsafe {
         match read_volatile(&raw const (*ops).family) {
             AF_INET => Some((
-                read_volatile(&raw const (*ops).local_ip4),
-                read_volatile(&raw const (*ops).remote_ip4),
+                Addr::V4(read_volatile(&raw const (*ops).local_ip4)),
+                Addr::V4(read_volatile(&raw const (*ops).remote_ip4)),
             )),
             AF_INET6 => {
                 let local = read_volatile(&raw const (*ops).local_ip6);
                 let remote = read_volatile(&raw const (*ops).remote_ip6);
                 let mapped = |a: [u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED;
-                (mapped(local) && mapped(remote)).then_some((local[3], remote[3]))
+                Some(if mapped(local) && mapped(remote) {
+                    (Addr::V4(local[3]), Addr::V4(remote[3]))
+                } else {
+                    (Addr::V6(local), Addr::V6(remote))
+                })
             }
             _ => None,
         }

@@ -106,9 +106,9 @@ async fn update(
     agent.refresh(&HashSet::new()).await?;
     let container = find(&agent.containers, query)?.clone();
     let old = container
-        .ipv4
-        .first()
-        .and_then(|ip| agent.datapath.caps().ok()?.get(ip).copied())
+        .addresses()
+        .next()
+        .and_then(|ip| agent.datapath.caps().ok()?.get(&ip).copied())
         .unwrap_or_default();
     let new = change(old);
     let fastest = new.egress_bits.max(new.ingress_bits);
@@ -119,7 +119,7 @@ async fn update(
             return Err(InputError(e.to_string()).into());
         }
         Err(DatapathError::NoAddress(name)) => {
-            return Err(InputError(format!("container {name} has no IPv4 address of its own (--network host or none?): it cannot be capped")).into());
+            return Err(InputError(format!("container {name} has no IP address of its own (--network host or none?): it cannot be capped")).into());
         }
         other => other?,
     }

@@ -2,7 +2,7 @@
 
 pub mod cgroup;
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Instant};
+use std::{collections::HashMap, net::IpAddr, time::Instant};
 
 use dockops_common::{BlockCounters, BlockKey, Caps, TrafficCounters};
 use serde::Serialize;
@@ -113,7 +113,7 @@ pub struct Sources<'a> {
     /// Block IO by cgroup id (eBPF accounting); used where cgroup files have none.
     pub block: Option<&'a BlockByCgroup>,
     /// Caps by container address.
-    pub caps: &'a HashMap<Ipv4Addr, Caps>,
+    pub caps: &'a HashMap<IpAddr, Caps>,
 }
 
 #[derive(Clone, Debug)]
@@ -182,9 +182,9 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         network: traffic.into(),
         pids: cg.pids,
         limits: c
-            .ipv4
-            .first()
-            .and_then(|ip| sources.caps.get(ip))
+            .addresses()
+            .next()
+            .and_then(|ip| sources.caps.get(&ip))
             .copied()
             .map(Limits::from)
             .unwrap_or_default(),
@@ -274,6 +274,7 @@ mod tests {
             cgroup: CgroupPaths::default(),
             cgroup_id: Some(u64::from(ifindexes.first().copied().unwrap_or(0))),
             ipv4: Vec::new(),
+            ipv6: Vec::new(),
         }
     }
 

@@ -3,12 +3,12 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
 };
 
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{HashMap as BpfHashMap, MapData},
     programs::{CgroupAttachMode, SockOps},
 };
@@ -20,16 +20,8 @@ use super::DatapathError;
 /// each container asked for (`DESIRED_CAPS`, by container id).
 pub(super) struct Pacing {
     caps: BpfHashMap<MapData, u32, Caps>,
+    caps6: BpfHashMap<MapData, [u8; 16], Caps>,
     desired: BpfHashMap<MapData, [u8; 32], Caps>,
-}
-
-const fn uncapped(caps: Caps) -> bool {
-    caps.egress_bits == 0 && caps.ingress_bits == 0
-}
-
-/// Map keys are addresses as the kernel stores them (network byte order), read natively.
-fn key(ip: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(ip.octets())
 }
 
 impl Pacing {
@@ -62,42 +54,38 @@ impl Pacing {
             super::pin_link(prog.take_link(id).map_err(prog_err)?, link)?;
         }
         let mut map = |name| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
-        let caps = BpfHashMap::try_from(map(names::CAPS)?)?;
-        let desired = BpfHashMap::try_from(map(names::DESIRED_CAPS)?)?;
-        Ok(Self { caps, desired })
+        Ok(Self {
+            caps: BpfHashMap::try_from(map(names::CAPS)?)?,
+            caps6: BpfHashMap::try_from(map(names::CAPS6)?)?,
+            desired: BpfHashMap::try_from(map(names::DESIRED_CAPS)?)?,
+        })
     }
 
-    pub(super) fn all(&self) -> Result<HashMap<Ipv4Addr, Caps>, DatapathError> {
+    /// Every capped address, IPv4 and IPv6.
+    pub(super) fn all(&self) -> Result<HashMap<IpAddr, Caps>, DatapathError> {
         let mut out = HashMap::new();
         for entry in &self.caps {
             let (k, caps) = entry?;
-            out.insert(Ipv4Addr::from(k.to_ne_bytes()), caps);
+            out.insert(IpAddr::from(k.to_ne_bytes()), caps);
+        }
+        for entry in &self.caps6 {
+            let (k, caps) = entry?;
+            out.insert(IpAddr::from(k), caps);
         }
         Ok(out)
     }
 
     /// Sets (or, when both directions are 0, removes) the caps of `ip`.
-    pub(super) fn set(&mut self, ip: Ipv4Addr, caps: Caps) -> Result<(), DatapathError> {
-        if uncapped(caps) {
-            match self.caps.remove(&key(ip)) {
-                Err(e) if !super::not_found(&e) => Err(e.into()),
-                _ => Ok(()),
-            }
-        } else {
-            Ok(self.caps.insert(key(ip), caps, 0)?)
+    pub(super) fn set(&mut self, ip: IpAddr, caps: Caps) -> Result<(), DatapathError> {
+        match ip {
+            IpAddr::V4(ip) => put(&mut self.caps, u32::from_ne_bytes(ip.octets()), caps),
+            IpAddr::V6(ip) => put(&mut self.caps6, ip.octets(), caps),
         }
     }
 
     /// Records (or forgets) what the container `caps.owner` asked for.
     pub(super) fn remember(&mut self, caps: Caps) -> Result<(), DatapathError> {
-        if uncapped(caps) {
-            match self.desired.remove(&caps.owner) {
-                Err(e) if !super::not_found(&e) => Err(e.into()),
-                _ => Ok(()),
-            }
-        } else {
-            Ok(self.desired.insert(caps.owner, caps, 0)?)
-        }
+        put(&mut self.desired, caps.owner, caps)
     }
 
     /// What each container asked for, by id.
@@ -110,34 +98,52 @@ impl Pacing {
         &mut self,
         existing: &HashSet<[u8; 32]>,
     ) -> Result<(), DatapathError> {
-        let gone: Vec<[u8; 32]> = self
-            .desired
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !existing.contains(id))
-            .collect();
-        for id in gone {
-            self.desired.remove(&id)?;
-        }
-        Ok(())
+        keep_only(&mut self.desired, |id, _| existing.contains(id))
     }
 
     /// Keeps only the caps whose address belongs to the running container that set them:
     /// an address freed by a removed container may already be another container's.
     pub(super) fn reconcile(
         &mut self,
-        live: &HashMap<Ipv4Addr, [u8; 32]>,
+        live: &HashMap<IpAddr, [u8; 32]>,
     ) -> Result<(), DatapathError> {
-        let stale: Vec<u32> = self
-            .caps
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, caps)| live.get(&Ipv4Addr::from(k.to_ne_bytes())) != Some(&caps.owner))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            self.caps.remove(&k)?;
-        }
-        Ok(())
+        let owns = |ip: IpAddr, caps: &Caps| live.get(&ip) == Some(&caps.owner);
+        keep_only(&mut self.caps, |k, caps| {
+            owns(IpAddr::from(k.to_ne_bytes()), caps)
+        })?;
+        keep_only(&mut self.caps6, |k, caps| owns(IpAddr::from(*k), caps))
     }
+}
+
+/// Writes `caps` under `key`, or removes the entry when they cap nothing.
+fn put<K: Pod>(
+    map: &mut BpfHashMap<MapData, K, Caps>,
+    key: K,
+    caps: Caps,
+) -> Result<(), DatapathError> {
+    if caps.egress_bits == 0 && caps.ingress_bits == 0 {
+        match map.remove(&key) {
+            Err(e) if !super::not_found(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    } else {
+        Ok(map.insert(key, caps, 0)?)
+    }
+}
+
+/// Removes the entries `keep` rejects.
+fn keep_only<K: Pod>(
+    map: &mut BpfHashMap<MapData, K, Caps>,
+    keep: impl Fn(&K, &Caps) -> bool,
+) -> Result<(), DatapathError> {
+    let stale: Vec<K> = map
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, caps)| !keep(k, caps))
+        .map(|(k, _)| k)
+        .collect();
+    for k in stale {
+        map.remove(&k)?;
+    }
+    Ok(())
 }

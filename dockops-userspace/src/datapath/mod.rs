@@ -16,7 +16,7 @@ mod tc_caps;
 use std::{
     collections::{BTreeMap, HashMap},
     fs, io,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -105,7 +105,7 @@ pub enum DatapathError {
     )]
     NoPacing,
     #[error(
-        "container {0} has no IPv4 address of its own (--network host or none?): it cannot be capped"
+        "container {0} has no IP address of its own (--network host or none?): it cannot be capped"
     )]
     NoAddress(String),
     #[error("the eBPF object has no {0}: binary and object are out of step")]
@@ -219,8 +219,9 @@ impl Datapath {
         })
     }
 
-    /// Every capped address. Each of a container's addresses carries the same caps.
-    pub fn caps(&self) -> Result<HashMap<Ipv4Addr, Caps>, DatapathError> {
+    /// Every capped address, IPv4 and IPv6. Each of a container's addresses carries the same
+    /// caps.
+    pub fn caps(&self) -> Result<HashMap<IpAddr, Caps>, DatapathError> {
         self.pacing
             .as_ref()
             .map_or_else(|| Ok(HashMap::new()), caps::Pacing::all)
@@ -232,7 +233,7 @@ impl Datapath {
     /// and a tc token bucket on each of its host veths marks (ECN) and drops what still
     /// exceeds it, or, for a queued ingress cap, an HTB queue holds it.
     pub fn set_caps(&mut self, container: &Container, caps: Caps) -> Result<(), DatapathError> {
-        if container.ipv4.is_empty() {
+        if container.addresses().next().is_none() {
             return Err(DatapathError::NoAddress(container.name.clone()));
         }
         let Some(pacing) = &mut self.pacing else {
@@ -247,8 +248,8 @@ impl Datapath {
         for iface in container.interfaces.iter().flatten() {
             set_queue(iface.ifindex, caps)?;
         }
-        for ip in &container.ipv4 {
-            pacing.set(*ip, caps)?;
+        for ip in container.addresses() {
+            pacing.set(ip, caps)?;
         }
         pacing.remember(caps)?;
         for iface in container.interfaces.iter().flatten() {

@@ -105,7 +105,7 @@ impl Datapath {
         if let Some(pacing) = &mut self.pacing {
             let live = containers
                 .iter()
-                .flat_map(|c| c.ipv4.iter().map(|ip| (*ip, c.id_bytes())))
+                .flat_map(|c| c.addresses().map(|ip| (ip, c.id_bytes())))
                 .collect();
             pacing.reconcile(&live)?;
             pacing.forget_gone(&existing.iter().map(|id| id_bytes(id)).collect())?;
@@ -159,9 +159,8 @@ impl Datapath {
                 );
             };
             if !container
-                .ipv4
-                .iter()
-                .all(|ip| current.get(ip) == Some(&want))
+                .addresses()
+                .all(|ip| current.get(&ip) == Some(&want))
             {
                 match self.set_caps(container, want) {
                     Ok(()) => tracing::info!(container = container.name, "caps restored"),

@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -12,7 +12,15 @@ use bollard::{
 };
 use futures::{Stream, StreamExt as _};
 
-use super::{CgroupPaths, Container, Inventory, netns};
+use super::{CgroupPaths, Container, HostInterface, Inventory, netns};
+
+/// What an inspect (and a visit to the network namespace) adds to a listed container.
+struct Inspected {
+    pid: u32,
+    interfaces: Option<Vec<HostInterface>>,
+    ipv4: Vec<Ipv4Addr>,
+    ipv6: Vec<Ipv6Addr>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
@@ -103,42 +111,36 @@ impl Docker {
             ) {
                 continue;
             }
-            let (pid, interfaces, cgroup, cgroup_id, ipv4) = if let Some(c) = known.get(id.as_str())
-            {
-                (
-                    c.pid,
-                    c.interfaces.clone(),
-                    c.cgroup.clone(),
-                    c.cgroup_id,
-                    c.ipv4.clone(),
-                )
-            } else if let Some((pid, interfaces, ipv4)) = self.inspect(&id).await {
-                let cgroup = CgroupPaths::read(pid).unwrap_or_default();
-                let cgroup_id = self.unified.as_deref().and_then(|u| cgroup.id(u));
-                (pid, interfaces, cgroup, cgroup_id, ipv4)
-            } else {
-                continue;
-            };
             let name = summary
                 .names
                 .and_then(|names| names.into_iter().next())
                 .map(|n| n.trim_start_matches('/').to_owned())
                 .unwrap_or_default();
-            containers.push(Container {
-                id,
-                name,
-                image: summary.image.unwrap_or_default(),
-                labels: summary
-                    .labels
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect::<BTreeMap<_, _>>(),
-                pid,
-                interfaces,
-                cgroup,
-                cgroup_id,
-                ipv4,
-            });
+            let mut container = if let Some(c) = known.get(id.as_str()) {
+                (*c).clone()
+            } else if let Some(found) = self.inspect(&id).await {
+                let cgroup = CgroupPaths::read(found.pid).unwrap_or_default();
+                Container {
+                    cgroup_id: self.unified.as_deref().and_then(|u| cgroup.id(u)),
+                    cgroup,
+                    pid: found.pid,
+                    interfaces: found.interfaces,
+                    ipv4: found.ipv4,
+                    ipv6: found.ipv6,
+                    ..Container::default()
+                }
+            } else {
+                continue;
+            };
+            container.id = id;
+            container.name = name;
+            container.image = summary.image.unwrap_or_default();
+            container.labels = summary
+                .labels
+                .unwrap_or_default()
+                .into_iter()
+                .collect::<BTreeMap<_, _>>();
+            containers.push(container);
         }
         Ok(Inventory {
             running: containers,
@@ -146,35 +148,42 @@ impl Docker {
         })
     }
 
-    /// Pid and host interfaces of a running container; `None` if it is gone or not running.
-    async fn inspect(
-        &self,
-        id: &str,
-    ) -> Option<(u32, Option<Vec<super::HostInterface>>, Vec<Ipv4Addr>)> {
+    /// Pid, host interfaces and addresses of a running container; `None` if it is gone or
+    /// not running.
+    async fn inspect(&self, id: &str) -> Option<Inspected> {
         // A container can stop between the list and the inspect: it is then simply gone.
-        let (pid, ipv4) = match self.client.inspect_container(id, None).await {
-            Ok(inspect) => {
-                let ipv4 = inspect
-                    .network_settings
-                    .and_then(|n| n.networks)
-                    .into_iter()
-                    .flat_map(HashMap::into_values)
-                    .filter_map(|endpoint| endpoint.ip_address?.parse().ok())
-                    .collect();
-                (inspect.state.and_then(|s| s.pid).unwrap_or(0), ipv4)
-            }
+        let inspect = match self.client.inspect_container(id, None).await {
+            Ok(inspect) => inspect,
             Err(error) => {
                 tracing::debug!(%id, %error, "container vanished during discovery");
                 return None;
             }
         };
+        let endpoints: Vec<_> = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .into_iter()
+            .flat_map(HashMap::into_values)
+            .collect();
+        let pid = inspect.state.and_then(|s| s.pid).unwrap_or(0);
         let pid = u32::try_from(pid).ok().filter(|&p| p != 0)?;
         let interfaces = netns::host_interfaces(pid)
             .inspect_err(|error| {
                 tracing::warn!(%id, pid, %error, "cannot read the container's interfaces");
             })
             .ok();
-        Some((pid, interfaces, ipv4))
+        Some(Inspected {
+            pid,
+            interfaces,
+            ipv4: endpoints
+                .iter()
+                .filter_map(|e| e.ip_address.as_deref()?.parse().ok())
+                .collect(),
+            ipv6: endpoints
+                .iter()
+                .filter_map(|e| e.global_ipv6_address.as_deref()?.parse().ok())
+                .collect(),
+        })
     }
 
     /// Container starts and stops, as they happen. The stream ends when the engine goes away.

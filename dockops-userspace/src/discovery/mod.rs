@@ -9,7 +9,7 @@ pub use docker::{DiscoveryError, Docker, Event};
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 /// What one pass of discovery found.
@@ -34,7 +34,7 @@ pub fn id_bytes(id: &str) -> [u8; 32] {
 }
 
 /// A running container as the rest of the pipeline needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Container {
     /// Full 64-hex-digit id.
     pub id: String,
@@ -53,6 +53,8 @@ pub struct Container {
     pub cgroup_id: Option<u64>,
     /// Its IPv4 addresses on Docker networks (none with `--network host` or `none`).
     pub ipv4: Vec<Ipv4Addr>,
+    /// Its global IPv6 addresses, on networks with IPv6 enabled.
+    pub ipv6: Vec<Ipv6Addr>,
 }
 
 /// The host end of a veth pair whose other end is inside a container.
@@ -68,6 +70,12 @@ impl Container {
     pub fn matches(&self, query: &str) -> bool {
         let query = query.strip_prefix('/').unwrap_or(query);
         self.name == query || (query.len() >= 4 && self.id.starts_with(query))
+    }
+
+    /// Its IPv4 then its IPv6 addresses.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let v4 = self.ipv4.iter().map(|ip| IpAddr::V4(*ip));
+        v4.chain(self.ipv6.iter().map(|ip| IpAddr::V6(*ip)))
     }
 
     /// The id as 32 bytes.
@@ -96,6 +104,7 @@ mod tests {
             cgroup: CgroupPaths::default(),
             cgroup_id: None,
             ipv4: Vec::new(),
+            ipv6: Vec::new(),
         }
     }
 
