@@ -152,9 +152,9 @@ impl Addr {
 /// connections are IPv6 sockets with v4-mapped addresses (`::ffff:a.b.c.d`): those count as
 /// IPv4.
 ///
-/// The context is read with volatile loads in each arm: otherwise LLVM merges the two arms'
-/// loads into one through a computed context pointer, which the verifier rejects
-/// ("dereference of modified ctx ptr").
+/// The context is read with volatile loads in each arm, at each field's declared width:
+/// otherwise LLVM merges the two arms' loads into one through a computed context pointer,
+/// which the verifier rejects ("dereference of modified ctx ptr"), or widens them.
 #[inline(always)]
 fn addresses(ctx: &SockOpsContext) -> Option<(Addr, Addr)> {
     let ops = ctx.ops;
@@ -166,8 +166,8 @@ fn addresses(ctx: &SockOpsContext) -> Option<(Addr, Addr)> {
                 Addr::V4(read_volatile(&raw const (*ops).remote_ip4)),
             )),
             AF_INET6 => {
-                let local = read_volatile(&raw const (*ops).local_ip6);
-                let remote = read_volatile(&raw const (*ops).remote_ip6);
+                let local = ip6(&raw const (*ops).local_ip6);
+                let remote = ip6(&raw const (*ops).remote_ip6);
                 let mapped = |a: [u32; 4]| a[0] == 0 && a[1] == 0 && a[2] == V4_MAPPED;
                 Some(if mapped(local) && mapped(remote) {
                     (Addr::V4(local[3]), Addr::V4(remote[3]))
@@ -177,6 +177,25 @@ fn addresses(ctx: &SockOpsContext) -> Option<(Addr, Addr)> {
             }
             _ => None,
         }
+    }
+}
+
+/// An IPv6 address field of `bpf_sock_ops`, one u32 at a time: the verifier allows only
+/// 4-byte loads there, and a volatile read of the whole array became two 8-byte loads with
+/// LLVM 23 ("invalid bpf_context access off=56 size=8").
+///
+/// SAFETY: `field` points into the program's context.
+#[inline(always)]
+unsafe fn ip6(field: *const [u32; 4]) -> [u32; 4] {
+    let word = field.cast::<u32>();
+    // SAFETY: the four words of the field.
+    unsafe {
+        [
+            read_volatile(word),
+            read_volatile(word.add(1)),
+            read_volatile(word.add(2)),
+            read_volatile(word.add(3)),
+        ]
     }
 }
 

@@ -6,6 +6,8 @@ mod run;
 mod setup;
 mod sh;
 mod test;
+#[path = "../../dockops-ebpf/toolchain.rs"]
+mod toolchain;
 
 use clap::{Parser, Subcommand};
 
@@ -18,9 +20,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what building and testing need (idempotent; fast when done): nightly rust-src,
-    /// bpf-linker built against nightly's LLVM, and on Debian/Ubuntu as root docker.io,
-    /// busybox-static, iperf3, bpftool; mount bpffs and tracefs when absent.
+    /// Install what building and testing need (idempotent; fast when done): the pinned
+    /// nightly with rust-src and the pinned bpf-linker (dockops-ebpf/toolchain.rs), and on
+    /// Debian/Ubuntu as root docker.io, busybox-static, iperf3, bpftool...; mount bpffs and
+    /// tracefs when absent.
     Setup,
     /// Build `dockops-bpf` (release), the eBPF object embedded in it.
     Build,

@@ -4,11 +4,8 @@ use std::{fs, path::PathBuf, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use crate::sh;
+use crate::{sh, toolchain};
 
-/// bpf-linker older than this fails BTF loading when aya-log is used (shared/TOOLCHAIN.md).
-const BPF_LINKER_MIN: (u32, u32) = (0, 11);
-const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the build, run and tests need.
 const PACKAGES: &[&str] = &[
     "docker.io",
@@ -21,7 +18,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 pub fn run() -> anyhow::Result<()> {
-    rust_src()?;
+    nightly()?;
     bpf_linker()?;
     packages()?;
     mounts()?;
@@ -32,24 +29,25 @@ fn step(what: &str, state: &str) {
     eprintln!("setup: {what}: {state}");
 }
 
-fn rust_src() -> anyhow::Result<()> {
+/// The pinned nightly with `rust-src` (for `-Z build-std`), installed beside any other.
+fn nightly() -> anyhow::Result<()> {
     let installed = sh::output(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        "nightly",
+        toolchain::NIGHTLY,
     ]))
     .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
-        step("nightly rust-src", "present");
+        step(toolchain::NIGHTLY, "present with rust-src");
         return Ok(());
     }
-    step("nightly rust-src", "installing");
+    step(toolchain::NIGHTLY, "installing (about 15 s)");
     sh::run(Command::new("rustup").args([
         "toolchain",
         "install",
-        "nightly",
+        toolchain::NIGHTLY,
         "--profile",
         "minimal",
         "--component",
@@ -57,32 +55,48 @@ fn rust_src() -> anyhow::Result<()> {
     ]))
 }
 
+/// The pinned bpf-linker, built against the LLVM the pinned nightly ships, in a directory of
+/// its own (a bpf-linker elsewhere on PATH is neither used nor replaced).
 fn bpf_linker() -> anyhow::Result<()> {
-    let version = sh::output(Command::new("bpf-linker").arg("--version"));
-    if let Some(v) = version.as_deref().and_then(parse_version)
-        && v >= BPF_LINKER_MIN
-    {
-        step("bpf-linker", &format!("{}.{} present", v.0, v.1));
+    let root = toolchain::linker_root(&toolchain::home());
+    let linker = root.join("bin/bpf-linker");
+    let version = sh::output(Command::new(&linker).arg("--version")).unwrap_or_default();
+    if version.split_whitespace().nth(1) == Some(toolchain::BPF_LINKER) {
+        step("bpf-linker", &format!("{} present", linker.display()));
         return Ok(());
     }
-    step("bpf-linker", "building against nightly's LLVM (about 75 s)");
+    step(
+        "bpf-linker",
+        &format!(
+            "building {} against LLVM {} (about 75 s)",
+            toolchain::BPF_LINKER,
+            toolchain::LLVM_MAJOR
+        ),
+    );
     // No system LLVM matches nightly's, so link against the one rustup ships: a lasting
     // prefix whose lib/ points at it (bpf-linker keeps it as its RUNPATH).
-    let sysroot = sh::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context("rustc +nightly is missing: install the nightly toolchain")?;
+    let sysroot = sh::output(Command::new("rustc").args([
+        &format!("+{}", toolchain::NIGHTLY),
+        "--print",
+        "sysroot",
+    ]))
+    .with_context(|| format!("rustc +{} is missing", toolchain::NIGHTLY))?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
     let llvm = fs::read_dir(&lib)?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|n| n.starts_with("libLLVM.so."))
         .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
-    let major = llvm
-        .trim_start_matches("libLLVM.so.")
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let prefix = llvm_prefix();
+    let major = llvm_major(&llvm);
+    if major != Some(toolchain::LLVM_MAJOR) {
+        bail!(
+            "{} ships {llvm}, but dockops-ebpf/toolchain.rs pins LLVM {}: set LLVM_MAJOR to \
+             the nightly's LLVM (see docs/OPERATIONS.md, \"Moving the eBPF toolchain\")",
+            toolchain::NIGHTLY,
+            toolchain::LLVM_MAJOR
+        );
+    }
+    let prefix = root.join("llvm");
     let prefix_lib = prefix.join("lib");
     fs::create_dir_all(&prefix_lib)?;
     for name in ["libLLVM.so", llvm.as_str()] {
@@ -92,31 +106,29 @@ fn bpf_linker() -> anyhow::Result<()> {
     }
     sh::run(
         Command::new("cargo")
+            .arg(format!("+{}", toolchain::NIGHTLY))
             .args([
-                "+nightly",
                 "install",
                 "--locked",
-                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-            ])
-            .args([
+                "--force",
+                &format!("bpf-linker@{}", toolchain::BPF_LINKER),
                 "--no-default-features",
                 "--features",
-                &format!("llvm-{major}"),
+                &format!("llvm-{}", toolchain::LLVM_MAJOR),
+                "--root",
             ])
+            .arg(&root)
             .env("LLVM_PREFIX", &prefix),
     )
 }
 
-fn llvm_prefix() -> PathBuf {
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    home.join(".local/share/dockops/llvm")
-}
-
-/// `bpf-linker 0.13.0` → (0, 13).
-fn parse_version(text: &str) -> Option<(u32, u32)> {
-    let v = text.split_whitespace().nth(1)?;
-    let mut parts = v.split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+/// `libLLVM.so.23.1-rust-1.101.0-nightly` → 23.
+fn llvm_major(file: &str) -> Option<u32> {
+    file.strip_prefix("libLLVM.so.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn packages() -> anyhow::Result<()> {
@@ -181,9 +193,18 @@ fn mounts() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn parses_bpf_linker_version() {
-        assert_eq!(super::parse_version("bpf-linker 0.13.0"), Some((0, 13)));
-        assert_eq!(super::parse_version("bpf-linker 1.2.3-rc1"), Some((1, 2)));
-        assert_eq!(super::parse_version("garbage"), None);
+    fn reads_llvm_major_from_the_library_name() {
+        assert_eq!(
+            super::llvm_major("libLLVM.so.23.1-rust-1.101.0-nightly"),
+            Some(23)
+        );
+        assert_eq!(
+            super::llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly"),
+            Some(22)
+        );
+        assert_eq!(
+            super::llvm_major("libLLVM-23-rust-1.101.0-nightly.so"),
+            None
+        );
     }
 }

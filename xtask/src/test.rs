@@ -1,4 +1,6 @@
-//! `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
+//! `cargo xtask test`: everything CI checks. Every stage runs even when an earlier one failed
+//! (except those that need the build), and every test binary runs (`--no-fail-fast`); the
+//! failures are listed at the end.
 
 use crate::{docker::Engine, sh};
 
@@ -19,46 +21,103 @@ const HOST_PACKAGES: &[&str] = &[
     "dockops-integration",
 ];
 
+/// The integration test that loads every program, run before the others.
+const PROGRAMS_TEST: &str = "programs";
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     crate::setup::run()?;
+    let mut failed: Vec<String> = Vec::new();
+    let mut stage = |name: &str, result: anyhow::Result<()>| {
+        if let Err(error) = result {
+            eprintln!("xtask test: {name} FAILED: {error:#}");
+            failed.push(name.to_owned());
+        }
+    };
     let packages: Vec<String> = HOST_PACKAGES
         .iter()
         .flat_map(|p| ["--package".to_owned(), (*p).to_owned()])
         .collect();
     if !args.integration_only {
-        sh::run(sh::cargo().args(["fmt", "--all", "--check"]))?;
-        sh::run(
-            sh::cargo()
-                .args(["clippy", "--all-targets"])
-                .args(&packages)
-                .args(["--", "-D", "warnings"]),
-        )?;
-        sh::run(sh::cargo().args([
-            "test",
-            "--package",
-            "dockops-common",
-            "--package",
-            "dockops-userspace",
-            "--package",
-            "xtask",
-        ]))?;
+        stage(
+            "fmt",
+            sh::run(sh::cargo().args(["fmt", "--all", "--check"])),
+        );
+        stage(
+            "clippy",
+            sh::run(
+                sh::cargo()
+                    .args(["clippy", "--all-targets"])
+                    .args(&packages)
+                    .args(["--", "-D", "warnings"]),
+            ),
+        );
+        stage(
+            "unit tests",
+            sh::run(sh::cargo().args([
+                "test",
+                "--no-fail-fast",
+                "--package",
+                "dockops-common",
+                "--package",
+                "dockops-userspace",
+                "--package",
+                "xtask",
+            ])),
+        );
     }
-    crate::build()?;
+    if let Err(error) = crate::build() {
+        stage("build", Err(error));
+    } else {
+        stage("integration tests", integration(args));
+    }
+    if failed.is_empty() {
+        eprintln!("xtask test: every stage passed");
+        Ok(())
+    } else {
+        anyhow::bail!("failed: {}", failed.join(", "))
+    }
+}
+
+/// Every program loads first (a verifier rejection names itself there), then every other
+/// test binary runs; the host is reset afterwards whatever happened.
+fn integration(args: &Args) -> anyhow::Result<()> {
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
     engine.ensure_test_image()?;
-    let mut cmd = sh::cargo();
-    cmd.args(["test", "--package", "dockops-integration", "--"])
-        .args(args.filter.as_deref())
-        .args(["--test-threads=1"])
-        .env("DOCKER_HOST", &engine.host)
-        .env("DOCKOPS_BIN", crate::binary())
-        .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE);
-    let result = sh::run(&mut cmd);
+    let cargo_test = |selection: &[&str]| {
+        let mut cmd = sh::cargo();
+        cmd.args(["test", "--no-fail-fast", "--package", "dockops-integration"])
+            .args(selection)
+            .arg("--")
+            .args(args.filter.as_deref())
+            .args(["--test-threads=1"])
+            .env("DOCKER_HOST", &engine.host)
+            .env("DOCKOPS_BIN", crate::binary())
+            .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE);
+        cmd
+    };
+    let loads = if args.filter.is_none() {
+        sh::run(&mut cargo_test(&["--test", PROGRAMS_TEST]))
+    } else {
+        Ok(())
+    };
+    let others = sh::run(&mut cargo_test(&[]));
     // Tests leave pins for the containers they removed; leave the host as it was.
-    let reset = sh::run(
+    let cleanup = sh::run(
         std::process::Command::new(crate::binary())
             .arg("reset")
             .env("DOCKER_HOST", &engine.host),
     );
-    result.and(reset)
+    let failures: Vec<String> = [
+        ("every program loads", loads),
+        ("integration tests", others),
+        ("reset afterwards", cleanup),
+    ]
+    .into_iter()
+    .filter_map(|(name, r)| r.err().map(|e| format!("{name}: {e:#}")))
+    .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", failures.join("; "))
+    }
 }
