@@ -119,7 +119,11 @@ async fn update(
             return Err(InputError(e.to_string()).into());
         }
         Err(DatapathError::NoAddress(name)) => {
-            return Err(InputError(format!("container {name} has no IP address of its own (--network host or none?): it cannot be capped")).into());
+            let why = container.notes.first().map_or(
+                "it has no IP address of its own (--network host or none?)",
+                String::as_str,
+            );
+            return Err(InputError(format!("container {name} cannot be capped: {why}")).into());
         }
         other => other?,
     }

@@ -6,7 +6,7 @@ pub mod reset;
 pub mod stats;
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Context as _;
 use clap::ValueEnum;
@@ -41,6 +41,10 @@ pub struct Agent {
     dirs: cgroup::Dirs,
     /// What the last refresh found.
     pub containers: Vec<Container>,
+    /// What the last reconcile could not do, by container id (empty id: host-wide).
+    failures: HashMap<String, Vec<String>>,
+    /// Failures already warned about, so a container failing at every refresh warns once.
+    warned: HashSet<(String, String)>,
 }
 
 impl Agent {
@@ -60,15 +64,43 @@ impl Agent {
             caps,
             dirs: cgroup::Dirs::default(),
             containers: Vec::new(),
+            failures: HashMap::new(),
+            warned: HashSet::new(),
         })
     }
 
     /// Discovers running containers (re-reading those in `changed`) and brings the datapath
-    /// in line with them.
+    /// in line with them. One container's failure is kept for its notes (and warned about
+    /// once); the others are reconciled all the same.
     pub async fn refresh(&mut self, changed: &HashSet<String>) -> anyhow::Result<()> {
         let found = self.docker.running(&self.containers, changed).await?;
         let report = self.datapath.reconcile(&found.running, &found.existing)?;
         tracing::debug!(?report, containers = found.running.len(), "reconciled");
+        for container in &found.running {
+            for note in &container.notes {
+                if self.warned.insert((container.id.clone(), note.clone())) {
+                    tracing::warn!(container = container.name, "{note}");
+                }
+            }
+        }
+        self.failures.clear();
+        for failure in report.failures {
+            if self
+                .warned
+                .insert((failure.id.clone(), failure.error.clone()))
+            {
+                let name = found
+                    .running
+                    .iter()
+                    .find(|c| c.id == failure.id)
+                    .map_or(failure.id.as_str(), |c| c.name.as_str());
+                tracing::warn!(container = name, "{}", failure.error);
+            }
+            self.failures
+                .entry(failure.id)
+                .or_default()
+                .push(failure.error);
+        }
         self.containers = found.running;
         Ok(())
     }
@@ -85,9 +117,14 @@ impl Agent {
             block: block.as_ref(),
             caps: &caps,
         };
-        Ok(Snapshot::take(
-            self.containers.iter().filter(|c| keep(c)),
-            &mut sources,
-        ))
+        let mut snapshot = Snapshot::take(self.containers.iter().filter(|c| keep(c)), &mut sources);
+        for stats in &mut snapshot.containers {
+            if let Some(failed) = self.failures.get(&stats.id) {
+                stats
+                    .notes
+                    .extend(failed.iter().map(|e| format!("failed: {e}")));
+            }
+        }
+        Ok(snapshot)
     }
 }

@@ -44,6 +44,10 @@ pub struct Args {
     /// Exit after this many refreshes (like `top -n`); run until stopped when omitted.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// Re-read every container and repair the datapath this often, besides following Docker
+    /// events (a veth or link removed by hand, an event the engine lost).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    resync: Duration,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -56,12 +60,17 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     let mut agent = Agent::start(tc_attach).await?;
+    // Subscribed from before the listing: a container starting in between is replayed.
+    let mut since = now();
+    let mut events = Box::pin(agent.docker.events(Some(since)));
     agent.refresh(&HashSet::new()).await?;
     let metrics = match args.metrics_addr {
         Some(addr) => Some(Metrics::serve(addr).await?),
         None => None,
     };
-    let mut events = Box::pin(agent.docker.events());
+    let mut resync = tokio::time::interval(args.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    resync.reset();
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -124,6 +133,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                 let changed = match event {
                     Some(Ok(event)) => {
                         tracing::debug!(action = event.action, id = event.id, "docker event");
+                        since = since.max(event.time);
                         HashSet::from([event.id])
                     }
                     lost => {
@@ -131,15 +141,16 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                             tracing::warn!(%error, "lost the Docker event stream; resubscribing");
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        events = Box::pin(agent.docker.events());
+                        events = Box::pin(agent.docker.events(Some(since)));
                         // Events may have been missed meanwhile: re-read every container.
                         agent.containers.iter().map(|c| c.id.clone()).collect()
                     }
                 };
-                // An engine restarting is no reason to stop watching: keep the last view.
-                if let Err(error) = agent.refresh(&changed).await {
-                    tracing::warn!("{error:#}");
-                }
+                refresh(&mut agent, &changed).await;
+            }
+            _ = resync.tick() => {
+                let all = agent.containers.iter().map(|c| c.id.clone()).collect();
+                refresh(&mut agent, &all).await;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -165,6 +176,18 @@ impl View {
             format!("{table}\n")
         }
     }
+}
+
+/// Refreshes; an engine restarting is no reason to stop watching: the last view stays.
+async fn refresh(agent: &mut Agent, changed: &HashSet<String>) {
+    if let Err(error) = agent.refresh(changed).await {
+        tracing::warn!("{error:#}");
+    }
+}
+
+/// Seconds since the epoch, as Docker stamps events.
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 fn emit(text: &str) -> bool {

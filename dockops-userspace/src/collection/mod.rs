@@ -62,6 +62,8 @@ pub struct ContainerStats {
     pub network: NetworkStats,
     pub pids: PidsStats,
     pub limits: Limits,
+    /// What dockops cannot count or cap for this container, and what failed for it.
+    pub notes: Vec<String>,
 }
 
 /// The bandwidth caps dockops enforces, bits per second; `null` when not capped.
@@ -188,6 +190,7 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
             .copied()
             .map(Limits::from)
             .unwrap_or_default(),
+        notes: c.notes.clone(),
     }
 }
 
@@ -262,6 +265,7 @@ mod tests {
             image: "busybox".into(),
             labels: BTreeMap::new(),
             pid: 1,
+            notes: Vec::new(),
             interfaces: Some(
                 ifindexes
                     .iter()

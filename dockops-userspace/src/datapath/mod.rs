@@ -29,6 +29,7 @@ use dockops_common::{BlockCounters, BlockKey, Caps, TcCap, TrafficCounters, name
 pub use pins::Direction;
 use pins::{Layout, PinName};
 pub use queue::QueueError;
+pub use reconcile::Failure;
 pub use reset::reset;
 
 use crate::{capabilities::TcMode, discovery::Container};
@@ -127,8 +128,8 @@ fn set_queue(ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
 /// Block IO counters by cgroup id, then device (sorted by `dev`).
 pub type BlockByCgroup = HashMap<u64, Vec<(BlockKey, BlockCounters)>>;
 
-/// What a reconcile changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a reconcile changed, and what it could not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// Hooks newly attached.
     pub attached: usize,
@@ -136,6 +137,8 @@ pub struct Report {
     pub adopted: usize,
     /// Hooks removed because their container or interface is gone.
     pub removed: usize,
+    /// Steps that failed (the others went on).
+    pub failures: Vec<Failure>,
 }
 
 /// The loaded (or adopted) programs and the counters map.
@@ -167,7 +170,9 @@ impl Datapath {
                  (network counters restart from zero)",
                 pins::ROOT
             );
-            reset()?;
+            for error in reset()?.failed {
+                tracing::warn!("{error}");
+            }
         }
         bpffs::prepare(&layout, &build)?;
         let _lock = bpffs::lock()?;

@@ -1,4 +1,8 @@
 //! Bringing the kernel in line with the running containers.
+//!
+//! Removals come first (a veth index freed by a removed container can be reused at once), and
+//! every step fails alone: a container whose interface vanished mid-way, or whose attachment
+//! the kernel refuses, is reported in [`Report::failures`] while the others are reconciled.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -8,18 +12,41 @@ use std::{
 use dockops_common::{Caps, tc_cap_key};
 
 use super::{
-    Datapath, DatapathError, Direction, Report, attach, bpffs, pins::PinName, remove_dir, scan,
+    Datapath, DatapathError, Direction, Report, attach, bpffs, chain, pins::PinName, remove_dir,
+    scan,
 };
 use crate::discovery::{Container, id_bytes};
 
+/// One step of a reconcile that failed; the rest went on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The container's id, or empty for a host-wide step.
+    pub id: String,
+    /// What failed, with its causes.
+    pub error: String,
+}
+
+impl Report {
+    fn fail(&mut self, id: &str, error: &DatapathError) {
+        tracing::debug!(container = id, "{}", chain(error));
+        self.failures.push(Failure {
+            id: id.to_owned(),
+            error: chain(error),
+        });
+    }
+}
+
 impl Datapath {
-    /// Makes the kernel match `containers`: attaches to new host veths, adopts pinned
-    /// attachments, and removes those of containers and interfaces that are gone.
+    /// Makes the kernel match `containers`: removes the attachments of containers and
+    /// interfaces that are gone, adopts pinned attachments and attaches to new host veths.
     /// Containers whose interfaces are unknown keep what they have.
     ///
     /// Caps follow containers by id: those of a stopped container are kept (and re-applied to
     /// its new addresses and veths when it starts again) until it is removed; `existing`
     /// holds the ids of every container, stopped ones included.
+    ///
+    /// Fails only when dockops' own state cannot be read; per-container failures are in the
+    /// report.
     pub fn reconcile(
         &mut self,
         containers: &[Container],
@@ -28,11 +55,31 @@ impl Datapath {
         let _lock = bpffs::lock()?;
         let mut report = Report::default();
         let pinned = scan(&self.layout)?;
+        let mut live = self.remove_gone(containers, &pinned, &mut report);
+        for container in containers {
+            if let Err(error) = self.attach_container(container, &pinned, &mut live, &mut report) {
+                report.fail(&container.id, &error);
+            }
+        }
+        if let Err(error) = self.host_wide(containers, existing, &live) {
+            report.fail("", &error);
+        }
+        self.reconcile_caps(containers, &live, &mut report);
+        Ok(report)
+    }
+
+    /// Detaches what belongs to containers or interfaces that are gone; returns the host
+    /// ifindexes whose pins are kept.
+    fn remove_gone(
+        &mut self,
+        containers: &[Container],
+        pinned: &BTreeMap<String, Vec<PinName>>,
+        report: &mut Report,
+    ) -> HashSet<u32> {
         let by_id: HashMap<&str, &Container> =
             containers.iter().map(|c| (c.id.as_str(), c)).collect();
-
         let mut live = HashSet::new();
-        for (id, pins) in &pinned {
+        for (id, pins) in pinned {
             let wanted = by_id.get(id.as_str()).map(|c| c.interfaces.as_deref());
             for pin in pins {
                 let keep = match wanted {
@@ -42,57 +89,83 @@ impl Datapath {
                 };
                 if keep {
                     live.insert(pin.ifindex);
-                } else {
-                    attach::detach(&self.layout.container(id).join(pin.to_string()), *pin)?;
-                    report.removed += 1;
-                }
-            }
-            if wanted.is_none() {
-                remove_dir(&self.layout.container(id))?;
-            }
-        }
-
-        for container in containers {
-            let Some(ifaces) = &container.interfaces else {
-                continue;
-            };
-            let dir = self.layout.container(&container.id);
-            for iface in ifaces {
-                // Two containers can share one network namespace (`--network container:`):
-                // the first one listed owns its veth.
-                if !live.insert(iface.ifindex) && !has_pin(&pinned, &container.id, iface.ifindex) {
                     continue;
                 }
-                self.ensure_counters(iface.ifindex)?;
-                for direction in Direction::BOTH {
-                    let present = pinned.get(&container.id).is_some_and(|pins| {
-                        pins.iter()
-                            .any(|p| p.ifindex == iface.ifindex && p.direction == direction)
-                    });
-                    if present {
-                        report.adopted += 1;
-                        continue;
-                    }
-                    fs::create_dir_all(&dir).map_err(|source| DatapathError::Io {
-                        path: dir.clone(),
-                        source,
-                    })?;
-                    let prog = match direction {
-                        Direction::Ingress => &mut self.ingress,
-                        Direction::Egress => &mut self.egress,
-                    };
-                    attach::attach(prog, iface, direction, self.mode, &dir)?;
-                    tracing::info!(
-                        container = container.name,
-                        interface = iface.name,
-                        ?direction,
-                        "attached"
-                    );
-                    report.attached += 1;
+                match attach::detach(&self.layout.container(id).join(pin.to_string()), *pin) {
+                    Ok(()) => report.removed += 1,
+                    Err(error) => report.fail(id, &error),
                 }
             }
+            if wanted.is_none()
+                && let Err(error) = remove_dir(&self.layout.container(id))
+            {
+                report.fail(id, &error);
+            }
         }
+        live
+    }
 
+    /// Adopts or attaches both hooks of each of the container's host veths.
+    fn attach_container(
+        &mut self,
+        container: &Container,
+        pinned: &BTreeMap<String, Vec<PinName>>,
+        live: &mut HashSet<u32>,
+        report: &mut Report,
+    ) -> Result<(), DatapathError> {
+        let Some(ifaces) = &container.interfaces else {
+            return Ok(());
+        };
+        let dir = self.layout.container(&container.id);
+        let pins = pinned.get(&container.id).map_or(&[][..], Vec::as_slice);
+        for iface in ifaces {
+            // A veth is counted once, for the container that owns it (discovery gives the
+            // ones sharing a network namespace none).
+            if !live.insert(iface.ifindex) && !pins.iter().any(|p| p.ifindex == iface.ifindex) {
+                continue;
+            }
+            self.ensure_counters(iface.ifindex)?;
+            for direction in Direction::BOTH {
+                if pins
+                    .iter()
+                    .any(|p| p.ifindex == iface.ifindex && p.direction == direction)
+                {
+                    report.adopted += 1;
+                    continue;
+                }
+                fs::create_dir_all(&dir).map_err(|source| DatapathError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let prog = match direction {
+                    Direction::Ingress => &mut self.ingress,
+                    Direction::Egress => &mut self.egress,
+                };
+                if let Err(error) = attach::attach(prog, iface, direction, self.mode, &dir) {
+                    // Counted as live only once attached.
+                    live.remove(&iface.ifindex);
+                    return Err(error);
+                }
+                tracing::info!(
+                    container = container.name,
+                    interface = iface.name,
+                    ?direction,
+                    "attached"
+                );
+                report.attached += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters of interfaces that are gone, caps of addresses their owner no longer has,
+    /// and the cgroups block IO is counted for.
+    fn host_wide(
+        &mut self,
+        containers: &[Container],
+        existing: &HashSet<String>,
+        live: &HashSet<u32>,
+    ) -> Result<(), DatapathError> {
         let stale: Vec<u32> = self
             .traffic
             .keys()
@@ -103,18 +176,17 @@ impl Datapath {
             self.traffic.remove(&key)?;
         }
         if let Some(pacing) = &mut self.pacing {
-            let live = containers
+            let owners = containers
                 .iter()
                 .flat_map(|c| c.addresses().map(|ip| (ip, c.id_bytes())))
                 .collect();
-            pacing.reconcile(&live)?;
+            pacing.reconcile(&owners)?;
             pacing.forget_gone(&existing.iter().map(|id| id_bytes(id)).collect())?;
         }
-        self.reconcile_caps(containers, &live)?;
         if let Some(block) = &mut self.block {
             block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Caps follow what each running container asked for (`DESIRED_CAPS`): re-applied in
@@ -125,71 +197,86 @@ impl Datapath {
         &mut self,
         containers: &[Container],
         live: &HashSet<u32>,
-    ) -> Result<(), DatapathError> {
-        let present: HashSet<u64> = self.tc_caps.keys().filter_map(Result::ok).collect();
-        for key in &present {
-            if !live.contains(&u32::try_from(key >> 1).unwrap_or(0)) {
-                self.tc_caps.remove(key)?;
-            }
+        report: &mut Report,
+    ) {
+        if let Err(error) = self.remove_gone_buckets(live) {
+            report.fail("", &error);
         }
-        let desired = match &self.pacing {
-            Some(pacing) => pacing.desired()?,
-            None => return Ok(()),
+        let desired = match self.pacing.as_ref().map(super::caps::Pacing::desired) {
+            Some(Ok(desired)) if !desired.is_empty() => desired,
+            Some(Err(error)) => return report.fail("", &error),
+            _ => return,
         };
-        if desired.is_empty() {
-            return Ok(());
-        }
-        let current = self.caps()?;
-        // One netlink dump, and only when a queue may be missing.
-        let queues: HashSet<u32> = if desired.values().any(Caps::queued) {
-            super::queue::interfaces()?.into_iter().collect()
-        } else {
-            HashSet::new()
+        let (current, present, queues) = match self.caps_state(&desired) {
+            Ok(state) => state,
+            Err(error) => return report.fail("", &error),
         };
         for container in containers {
             let Some(want) = desired.get(&container.id_bytes()).copied() else {
                 continue;
             };
-            // Not fatal: one container's caps must not stop the others' reconcile.
-            let warn = |error: &DatapathError| {
-                tracing::warn!(
-                    container = container.name,
-                    "caps not restored: {}",
-                    super::chain(error)
-                );
-            };
-            if !container
+            let result = if container
                 .addresses()
                 .all(|ip| current.get(&ip) == Some(&want))
             {
-                match self.set_caps(container, want) {
-                    Ok(()) => tracing::info!(container = container.name, "caps restored"),
-                    Err(error) => warn(&error),
-                }
-                continue;
+                self.complete_caps(container, want, &present, &queues)
+            } else {
+                self.set_caps(container, want)
+                    .inspect(|()| tracing::info!(container = container.name, "caps restored"))
+            };
+            if let Err(error) = result {
+                report.fail(&container.id, &error);
             }
-            for iface in container.interfaces.iter().flatten() {
-                let missing = |ingress, bits| {
-                    bits != 0 && !present.contains(&tc_cap_key(iface.ifindex, ingress))
-                };
-                let ingress_bucket = if want.queued() { 0 } else { want.ingress_bits };
-                if missing(false, want.egress_bits) || missing(true, ingress_bucket) {
-                    self.set_tc_caps(iface.ifindex, want)?;
-                }
-                if want.queued()
-                    && !queues.contains(&iface.ifindex)
-                    && let Err(error) = super::set_queue(iface.ifindex, want)
-                {
-                    warn(&error);
-                }
+        }
+    }
+
+    fn remove_gone_buckets(&mut self, live: &HashSet<u32>) -> Result<(), DatapathError> {
+        let stale: Vec<u64> = self
+            .tc_caps
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !live.contains(&u32::try_from(key >> 1).unwrap_or(0)))
+            .collect();
+        for key in stale {
+            self.tc_caps.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// The caps by address, the buckets present, and (one netlink dump, only when a queue
+    /// may be missing) the interfaces with a dockops queue.
+    fn caps_state(&self, desired: &HashMap<[u8; 32], Caps>) -> Result<CapsState, DatapathError> {
+        let current = self.caps()?;
+        let present = self.tc_caps.keys().filter_map(Result::ok).collect();
+        let queues = if desired.values().any(Caps::queued) {
+            super::queue::interfaces()?.into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        Ok((current, present, queues))
+    }
+
+    /// Buckets and queues on the container's veths that a new veth is still missing.
+    fn complete_caps(
+        &mut self,
+        container: &Container,
+        want: Caps,
+        present: &HashSet<u64>,
+        queues: &HashSet<u32>,
+    ) -> Result<(), DatapathError> {
+        for iface in container.interfaces.iter().flatten() {
+            let missing =
+                |ingress, bits| bits != 0 && !present.contains(&tc_cap_key(iface.ifindex, ingress));
+            let ingress_bucket = if want.queued() { 0 } else { want.ingress_bits };
+            if missing(false, want.egress_bits) || missing(true, ingress_bucket) {
+                self.set_tc_caps(iface.ifindex, want)?;
+            }
+            if want.queued() && !queues.contains(&iface.ifindex) {
+                super::set_queue(iface.ifindex, want)?;
             }
         }
         Ok(())
     }
 }
 
-fn has_pin(pinned: &BTreeMap<String, Vec<PinName>>, id: &str, ifindex: u32) -> bool {
-    pinned
-        .get(id)
-        .is_some_and(|pins| pins.iter().any(|p| p.ifindex == ifindex))
-}
+type CapsState = (HashMap<std::net::IpAddr, Caps>, HashSet<u64>, HashSet<u32>);

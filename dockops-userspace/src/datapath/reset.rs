@@ -5,55 +5,89 @@ use std::fs;
 use aya::programs::links::PinnedLink;
 
 use super::{
-    DatapathError, attach, bpffs,
+    DatapathError, attach, bpffs, chain,
     pins::{self, Layout, PinName},
     queue, read_dir_names, remove_dir, scan,
 };
 
+/// What a reset removed, and what it could not (it carries on past each failure).
+#[derive(Debug, Default)]
+pub struct Cleared {
+    pub removed: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+impl Cleared {
+    fn record(&mut self, result: Result<String, DatapathError>) {
+        match result {
+            Ok(line) => self.removed.push(line),
+            Err(error) => self.failed.push(chain(&error)),
+        }
+    }
+}
+
 /// Removes everything dockops attached or pinned: attachments (and the clsact qdiscs it
-/// created), programs, maps, and the directory. Needs neither Docker nor the object.
-pub fn reset() -> Result<Vec<String>, DatapathError> {
+/// created), queues, programs, maps, and the directory. Needs neither Docker nor the object.
+/// Fails only when the lock cannot be taken; each other failure is recorded and skipped.
+pub fn reset() -> Result<Cleared, DatapathError> {
     let layout = Layout::default();
+    let mut out = Cleared::default();
     if !layout.root().exists() {
-        return Ok(Vec::new());
+        return Ok(out);
     }
     let _lock = bpffs::lock()?;
-    let mut removed = Vec::new();
-    for ifindex in queue::interfaces()? {
-        if queue::remove(ifindex)? {
-            removed.push(format!(
-                "interface {ifindex}: ingress queue (htb qdisc) removed"
-            ));
+    match queue::interfaces() {
+        Ok(queues) => {
+            for ifindex in queues {
+                out.record(
+                    queue::remove(ifindex)
+                        .map_err(Into::into)
+                        .map(|_| format!("interface {ifindex}: ingress queue (htb qdisc) removed")),
+                );
+            }
         }
+        Err(error) => out.record(Err(error.into())),
     }
-    for (id, pins) in scan(&layout)? {
-        let dir = layout.container(&id);
-        for pin in pins {
-            attach::detach(&dir.join(pin.to_string()), pin)?;
-            removed.push(format!(
-                "{} {}",
-                dir.join(pin.to_string()).display(),
-                describe(pin)
-            ));
+    match scan(&layout) {
+        Ok(containers) => {
+            for (id, pins) in containers {
+                let dir = layout.container(&id);
+                for pin in pins {
+                    let path = dir.join(pin.to_string());
+                    out.record(
+                        attach::detach(&path, pin)
+                            .map(|()| format!("{} {}", path.display(), describe(pin))),
+                    );
+                }
+            }
         }
+        Err(error) => out.record(Err(error)),
     }
-    for name in read_dir_names(&layout.global())? {
+    for name in read_dir_names(&layout.global()).unwrap_or_default() {
         let path = layout.global().join(&name);
-        let link = PinnedLink::from_pin(&path).map_err(|source| DatapathError::Link {
-            path: path.clone(),
-            source,
-        })?;
-        drop(link.unpin().map_err(|source| DatapathError::Io {
-            path: path.clone(),
-            source,
-        })?);
-        removed.push(format!("{} (link detached)", path.display()));
+        out.record(
+            PinnedLink::from_pin(&path)
+                .map_err(|source| DatapathError::Link {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|link| {
+                    link.unpin().map_err(|source| DatapathError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                })
+                .map(|_| format!("{} (link detached)", path.display())),
+        );
     }
-    for marker in read_dir_names(layout.root())?
+    for marker in read_dir_names(layout.root())
+        .unwrap_or_default()
         .iter()
         .filter(|n| n.starts_with(pins::BUILD_PREFIX))
     {
-        remove_dir(&layout.root().join(marker))?;
+        if let Err(error) = remove_dir(&layout.root().join(marker)) {
+            out.record(Err(error));
+        }
     }
     for dir in [
         layout.global(),
@@ -61,7 +95,7 @@ pub fn reset() -> Result<Vec<String>, DatapathError> {
         layout.progs(),
         layout.maps(),
     ] {
-        for name in read_dir_names(&dir)? {
+        for name in read_dir_names(&dir).unwrap_or_default() {
             let path = dir.join(&name);
             let result = if path.is_dir() {
                 // Only container directories remain under links/, now empty or foreign.
@@ -69,16 +103,20 @@ pub fn reset() -> Result<Vec<String>, DatapathError> {
             } else {
                 fs::remove_file(&path)
             };
-            result.map_err(|source| DatapathError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            removed.push(path.display().to_string());
+            out.record(
+                result
+                    .map(|()| path.display().to_string())
+                    .map_err(|source| DatapathError::Io { path, source }),
+            );
         }
-        remove_dir(&dir)?;
+        if let Err(error) = remove_dir(&dir) {
+            out.record(Err(error));
+        }
     }
-    remove_dir(layout.root())?;
-    Ok(removed)
+    if let Err(error) = remove_dir(layout.root()) {
+        out.record(Err(error));
+    }
+    Ok(out)
 }
 
 fn describe(pin: PinName) -> &'static str {

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bollard::{
-    models::ContainerSummaryStateEnum,
+    models::{ContainerSummaryStateEnum, EventMessageTypeEnum},
     query_parameters::{EventsOptions, ListContainersOptions},
 };
 use futures::{Stream, StreamExt as _};
@@ -18,6 +18,7 @@ use super::{CgroupPaths, Container, HostInterface, Inventory, netns};
 struct Inspected {
     pid: u32,
     interfaces: Option<Vec<HostInterface>>,
+    notes: Vec<String>,
     ipv4: Vec<Ipv4Addr>,
     ipv6: Vec<Ipv6Addr>,
 }
@@ -45,7 +46,10 @@ pub enum DiscoveryError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub action: String,
+    /// The container's id.
     pub id: String,
+    /// When it happened, seconds since the epoch (to resubscribe from).
+    pub time: i64,
 }
 
 /// Client of the Docker engine named by `DOCKER_HOST` (default: the local socket).
@@ -125,6 +129,7 @@ impl Docker {
                     cgroup,
                     pid: found.pid,
                     interfaces: found.interfaces,
+                    notes: found.notes,
                     ipv4: found.ipv4,
                     ipv6: found.ipv6,
                     ..Container::default()
@@ -167,14 +172,24 @@ impl Docker {
             .collect();
         let pid = inspect.state.and_then(|s| s.pid).unwrap_or(0);
         let pid = u32::try_from(pid).ok().filter(|&p| p != 0)?;
-        let interfaces = netns::host_interfaces(pid)
-            .inspect_err(|error| {
-                tracing::warn!(%id, pid, %error, "cannot read the container's interfaces");
-            })
-            .ok();
+        let mode = inspect
+            .host_config
+            .and_then(|h| h.network_mode)
+            .unwrap_or_default();
+        let (interfaces, notes) = match network_note(&mode, pid) {
+            Some(note) => (Some(Vec::new()), vec![note]),
+            None => match netns::host_interfaces(pid) {
+                Ok(found) => (Some(found.veths), found.notes),
+                Err(error) => {
+                    tracing::warn!(%id, pid, %error, "cannot read the container's interfaces");
+                    (None, Vec::new())
+                }
+            },
+        };
         Some(Inspected {
             pid,
             interfaces,
+            notes,
             ipv4: endpoints
                 .iter()
                 .filter_map(|e| e.ip_address.as_deref()?.parse().ok())
@@ -186,17 +201,28 @@ impl Docker {
         })
     }
 
-    /// Container starts and stops, as they happen. The stream ends when the engine goes away.
-    pub fn events(&self) -> impl Stream<Item = Result<Event, DiscoveryError>> + use<> {
+    /// Container starts, stops and network changes, as they happen. The stream ends when the engine goes away.
+    pub fn events(
+        &self,
+        since: Option<i64>,
+    ) -> impl Stream<Item = Result<Event, DiscoveryError>> + use<> {
         let filters = HashMap::from([
-            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "type".to_owned(),
+                vec!["container".to_owned(), "network".to_owned()],
+            ),
             (
                 "event".to_owned(),
-                vec!["start".to_owned(), "die".to_owned(), "destroy".to_owned()],
+                ["start", "die", "destroy", "connect", "disconnect"]
+                    .map(str::to_owned)
+                    .to_vec(),
             ),
         ]);
         let options = EventsOptions {
             filters: Some(filters),
+            // The engine replays what happened since then: nothing falls between a listing
+            // and the subscription, nor between a lost stream and its replacement.
+            since: since.map(|t| t.to_string()),
             ..Default::default()
         };
         self.client.events(Some(options)).map(|message| {
@@ -204,10 +230,42 @@ impl Docker {
                 what: "events",
                 source,
             })?;
+            let actor = message.actor.unwrap_or_default();
+            // A network event names the network; the container is an attribute.
+            let network = message.typ == Some(EventMessageTypeEnum::NETWORK);
+            let id = if network {
+                actor.attributes.and_then(|mut a| a.remove("container"))
+            } else {
+                actor.id
+            };
             Ok(Event {
                 action: message.action.unwrap_or_default(),
-                id: message.actor.and_then(|a| a.id).unwrap_or_default(),
+                id: id.unwrap_or_default(),
+                time: message.time.unwrap_or_default(),
             })
         })
     }
+}
+
+/// Why a container has no veth of its own, from its network mode (`HostConfig.NetworkMode`)
+/// or its namespace; `None` when it may have some.
+fn network_note(mode: &str, pid: u32) -> Option<String> {
+    if let Some(other) = mode.strip_prefix("container:") {
+        let short = &other[..other.len().min(12)];
+        return Some(format!(
+            "shares the network namespace of container {short} (--network container:): its \
+             traffic is counted and capped with that container"
+        ));
+    }
+    if mode == "none" {
+        return Some("has no network (--network none)".to_owned());
+    }
+    if mode == "host" || netns::is_host_netns(pid).unwrap_or(false) {
+        return Some(
+            "uses the host's network namespace (--network host): its traffic is not \
+             counted per container, and it cannot be capped"
+                .to_owned(),
+        );
+    }
+    None
 }

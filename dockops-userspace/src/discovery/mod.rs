@@ -47,6 +47,9 @@ pub struct Container {
     /// Host-side veths of the container's interfaces; `None` when they could not be read
     /// (the container is exiting, say), so later stages leave its state alone.
     pub interfaces: Option<Vec<HostInterface>>,
+    /// What dockops cannot count or cap for its network (host or shared namespace, overlay,
+    /// macvlan...), one sentence each.
+    pub notes: Vec<String>,
     /// The container's cgroups (empty if they could not be read).
     pub cgroup: CgroupPaths,
     /// Its cgroup v2 id, as BPF programs see it; `None` without a v2 hierarchy.
@@ -101,6 +104,7 @@ mod tests {
             labels: BTreeMap::new(),
             pid: 1,
             interfaces: None,
+            notes: Vec::new(),
             cgroup: CgroupPaths::default(),
             cgroup_id: None,
             ipv4: Vec::new(),

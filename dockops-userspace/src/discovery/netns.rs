@@ -2,74 +2,194 @@
 //!
 //! `/sys/class/net` cannot be used: sysfs belongs to the mount namespace, so it lists the
 //! host's interfaces even after entering the container's network namespace. Inside the
-//! namespace, a veth's `IFLA_LINK` is its peer's ifindex in the peer's namespace: the host.
+//! namespace, a veth's `IFLA_LINK` is its peer's ifindex in the namespace that
+//! `IFLA_LINK_NETNSID` names. Only peers whose namespace id is the host's are host veths: an
+//! overlay network's veth peer lives in the overlay's sandbox namespace, and its index there
+//! may well be taken on the host by an unrelated interface.
 
-use std::{fs::File, io, thread};
+use std::{
+    fs::File,
+    io,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    thread,
+};
 
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use nix::sched::{CloneFlags, setns};
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{
+    packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
+    packet_route::{
+        RouteNetlinkMessage,
+        link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        nsid::{NsidAttribute, NsidMessage},
+    },
+};
 
 use super::HostInterface;
 
-/// Host ifindex and name of every veth inside the network namespace of `pid`.
-pub fn host_interfaces(pid: u32) -> io::Result<Vec<HostInterface>> {
+/// What a container's network namespace holds, seen from the host.
+#[derive(Debug, Default)]
+pub struct Netns {
+    /// Host ends of its veths.
+    pub veths: Vec<HostInterface>,
+    /// Interfaces dockops cannot count or cap, one sentence each.
+    pub notes: Vec<String>,
+}
+
+/// Whether the process `pid` runs in the host's (this process's) network namespace.
+pub fn is_host_netns(pid: u32) -> io::Result<bool> {
+    let own = std::fs::metadata("/proc/self/ns/net")?;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;
+    Ok(own.ino() == theirs.ino() && own.dev() == theirs.dev())
+}
+
+/// The host veths of the network namespace of `pid`, and notes on its other interfaces.
+pub fn host_interfaces(pid: u32) -> io::Result<Netns> {
     let netns = File::open(format!("/proc/{pid}/ns/net"))?;
+    let host = File::open("/proc/self/ns/net")?;
     // setns changes only the calling thread: a short-lived thread keeps the rest of the
     // process (and tokio's workers) in the host namespace. The netlink socket is created
     // inside the container's namespace and answers for it.
-    let peers = thread::spawn(move || -> io::Result<Vec<u32>> {
+    let links = thread::spawn(move || -> io::Result<Vec<Link>> {
         setns(&netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()?;
-        runtime.block_on(veth_peers())
+        runtime.block_on(links(&host))
     })
     .join()
     .map_err(|_| io::Error::other("netns reader thread panicked"))??;
 
-    let mut interfaces = Vec::with_capacity(peers.len());
-    for ifindex in peers {
-        // The peer index is in the host namespace, where this thread is.
-        match nix::net::if_::if_indextoname(ifindex) {
-            Ok(name) => interfaces.push(HostInterface {
-                ifindex,
-                name: name.to_string_lossy().into_owned(),
-            }),
-            Err(error) => tracing::debug!(pid, ifindex, %error, "peer not in the host namespace"),
+    let mut out = Netns::default();
+    for link in links {
+        match link.peer {
+            Peer::Host(ifindex) => match nix::net::if_::if_indextoname(ifindex) {
+                // The peer index is in the host namespace, where this thread is.
+                Ok(name) => out.veths.push(HostInterface {
+                    ifindex,
+                    name: name.to_string_lossy().into_owned(),
+                }),
+                Err(error) => {
+                    tracing::debug!(pid, ifindex, %error, "host veth vanished");
+                }
+            },
+            Peer::Elsewhere => out.notes.push(format!(
+                "{}: its veth peer is in another network namespace (an overlay network's \
+                 sandbox?), not on the host: not counted, capped only by sender pacing",
+                link.name
+            )),
+            Peer::Bypass(kind) => out.notes.push(format!(
+                "{}: a {kind} interface, whose traffic bypasses host veths: not counted, \
+                 capped only by sender pacing",
+                link.name
+            )),
         }
     }
-    interfaces.sort();
-    Ok(interfaces)
+    out.veths.sort();
+    Ok(out)
 }
 
-async fn veth_peers() -> io::Result<Vec<u32>> {
-    let (connection, handle, _) = rtnetlink::new_connection()?;
+/// An interface of the container worth reporting.
+struct Link {
+    name: String,
+    peer: Peer,
+}
+
+enum Peer {
+    /// A veth whose peer is in the host namespace, at this index.
+    Host(u32),
+    /// A veth whose peer is in some other namespace.
+    Elsewhere,
+    /// macvlan, ipvlan...: traffic leaves through the host's device directly.
+    Bypass(&'static str),
+}
+
+async fn links(host: &File) -> io::Result<Vec<Link>> {
+    let (connection, mut handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(connection);
-    let links: Vec<LinkMessage> = handle
+    let messages: Vec<LinkMessage> = handle
         .link()
         .get()
         .execute()
         .try_collect()
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(links.iter().filter_map(veth_peer).collect())
+    // Asked after the dump: listing a veth gives its peer's namespace an id if it had none.
+    let host_id = namespace_id(&mut handle, host).await?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| classify(m, host_id))
+        .collect())
 }
 
-/// The peer ifindex of a veth link message, `None` for any other kind of link.
-fn veth_peer(link: &LinkMessage) -> Option<u32> {
-    let is_veth = link.attributes.iter().any(|a| {
-        matches!(a, LinkAttribute::LinkInfo(infos)
-            if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
-    });
-    let peer = link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Link(index) => Some(*index),
+/// The id this namespace gives the namespace of `fd` (`RTM_GETNSID`); -1 if none.
+async fn namespace_id(handle: &mut rtnetlink::Handle, fd: &File) -> io::Result<i32> {
+    let mut request = NsidMessage::default();
+    let raw = u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)?;
+    request.attributes.push(NsidAttribute::Fd(raw));
+    let mut message = NetlinkMessage::from(RouteNetlinkMessage::GetNsId(request));
+    message.header.flags = NLM_F_REQUEST;
+    let mut responses = handle
+        .request(message)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    while let Some(response) = responses.next().await {
+        match response.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNsId(m)) => {
+                return Ok(m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        NsidAttribute::Id(id) => Some(*id),
+                        _ => None,
+                    })
+                    .unwrap_or(-1));
+            }
+            NetlinkPayload::Error(e) => {
+                return Err(io::Error::other(format!("RTM_GETNSID: {e:?}")));
+            }
+            _ => {}
+        }
+    }
+    Ok(-1)
+}
+
+/// Sorts one link of the container's namespace; `None` for loopback and the like.
+fn classify(link: &LinkMessage, host_id: i32) -> Option<Link> {
+    let kind = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind.clone()),
+            _ => None,
+        }),
         _ => None,
-    });
-    // Without IFLA_LINK_NETNSID the peer lives in the same namespace: not a host veth.
-    let crosses = link
+    })?;
+    let name = link
         .attributes
         .iter()
-        .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
-    peer.filter(|_| is_veth && crosses)
+        .find_map(|a| match a {
+            LinkAttribute::IfName(name) => Some(name.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("interface {}", link.header.index));
+    let peer = match kind {
+        InfoKind::Veth => {
+            let index = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(index) => Some(*index),
+                _ => None,
+            });
+            let netns = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkNetNsId(id) => Some(*id),
+                _ => None,
+            });
+            match (index, netns) {
+                (Some(index), Some(id)) if host_id >= 0 && id == host_id => Peer::Host(index),
+                // Without IFLA_LINK_NETNSID the peer is in this same namespace.
+                (_, None) => return None,
+                _ => Peer::Elsewhere,
+            }
+        }
+        InfoKind::MacVlan | InfoKind::MacVtap => Peer::Bypass("macvlan"),
+        InfoKind::IpVlan | InfoKind::IpVtap => Peer::Bypass("ipvlan"),
+        _ => return None,
+    };
+    Some(Link { name, peer })
 }

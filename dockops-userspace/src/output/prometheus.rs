@@ -256,6 +256,7 @@ mod tests {
                     ingress_bps: None,
                     mode: Some(ShapingMode::Paced),
                 },
+                notes: Vec::new(),
             }],
         };
         let text = encode(&snapshot);

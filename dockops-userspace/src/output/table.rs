@@ -203,6 +203,7 @@ mod tests {
                 limit: None,
             },
             limits: crate::collection::Limits::default(),
+            notes: Vec::new(),
         }
     }
 
