@@ -14,13 +14,15 @@ fn quietly(cmd: &mut Command) {
     let _ = cmd.output();
 }
 
-/// A single-node swarm with an attachable overlay network, a macvlan network on a dummy
+/// A single-node swarm with an attachable overlay network, a macvlan network on a veth
 /// parent, torn down on drop.
 struct Networks;
 
 const OVERLAY: &str = "dockops-it-ovl";
 const MACVLAN: &str = "dockops-it-mvl";
+/// The macvlan parent: a veth pair of the test's own (this kernel has no dummy driver).
 const DUMMY: &str = "dockops-it-dum";
+const DUMMY_PEER: &str = "dockops-it-dup";
 
 impl Networks {
     fn create() -> Self {
@@ -37,10 +39,12 @@ impl Networks {
             OVERLAY,
         ]);
         let ok = Command::new("ip")
-            .args(["link", "add", DUMMY, "type", "dummy"])
+            .args([
+                "link", "add", DUMMY, "type", "veth", "peer", "name", DUMMY_PEER,
+            ])
             .status()
             .expect("ip");
-        assert!(ok.success(), "ip link add {DUMMY} type dummy");
+        assert!(ok.success(), "ip link add {DUMMY} type veth");
         docker(&[
             "network",
             "create",
