@@ -201,7 +201,8 @@ impl Docker {
         })
     }
 
-    /// Container starts, stops and network changes, as they happen. The stream ends when the engine goes away.
+    /// Container starts, stops and network changes, as they happen, from `since` (seconds
+    /// since the epoch) on. The stream ends when the engine goes away.
     pub fn events(
         &self,
         since: Option<i64>,
