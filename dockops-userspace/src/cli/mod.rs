@@ -83,6 +83,10 @@ impl Agent {
                 }
             }
         }
+        // Forget what was warned about containers that are gone.
+        let running: HashSet<&str> = found.running.iter().map(|c| c.id.as_str()).collect();
+        self.warned
+            .retain(|(id, _)| id.is_empty() || running.contains(id.as_str()));
         self.failures.clear();
         for failure in report.failures {
             if self
