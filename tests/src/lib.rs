@@ -348,6 +348,28 @@ pub fn http_get(url: &str, unix_socket: Option<&str>) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A private bpffs directory for an object's pinned maps (tests that load the object
+/// without the datapath), removed on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    /// `/sys/fs/bpf/dockops-test-<pid>-<tag>`, created now.
+    pub fn create(tag: &str) -> Self {
+        let dir = Self(PathBuf::from(format!(
+            "/sys/fs/bpf/dockops-test-{}-{tag}",
+            std::process::id()
+        )));
+        fs::create_dir_all(&dir.0).expect("bpffs (run through cargo xtask test, as root)");
+        dir
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A process killed on drop (a Prometheus server, say).
 pub struct Process(pub Child);
 

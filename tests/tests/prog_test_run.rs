@@ -1,8 +1,6 @@
 //! Tier 2: the tc programs run on crafted packets through `BPF_PROG_TEST_RUN`, without
 //! attaching anything. Maps are pinned in a private bpffs directory, removed afterwards.
 
-use std::{fs, path::PathBuf};
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{PerCpuHashMap, PerCpuValues},
@@ -10,21 +8,13 @@ use aya::{
     util::nr_cpus,
 };
 use dockops_common::{TcCap, TrafficCounters, names, tc_cap_key};
+use dockops_integration::PinDir;
 
 /// `TC_ACT_UNSPEC` (-1) as the test run reports it.
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 /// The loopback device: `BPF_PROG_TEST_RUN` needs an existing ifindex for `skb->dev`.
 const LO: u32 = 1;
-
-/// A private pin directory, removed on drop.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A `struct __sk_buff` for `ctx_in` with `ifindex` and `gso_segs` set (offsets from the
 /// kernel's BTF: `ifindex` at byte 40, `gso_segs` at 164; size 192).
@@ -53,11 +43,7 @@ fn run(prog: &SchedClassifier, ifindex: u32, gso_segs: u32, len: usize) -> u32 {
 
 /// Loads the object with its maps pinned in a private directory, and both tc programs.
 fn load(test: &str) -> (PinDir, Ebpf) {
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/dockops-test-{}-{test}",
-        std::process::id()
-    )));
-    fs::create_dir_all(&pins.0).expect("bpffs (run through cargo xtask test, as root)");
+    let pins = PinDir::create(test);
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.0)
         .load(dockops::datapath::OBJECT)

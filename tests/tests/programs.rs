@@ -2,19 +2,9 @@
 //! passes the verifier on the running kernel. A rejection fails here, by program name and
 //! with the verifier's log, instead of as a missing feature in the tests after it.
 
-use std::{fs, path::PathBuf};
-
 use aya::{EbpfLoader, programs::Program};
 use dockops_common::names;
-
-/// A private pin directory for the object's pinned maps, removed on drop.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use dockops_integration::PinDir;
 
 /// Loads one program; an error names its type when this test does not know how (so a new
 /// program type cannot slip through unverified).
@@ -40,11 +30,7 @@ fn load(program: &mut Program) -> Result<(), String> {
 
 #[test]
 fn every_program_in_the_object_loads_and_verifies() {
-    let pins = PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/dockops-verify-{}",
-        std::process::id()
-    )));
-    fs::create_dir_all(&pins.0).expect("bpffs (run through cargo xtask test, as root)");
+    let pins = PinDir::create("verify");
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.0)
         .load(dockops::datapath::OBJECT)
