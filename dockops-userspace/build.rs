@@ -30,12 +30,20 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     use_pinned_linker()?;
+    // This package's `variant-*` features select the eBPF object's (upgrade tests).
+    let features: Vec<&str> = ["variant-code", "variant-layout"]
+        .into_iter()
+        .filter(|f| {
+            let var = format!("CARGO_FEATURE_{}", f.to_uppercase().replace('-', "_"));
+            std::env::var_os(var).is_some()
+        })
+        .collect();
     aya_build::build_ebpf(
         [Package {
             name: ebpf.name.as_str(),
             root_dir: root_dir.as_str(),
             no_default_features: false,
-            features: &[],
+            features: &features,
         }],
         Toolchain::Custom(toolchain::NIGHTLY),
     )

@@ -23,9 +23,6 @@ pub mod names {
     pub const CAPS: &str = "CAPS";
     /// Hash map: container IPv6 address (its 16 bytes) → [`super::Caps`].
     pub const CAPS6: &str = "CAPS6";
-    /// Hash map: container id (its 32 bytes) → [`super::Caps`] it asked for, kept while the
-    /// container exists; userspace re-applies them when it comes back on new addresses.
-    pub const DESIRED_CAPS: &str = "DESIRED_CAPS";
     /// BTF hash map: [`super::tc_cap_key`] → [`super::TcCap`], the hard caps in tc.
     pub const TC_CAPS: &str = "TC_CAPS";
     /// `sock_ops` on the cgroup v2 root: paces TCP sockets from and to capped containers.

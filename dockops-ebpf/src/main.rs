@@ -6,6 +6,14 @@ mod block;
 mod sock;
 mod tc;
 
+/// Extra entries in some maps (`CAPS`, `CAPS6`, `TRAFFIC`, `TC_CAPS`) of the
+/// `variant-layout` test build: a new layout, which an upgrade must rebuild and refill.
+const LAYOUT_VARIANT: u32 = if cfg!(feature = "variant-layout") {
+    1
+} else {
+    0
+};
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

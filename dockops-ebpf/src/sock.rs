@@ -32,20 +32,16 @@ const WINDOW_SHIFT: u32 = 27;
 const UNPACED: u32 = u32::MAX;
 
 #[map(name = "CAPS")]
-static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS, 0);
+static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS + crate::LAYOUT_VARIANT, 0);
 
 /// IPv6 container address (its 16 bytes) → [`Caps`], as `CAPS` for IPv4.
 #[map(name = "CAPS6")]
-static CAPS6: HashMap<[u8; 16], Caps> = HashMap::pinned(MAX_CAPS, 0);
+static CAPS6: HashMap<[u8; 16], Caps> = HashMap::pinned(MAX_CAPS + crate::LAYOUT_VARIANT, 0);
 
-/// The caps each container asked for, by container id. No program reads it: it is declared
-/// here so that it is pinned beside `CAPS`, for userspace to re-apply after a restart.
-#[map(name = "DESIRED_CAPS")]
-static DESIRED_CAPS: HashMap<[u8; 32], Caps> = HashMap::pinned(MAX_CAPS, 0);
-
-/// Socket cookie → the window in which it was last counted (`u64::MAX`: not yet).
-#[map]
-static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+/// Socket cookie → the window in which it was last counted (`u64::MAX`: not yet). Pinned
+/// like every map, so that a new build's program carries on from it.
+#[map(name = "PACED_SOCKETS")]
+static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::pinned(65536, 0);
 
 /// A socket takes a share of a cap once this many of its bytes have been acknowledged: thin
 /// connections (iperf3's control connection, requests, keep-alives) would otherwise halve a
@@ -54,8 +50,8 @@ static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536,
 const BULK_BYTES: u64 = 16 << 10;
 
 /// Active sockets per (address, direction): key = address << 1 | ingress.
-#[map]
-static WINDOWS: HashMap<u64, Window> = HashMap::with_max_entries(2 * MAX_CAPS, 0);
+#[map(name = "WINDOWS")]
+static WINDOWS: HashMap<u64, Window> = HashMap::pinned(2 * MAX_CAPS, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -23,12 +23,14 @@ mod ecn;
 /// Host veth ifindex → counters. Userspace inserts the entry when it attaches and removes it
 /// when the container goes, so the datapath never allocates and ignores unknown interfaces.
 #[map(name = "TRAFFIC")]
-static TRAFFIC: PerCpuHashMap<u32, TrafficCounters> = PerCpuHashMap::pinned(MAX_INTERFACES, 0);
+static TRAFFIC: PerCpuHashMap<u32, TrafficCounters> =
+    PerCpuHashMap::pinned(MAX_INTERFACES + crate::LAYOUT_VARIANT, 0);
 
 /// `tc_cap_key(ifindex, ingress)` → the hook's cap and bucket (pinned by userspace, which
 /// writes `rate_bytes`/`burst_bytes` and resets the bucket).
 #[btf_map]
-static TC_CAPS: BtfHashMap<u64, CapBucket, { MAX_TC_CAPS as usize }> = BtfHashMap::new();
+static TC_CAPS: BtfHashMap<u64, CapBucket, { (MAX_TC_CAPS + crate::LAYOUT_VARIANT) as usize }> =
+    BtfHashMap::new();
 
 /// Same layout as `dockops_common::TcCap`, with the lock typed for the verifier.
 #[repr(C)]

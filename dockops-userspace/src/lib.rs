@@ -12,3 +12,4 @@ pub mod datapath;
 pub mod discovery;
 pub mod output;
 pub mod policy;
+pub mod state;

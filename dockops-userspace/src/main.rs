@@ -14,7 +14,9 @@ use clap::{Parser, Subcommand, ValueEnum};
     long_about = "Per-container network accounting for Docker hosts, on eBPF.\n\n\
         The first command attaches counting programs to every running container's host-side \
         veth and pins them under /sys/fs/bpf/dockops, so counting goes on between commands. \
-        `reset` removes everything dockops attached or pinned. Needs root."
+        Caps asked for are recorded in /var/lib/dockops/state.json and re-applied after \
+        reboots and upgrades. `reset` removes everything dockops attached or pinned; \
+        `reset --all` also forgets the caps. Needs root."
 )]
 struct Cli {
     /// Diagnostics format on stderr.
@@ -52,8 +54,10 @@ enum Command {
     Limit(cli::limit::LimitArgs),
     /// Remove a container's bandwidth caps (both, or the one named).
     Unlimit(cli::limit::UnlimitArgs),
-    /// Remove every program, link, filter, qdisc and pin dockops created.
-    Reset,
+    /// Remove every program, link, filter, qdisc and pin dockops created. The caps asked
+    /// for stay recorded in /var/lib/dockops/state.json, and the next command applies them
+    /// again (as after a reboot), unless --all.
+    Reset(cli::reset::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => cli::watch::run(args, cli.tc_attach).await,
             Command::Limit(args) => cli::limit::limit(args, cli.tc_attach).await,
             Command::Unlimit(args) => cli::limit::unlimit(args, cli.tc_attach).await,
-            Command::Reset => cli::reset::run(),
+            Command::Reset(args) => cli::reset::run(&args),
         }
     });
     match result {

@@ -26,43 +26,6 @@ fn second_stats_adopts_instead_of_attaching() {
 }
 
 #[test]
-fn pins_of_another_build_are_replaced_not_adopted() {
-    let c = Container::start("upgrade", "sleep 600");
-    dockops_ok(&["stats"]);
-    let before = link_ids(&c);
-    let markers = || -> Vec<String> {
-        list(Path::new(PINS))
-            .into_iter()
-            .filter(|n| n.starts_with("build-"))
-            .collect()
-    };
-    let ours = markers();
-    assert_eq!(ours.len(), 1, "one build marker: {ours:?}");
-    // Pretend an older dockops pinned all this.
-    std::fs::remove_dir(Path::new(PINS).join(&ours[0])).unwrap();
-    std::fs::create_dir(Path::new(PINS).join("build-0000000000000000")).unwrap();
-    let out = dockops(&["stats"]);
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("another dockops build"),
-        "no warning: {stderr}"
-    );
-    assert_eq!(markers(), ours, "the old marker was not replaced");
-    let after = link_ids(&c);
-    assert_eq!(after.len(), 2);
-    assert!(
-        after.iter().all(|id| !before.contains(id)),
-        "old links {before:?} were adopted: {after:?}"
-    );
-    let live = all_link_ids();
-    assert!(
-        before.iter().all(|id| !live.contains(id)),
-        "old links {before:?} still exist"
-    );
-}
-
-#[test]
 fn removed_container_loses_its_pins_and_links() {
     let c = Container::start("removed", "sleep 600");
     dockops_ok(&["stats"]);
@@ -185,16 +148,33 @@ fn netlink_mode_attaches_counts_and_cleans_up() {
     let client = Container::start("nl-client", "sleep 600");
     dockops_ok(&["--tc-attach", "netlink", "stats"]);
     let (ifindex, veth) = client.host_veth();
-    assert_eq!(
-        list(&client.pin_dir()),
-        [
-            format!("{ifindex}-egress-netlink"),
-            format!("{ifindex}-ingress-netlink-clsact")
-        ]
-    );
+    let pins = list(&client.pin_dir());
+    assert_eq!(pins.len(), 2, "{pins:?}");
     assert!(tc(&["qdisc", "show", "dev", &veth]).contains("clsact"));
-    assert!(tc(&["filter", "show", "dev", &veth, "ingress"]).contains("tc_ingress_acct"));
-    assert!(tc(&["filter", "show", "dev", &veth, "egress"]).contains("tc_egress_acct"));
+    // Each record names its filter's priority and handle, as tc shows them.
+    for (pin, kind, program) in [
+        (&pins[0], "egress-netlink", "tc_egress_acct"),
+        (&pins[1], "ingress-netlink-clsact", "tc_ingress_acct"),
+    ] {
+        let rest = pin
+            .strip_prefix(&format!("{ifindex}-{kind}-p"))
+            .unwrap_or_else(|| panic!("{pin} is not a {kind} record"));
+        let (priority, handle) = rest.split_once("-h").expect("priority and handle");
+        let handle: u32 = handle.parse().expect("handle");
+        let filters = tc(&[
+            "filter",
+            "show",
+            "dev",
+            &veth,
+            kind.split('-').next().unwrap(),
+        ]);
+        assert!(
+            filters.contains(&format!(
+                "pref {priority} bpf chain 0 handle {handle:#x} {program}"
+            )),
+            "{pin} does not match {filters}"
+        );
+    }
 
     client.exec(&format!(
         "wget -q -O /dev/null http://{}:8080/ || true",

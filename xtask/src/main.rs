@@ -47,9 +47,44 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Builds the release binary and returns its path.
+/// Builds the release binary.
 fn build() -> anyhow::Result<()> {
     sh::run(sh::cargo().args(["build", "--release", "--package", "dockops-userspace"]))
+}
+
+/// eBPF object variants the upgrade tests switch between (dockops-userspace's features).
+const VARIANTS: [&str; 2] = ["variant-code", "variant-layout"];
+
+/// Where the binary built with `variant` is kept.
+fn variant_binary(variant: &str) -> std::path::PathBuf {
+    workspace()
+        .join("target/variants")
+        .join(variant)
+        .join("dockops-bpf")
+}
+
+/// Builds the binary with each eBPF variant and copies it aside (cargo caches each feature
+/// set, so this is fast after the first time). The default build must come after: the
+/// variants overwrite target/release/dockops-bpf.
+fn build_variants() -> anyhow::Result<()> {
+    for variant in VARIANTS {
+        sh::run(sh::cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "dockops-userspace",
+            "--bin",
+            "dockops-bpf",
+            "--features",
+            variant,
+        ]))?;
+        let to = variant_binary(variant);
+        std::fs::create_dir_all(to.parent().unwrap_or(&to))?;
+        std::fs::copy(binary(), &to).map_err(|e| {
+            anyhow::anyhow!("copying {} to {}: {e}", binary().display(), to.display())
+        })?;
+    }
+    Ok(())
 }
 
 /// The workspace root (xtask's parent directory).

@@ -65,7 +65,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             ])),
         );
     }
-    if let Err(error) = crate::build() {
+    if let Err(error) = crate::build_variants().and_then(|()| crate::build()) {
         stage("build", Err(error));
     } else {
         stage("integration tests", integration(args));
@@ -93,6 +93,10 @@ fn integration(args: &Args) -> anyhow::Result<()> {
             .env("DOCKER_HOST", &engine.host)
             .env("DOCKOPS_BIN", crate::binary())
             .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE);
+        for variant in crate::VARIANTS {
+            let var = format!("DOCKOPS_BIN_{}", variant.to_uppercase().replace('-', "_"));
+            cmd.env(var, crate::variant_binary(variant));
+        }
         cmd
     };
     let loads = if args.filter.is_none() {
@@ -104,7 +108,7 @@ fn integration(args: &Args) -> anyhow::Result<()> {
     // Tests leave pins for the containers they removed; leave the host as it was.
     let cleanup = sh::run(
         std::process::Command::new(crate::binary())
-            .arg("reset")
+            .args(["reset", "--all"])
             .env("DOCKER_HOST", &engine.host),
     );
     let failures: Vec<String> = [

@@ -24,11 +24,16 @@ const NOT_ECT: u8 = 0;
 /// Up to this size (a pure ACK, a ping, a DNS query) a packet passes an empty bucket on
 /// credit: they are a trickle of the bytes, and dropping them costs the most (a stalled
 /// reverse flow, a lost probe). A flood of them still runs into the debt limit.
-const SMALL_PACKET: u64 = 128;
+/// (129 in the `variant-code` test build: an object that differs, with the same maps.)
+const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
+    129
+} else {
+    128
+};
 
 /// `tc_cap_key << 32 | flow hash` of flows this hook marked or found ECN-capable.
-#[map]
-static ECN_FLOWS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_ECN_FLOWS, 0);
+#[map(name = "ECN_FLOWS")]
+static ECN_FLOWS: LruHashMap<u64, u8> = LruHashMap::pinned(MAX_ECN_FLOWS, 0);
 
 /// The bucket runs low: marks the packet CE if it is ECN-capable, and passes it either way.
 #[inline(always)]

@@ -1,27 +1,55 @@
-//! `dockops-bpf reset`: remove all dockops kernel state.
+//! `dockops-bpf reset`: remove all dockops kernel state (and with `--all`, what was asked).
 
-use dockops::capabilities::Capabilities;
+use dockops::{capabilities::Capabilities, state::Store};
 
-pub fn run() -> anyhow::Result<()> {
+#[derive(clap::Args)]
+pub struct Args {
+    /// Also forget the caps recorded in the state file, which the next command would
+    /// otherwise apply again (as after a reboot).
+    #[arg(long)]
+    all: bool,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
     Capabilities::probe(None)?;
     let cleared = dockops::datapath::reset()?;
-    if cleared.removed.is_empty() && cleared.failed.is_empty() {
+    let store = Store::default();
+    let mut failed = cleared.failed;
+    let mut removed = cleared.removed;
+    let kept = if args.all {
+        match store.remove() {
+            Ok(true) => removed.push(store.path().display().to_string()),
+            Ok(false) => {}
+            Err(error) => failed.push(format!("{error:#}")),
+        }
+        0
+    } else {
+        store.load().map_or(0, |desired| desired.caps.len())
+    };
+    if removed.is_empty() && failed.is_empty() {
         println!(
             "nothing to remove: no dockops state under {}",
             dockops::datapath::pins::ROOT
         );
     }
-    for line in &cleared.removed {
+    for line in &removed {
         println!("removed {line}");
     }
-    for error in &cleared.failed {
+    if kept > 0 {
+        println!(
+            "kept the caps of {kept} container(s) in {}: the next command applies them again \
+             (reset --all forgets them)",
+            store.path().display()
+        );
+    }
+    for error in &failed {
         eprintln!("error: {error}");
     }
-    if !cleared.failed.is_empty() {
+    if !failed.is_empty() {
         anyhow::bail!(
             "{} of {} removals failed (see above); the rest is gone",
-            cleared.failed.len(),
-            cleared.failed.len() + cleared.removed.len()
+            failed.len(),
+            failed.len() + removed.len()
         );
     }
     Ok(())

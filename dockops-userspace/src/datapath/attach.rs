@@ -1,18 +1,21 @@
 //! Attaching one program to one hook of one interface, and undoing it from its pin alone.
 
-use std::{fs, io, path::Path};
+use std::{fs, io, os::fd::AsFd as _, path::Path};
 
 use aya::programs::{
     LinkOrder, SchedClassifier,
     links::PinnedLink,
-    tc::{self, NlOptions, TcAttachOptions, TcError},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError},
 };
 
 use super::{
     DatapathError,
     pins::{AttachKind, Direction, PinName},
 };
-use crate::{capabilities::TcMode, discovery::HostInterface};
+use crate::{
+    capabilities::TcMode,
+    discovery::{HostInterface, interface_name},
+};
 
 /// Attaches `prog` to `direction` of `iface` and pins the record at `dir/<pin name>`.
 pub(super) fn attach(
@@ -27,41 +30,107 @@ pub(super) fn attach(
         direction,
         source,
     };
-    let kind = match mode {
-        TcMode::Tcx => AttachKind::Tcx,
-        TcMode::Netlink => AttachKind::Netlink {
-            created_clsact: add_clsact(&iface.name)?,
-        },
+    let pin_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DatapathError::Pin { path, source }
     };
-    let pin = PinName {
-        ifindex: iface.ifindex,
-        direction,
-        kind,
-    };
-    let path = dir.join(pin.to_string());
-    let pin_err = |source| DatapathError::Pin {
-        path: path.clone(),
-        source,
-    };
-    match kind {
-        AttachKind::Tcx => {
+    match mode {
+        TcMode::Tcx => {
+            let pin = PinName {
+                ifindex: iface.ifindex,
+                direction,
+                kind: AttachKind::Tcx,
+            };
             let options = TcAttachOptions::TcxOrder(LinkOrder::default());
             let id = prog
                 .attach_with_options(&iface.name, direction.attach_type(), options)
                 .map_err(attach_err)?;
-            super::pin_link(prog.take_link(id).map_err(attach_err)?, &path)?;
+            super::pin_link(
+                prog.take_link(id).map_err(attach_err)?,
+                &dir.join(pin.to_string()),
+            )?;
+            Ok(pin)
         }
-        AttachKind::Netlink { .. } => {
+        TcMode::Netlink => {
+            let created_clsact = add_clsact(&iface.name)?;
             let options = TcAttachOptions::Netlink(NlOptions::default());
             let id = prog
                 .attach_with_options(&iface.name, direction.attach_type(), options)
                 .map_err(attach_err)?;
+            let link = prog.take_link(id).map_err(attach_err)?;
+            let filter = (
+                link.priority().map_err(attach_err)?,
+                link.handle().map_err(attach_err)?.into(),
+            );
             // The filter lives on in the qdisc after we exit; its record is the program pin.
-            std::mem::forget(prog.take_link(id).map_err(attach_err)?);
-            prog.pin(&path).map_err(pin_err)?;
+            std::mem::forget(link);
+            let pin = PinName {
+                ifindex: iface.ifindex,
+                direction,
+                kind: AttachKind::Netlink {
+                    created_clsact,
+                    filter: Some(filter),
+                },
+            };
+            let path = dir.join(pin.to_string());
+            prog.pin(&path).map_err(pin_err(&path))?;
+            Ok(pin)
         }
     }
-    Ok(pin)
+}
+
+/// Points the attachment recorded at `path` at `prog`, in place: a tcx link is updated, a
+/// netlink filter replaced at its priority and handle (and its record re-pinned). Records
+/// of older builds carry no priority: their filter is removed and added again.
+pub(super) fn replace(
+    prog: &mut SchedClassifier,
+    path: &Path,
+    pin: PinName,
+) -> Result<(), DatapathError> {
+    let io_err = |source| DatapathError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match pin.kind {
+        AttachKind::Tcx => {
+            let fd = prog.fd().map_err(|source| DatapathError::Program {
+                name: pin.direction.program(),
+                source,
+            })?;
+            super::sys::link_update(path, fd.as_fd()).map_err(io_err)
+        }
+        AttachKind::Netlink { filter, .. } => {
+            // Gone with its device: the next reconcile removes the record.
+            let Some(name) = interface_name(pin.ifindex) else {
+                return Ok(());
+            };
+            let iface = HostInterface {
+                ifindex: pin.ifindex,
+                name,
+            };
+            let attach_err = |source| DatapathError::Attach {
+                interface: iface.name.clone(),
+                direction: pin.direction,
+                source,
+            };
+            let Some((priority, handle)) = filter else {
+                detach(path, pin)?;
+                let dir = path.parent().unwrap_or(path);
+                return attach(prog, &iface, pin.direction, TcMode::Netlink, dir).map(drop);
+            };
+            let link = SchedClassifierLink::attached(
+                &iface.name,
+                pin.direction.attach_type(),
+                priority,
+                handle.into(),
+                None,
+            )
+            .map_err(io_err)?;
+            let id = prog.attach_to_link(link).map_err(attach_err)?;
+            std::mem::forget(prog.take_link(id).map_err(attach_err)?);
+            super::repin(path, |path| prog.pin(path))
+        }
+    }
 }
 
 /// Adds a clsact qdisc; true if this call created it (so dockops removes it again).
@@ -91,9 +160,8 @@ pub(super) fn detach(path: &Path, pin: PinName) -> Result<(), DatapathError> {
             })?;
             drop(link.unpin().map_err(io_err)?);
         }
-        AttachKind::Netlink { created_clsact } => {
-            if let Ok(name) = nix::net::if_::if_indextoname(pin.ifindex) {
-                let name = name.to_string_lossy();
+        AttachKind::Netlink { created_clsact, .. } => {
+            if let Some(name) = interface_name(pin.ifindex) {
                 match tc::qdisc_detach_program(
                     &name,
                     pin.direction.attach_type(),
@@ -103,7 +171,7 @@ pub(super) fn detach(path: &Path, pin: PinName) -> Result<(), DatapathError> {
                     Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(source) => {
                         return Err(DatapathError::Detach {
-                            interface: name.into_owned(),
+                            interface: name,
                             source,
                         });
                     }

@@ -1,7 +1,7 @@
 //! Host-wide block IO accounting: one tracepoint attachment, and the set of container
 //! cgroups it counts for.
 
-use std::{collections::HashMap, collections::HashSet, path::Path};
+use std::collections::{HashMap, HashSet};
 
 use aya::{
     Ebpf,
@@ -10,7 +10,10 @@ use aya::{
 };
 use dockops_common::{BlockCounters, BlockKey, names};
 
-use super::{BlockByCgroup, DatapathError};
+use super::{BlockByCgroup, DatapathError, pins::Layout};
+
+/// The tracepoint counted, category and name; its link is pinned under `global/` by name.
+pub(super) const TRACEPOINT: (&str, &str) = ("block", "block_bio_queue");
 
 /// The pinned `block:block_bio_queue` link and its maps.
 pub(super) struct BlockAccounting {
@@ -19,9 +22,16 @@ pub(super) struct BlockAccounting {
 }
 
 impl BlockAccounting {
-    /// Adopts the pinned tracepoint link at `link`, or attaches and pins it.
-    pub(super) fn open(ebpf: &mut Ebpf, link: &Path) -> Result<Self, DatapathError> {
-        if !link.exists() {
+    /// Adopts the pinned tracepoint link, or attaches and pins it; `fresh` as for
+    /// [`super::caps::Pacing::open`].
+    pub(super) fn open(
+        ebpf: &mut Ebpf,
+        layout: &Layout,
+        fresh: bool,
+    ) -> Result<Self, DatapathError> {
+        let link = layout.global().join(TRACEPOINT.1);
+        let attach = !link.exists();
+        if attach || fresh {
             let prog_err = |source| DatapathError::Program {
                 name: names::BLOCK_BIO_ACCT,
                 source,
@@ -32,8 +42,13 @@ impl BlockAccounting {
                 .try_into()
                 .map_err(prog_err)?;
             prog.load().map_err(prog_err)?;
-            let id = prog.attach("block", "block_bio_queue").map_err(prog_err)?;
-            super::pin_link(prog.take_link(id).map_err(prog_err)?, link)?;
+            super::repin(&layout.progs().join(names::BLOCK_BIO_ACCT), |path| {
+                prog.pin(path)
+            })?;
+            if attach {
+                let id = prog.attach(TRACEPOINT.0, TRACEPOINT.1).map_err(prog_err)?;
+                super::pin_link(prog.take_link(id).map_err(prog_err)?, &link)?;
+            }
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(DatapathError::Missing(name))

@@ -21,7 +21,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const LOCK: &str = "/run/dockops.lock";
 
 /// Mounts bpffs and tracefs when absent and creates dockops' directories, root only.
-pub(super) fn prepare(layout: &Layout, build: &str) -> Result<(), DatapathError> {
+pub(super) fn prepare(layout: &Layout) -> Result<(), DatapathError> {
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| DatapathError::Io { path, source }
@@ -38,7 +38,6 @@ pub(super) fn prepare(layout: &Layout, build: &str) -> Result<(), DatapathError>
         layout.progs(),
         layout.links(),
         layout.global(),
-        layout.build_marker(build),
     ] {
         builder.create(&dir).map_err(io_err(&dir))?;
     }

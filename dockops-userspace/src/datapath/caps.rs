@@ -1,11 +1,6 @@
 //! Bandwidth caps: the host-wide pacing program and the per-address caps it reads.
 
-use std::{
-    collections::{HashMap, HashSet},
-    fs::File,
-    net::IpAddr,
-    path::Path,
-};
+use std::{collections::HashMap, fs::File, net::IpAddr, path::Path};
 
 use aya::{
     Ebpf, Pod,
@@ -14,25 +9,28 @@ use aya::{
 };
 use dockops_common::{Caps, names};
 
-use super::DatapathError;
+use super::{DatapathError, pins::Layout};
 
-/// The pinned `sock_ops` link on the cgroup v2 root, the `CAPS` map it reads, and the caps
-/// each container asked for (`DESIRED_CAPS`, by container id).
+/// The pinned `sock_ops` link on the cgroup v2 root and the `CAPS` maps it reads. What each
+/// container asked for is in the durable store ([`crate::state`]), not here.
 pub(super) struct Pacing {
     caps: BpfHashMap<MapData, u32, Caps>,
     caps6: BpfHashMap<MapData, [u8; 16], Caps>,
-    desired: BpfHashMap<MapData, [u8; 32], Caps>,
 }
 
 impl Pacing {
-    /// Adopts the pinned link at `link`, or attaches the program to the cgroup v2 root
-    /// `unified` (it sees every socket on the host) and pins it.
+    /// Adopts the pinned link, or attaches the program to the cgroup v2 root `unified` (it
+    /// sees every socket on the host) and pins it. `fresh`: the pinned program comes from
+    /// another build, so this build's is loaded and pinned for [`super::upgrade`] to swap in.
     pub(super) fn open(
         ebpf: &mut Ebpf,
-        link: &Path,
+        layout: &Layout,
         unified: &Path,
+        fresh: bool,
     ) -> Result<Self, DatapathError> {
-        if !link.exists() {
+        let link = layout.global().join(names::SOCK_PACE);
+        let attach = !link.exists();
+        if attach || fresh {
             let prog_err = |source| DatapathError::Program {
                 name: names::SOCK_PACE,
                 source,
@@ -43,21 +41,25 @@ impl Pacing {
                 .try_into()
                 .map_err(prog_err)?;
             prog.load().map_err(prog_err)?;
-            let cgroup = File::open(unified).map_err(|source| DatapathError::Io {
-                path: unified.to_owned(),
-                source,
+            super::repin(&layout.progs().join(names::SOCK_PACE), |path| {
+                prog.pin(path)
             })?;
-            // Kernel 6.18 rejects BPF_F_ALLOW_MULTI in link flags; links are multi anyway.
-            let id = prog
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(prog_err)?;
-            super::pin_link(prog.take_link(id).map_err(prog_err)?, link)?;
+            if attach {
+                let cgroup = File::open(unified).map_err(|source| DatapathError::Io {
+                    path: unified.to_owned(),
+                    source,
+                })?;
+                // Kernel 6.18 rejects BPF_F_ALLOW_MULTI in link flags; links are multi anyway.
+                let id = prog
+                    .attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(prog_err)?;
+                super::pin_link(prog.take_link(id).map_err(prog_err)?, &link)?;
+            }
         }
         let mut map = |name| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
         Ok(Self {
             caps: BpfHashMap::try_from(map(names::CAPS)?)?,
             caps6: BpfHashMap::try_from(map(names::CAPS6)?)?,
-            desired: BpfHashMap::try_from(map(names::DESIRED_CAPS)?)?,
         })
     }
 
@@ -81,24 +83,6 @@ impl Pacing {
             IpAddr::V4(ip) => put(&mut self.caps, u32::from_ne_bytes(ip.octets()), caps),
             IpAddr::V6(ip) => put(&mut self.caps6, ip.octets(), caps),
         }
-    }
-
-    /// Records (or forgets) what the container `caps.owner` asked for.
-    pub(super) fn remember(&mut self, caps: Caps) -> Result<(), DatapathError> {
-        put(&mut self.desired, caps.owner, caps)
-    }
-
-    /// What each container asked for, by id.
-    pub(super) fn desired(&self) -> Result<HashMap<[u8; 32], Caps>, DatapathError> {
-        Ok(self.desired.iter().collect::<Result<_, _>>()?)
-    }
-
-    /// Forgets the caps of containers that no longer exist (`existing`: ids as bytes).
-    pub(super) fn forget_gone(
-        &mut self,
-        existing: &HashSet<[u8; 32]>,
-    ) -> Result<(), DatapathError> {
-        keep_only(&mut self.desired, |id, _| existing.contains(id))
     }
 
     /// Keeps only the caps whose address belongs to the running container that set them:

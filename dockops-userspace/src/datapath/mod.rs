@@ -11,7 +11,9 @@ pub mod pins;
 mod queue;
 mod reconcile;
 mod reset;
+mod sys;
 mod tc_caps;
+mod upgrade;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -32,10 +34,14 @@ pub use queue::QueueError;
 pub use reconcile::Failure;
 pub use reset::reset;
 
-use crate::{capabilities::TcMode, discovery::Container};
+use crate::{
+    capabilities::TcMode,
+    discovery::Container,
+    state::{StateError, Store, StoredCaps},
+};
 
-/// Identifies the eBPF object, so a later build replaces what an earlier one pinned. (The
-/// std hasher may change across Rust releases; that only costs one needless re-pin.)
+/// Identifies the eBPF object, so that a later build knows to swap its programs in. (The
+/// std hasher may change across Rust releases; that only costs one needless swap.)
 fn build_id() -> String {
     use std::hash::{DefaultHasher, Hash as _, Hasher as _};
     let mut hasher = DefaultHasher::new();
@@ -62,6 +68,8 @@ pub enum DatapathError {
     },
     #[error("loading the eBPF object failed (is this kernel built with BPF and BTF?)")]
     Load(#[from] aya::EbpfError),
+    #[error("the embedded eBPF object cannot be parsed: {0}")]
+    Object(String),
     #[error("eBPF program {name}")]
     Program {
         name: &'static str,
@@ -113,6 +121,17 @@ pub enum DatapathError {
     Missing(&'static str),
     #[error(transparent)]
     Queue(#[from] queue::QueueError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(
+        "caps of {container} are applied but could not be recorded: they will not survive a \
+         reboot or upgrade"
+    )]
+    NotRecorded {
+        container: String,
+        #[source]
+        source: StateError,
+    },
 }
 
 /// Puts the ingress queue on a host veth, or takes it away, as `caps` say.
@@ -156,33 +175,37 @@ pub struct Datapath {
     block: Option<block::BlockAccounting>,
     /// `None` without a cgroup v2 hierarchy to attach the pacing program to.
     pacing: Option<caps::Pacing>,
+    /// What operators asked for, durable across reboots and upgrades.
+    store: Store,
+    /// Set while the pinned programs are another build's: the next reconcile swaps this
+    /// build's in, once the maps hold everything they need.
+    upgrade: Option<String>,
 }
 
 impl Datapath {
     /// Loads the programs, or adopts the ones pinned by an earlier run, and the pinned maps.
+    ///
+    /// Pins of another build are adopted too: maps whose layout this build shares are kept
+    /// (counters go on), the others are rebuilt, and this build's programs are loaded and
+    /// pinned beside the attached ones; [`Datapath::reconcile`] fills the maps and then
+    /// swaps the programs in place ([`upgrade`]), so traffic is never uncapped.
     pub fn open(mode: TcMode, unified: Option<&Path>) -> Result<Self, DatapathError> {
         let layout = Layout::default();
         let build = build_id();
-        if layout.root().exists() && !layout.build_marker(&build).exists() {
-            // Pinned programs and map layouts of another build must not be adopted.
-            tracing::warn!(
-                "the pinned datapath under {} comes from another dockops build: replacing it \
-                 (network counters restart from zero)",
-                pins::ROOT
-            );
-            for error in reset()?.failed {
-                tracing::warn!("{error}");
-            }
-        }
-        bpffs::prepare(&layout, &build)?;
+        let store = Store::default();
         let _lock = bpffs::lock()?;
+        let fresh = upgrade::pinned_by_other_build(&layout, &build);
+        bpffs::prepare(&layout)?;
+        if fresh {
+            upgrade::check_maps(&layout, &store)?;
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(layout.maps())
             // A BTF map (its values hold a spin lock) cannot ask for pinning itself.
             .map_pin_path(names::TC_CAPS, layout.maps().join(names::TC_CAPS))
             .load(OBJECT)?;
-        let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT)?;
-        let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT)?;
+        let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT, fresh)?;
+        let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT, fresh)?;
         let traffic = ebpf
             .take_map(names::TRAFFIC)
             .ok_or(DatapathError::Missing(names::TRAFFIC))?;
@@ -195,22 +218,22 @@ impl Datapath {
             path: PathBuf::from(path),
             source,
         })?;
-        let block =
-            block::BlockAccounting::open(&mut ebpf, &layout.global().join("block_bio_queue"))
-                .inspect_err(|error| {
-                    tracing::warn!("block IO per container is unavailable: {}", chain(error));
-                })
-                .ok();
+        let block = block::BlockAccounting::open(&mut ebpf, &layout, fresh)
+            .inspect_err(|error| {
+                tracing::warn!("block IO per container is unavailable: {}", chain(error));
+            })
+            .ok();
         let pacing = match unified {
-            Some(root) => {
-                caps::Pacing::open(&mut ebpf, &layout.global().join(names::SOCK_PACE), root)
-                    .inspect_err(|error| {
-                        tracing::warn!("bandwidth caps are unavailable: {}", chain(error));
-                    })
-                    .ok()
-            }
+            Some(root) => caps::Pacing::open(&mut ebpf, &layout, root, fresh)
+                .inspect_err(|error| {
+                    tracing::warn!("bandwidth caps are unavailable: {}", chain(error));
+                })
+                .ok(),
             None => None,
         };
+        if !fresh {
+            upgrade::mark_build(&layout, &build)?;
+        }
         Ok(Self {
             layout,
             mode,
@@ -221,6 +244,8 @@ impl Datapath {
             cpus,
             block,
             pacing,
+            store,
+            upgrade: fresh.then_some(build),
         })
     }
 
@@ -232,17 +257,31 @@ impl Datapath {
             .map_or_else(|| Ok(HashMap::new()), caps::Pacing::all)
     }
 
-    /// Sets the caps of every address of `container`; all-zero caps remove them.
+    /// Sets the caps of every address of `container`, and records them in the durable store
+    /// so that they outlive reboots and upgrades; all-zero caps remove them.
     ///
     /// Two layers: TCP senders from and to the container are paced to the cap (`sock_ops`),
     /// and a tc token bucket on each of its host veths marks (ECN) and drops what still
     /// exceeds it, or, for a queued ingress cap, an HTB queue holds it.
     pub fn set_caps(&mut self, container: &Container, caps: Caps) -> Result<(), DatapathError> {
+        let _lock = bpffs::lock()?;
+        self.apply_caps(container, caps)?;
+        self.store
+            .update(|desired| desired.set_caps(&container.id, StoredCaps::from_caps(caps)))
+            .map_err(|source| DatapathError::NotRecorded {
+                container: container.name.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Puts `caps` in the maps (and queues) of `container`, without recording them.
+    fn apply_caps(&mut self, container: &Container, caps: Caps) -> Result<(), DatapathError> {
         if container.addresses().next().is_none() {
             return Err(DatapathError::NoAddress(container.name.clone()));
         }
         let Some(pacing) = &mut self.pacing else {
-            // Without cgroup v2 there is nothing to pace from (nor to remember caps in).
+            // Without cgroup v2 there is nothing to pace from.
             return Err(DatapathError::NoPacing);
         };
         let caps = Caps {
@@ -256,7 +295,6 @@ impl Datapath {
         for ip in container.addresses() {
             pacing.set(ip, caps)?;
         }
-        pacing.remember(caps)?;
         for iface in container.interfaces.iter().flatten() {
             self.set_tc_caps(iface.ifindex, caps)?;
         }
@@ -309,27 +347,46 @@ mod aya_obj_flags {
     pub const BPF_NOEXIST: u32 = 1;
 }
 
-/// The pinned program `name`, loading and pinning it from the object the first time.
+/// The pinned program `name`, loading and pinning it from the object the first time, or
+/// when the pinned one is another build's (`fresh`).
 fn program(
     ebpf: &mut Ebpf,
     layout: &Layout,
     name: &'static str,
+    fresh: bool,
 ) -> Result<SchedClassifier, DatapathError> {
     let prog_err = |source| DatapathError::Program { name, source };
     let path = layout.progs().join(name);
-    if !path.exists() {
+    if fresh || !path.exists() {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or(DatapathError::Missing(name))?
             .try_into()
             .map_err(prog_err)?;
         prog.load().map_err(prog_err)?;
-        prog.pin(&path).map_err(|source| DatapathError::Pin {
-            path: path.clone(),
-            source,
-        })?;
+        repin(&path, |path| prog.pin(path))?;
     }
     SchedClassifier::from_pin(&path).map_err(prog_err)
+}
+
+/// Pins at `path`, replacing what is pinned there (what is attached keeps its program).
+fn repin(
+    path: &Path,
+    pin: impl FnOnce(&Path) -> Result<(), aya::pin::PinError>,
+) -> Result<(), DatapathError> {
+    match fs::remove_file(path) {
+        Err(source) if source.kind() != io::ErrorKind::NotFound => {
+            return Err(DatapathError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+        _ => {}
+    }
+    pin(path).map_err(|source| DatapathError::Pin {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Attachment pins by container id.

@@ -4,15 +4,19 @@
 //! /sys/fs/bpf/dockops/            root only (0700)
 //!   maps/TRAFFIC                  per-CPU counters, by host ifindex
 //!   progs/tc_ingress_acct        the loaded programs, shared by every attachment
-//!   progs/tc_egress_acct
+//!   progs/tc_egress_acct, progs/sock_pace, progs/block_bio_acct
 //!   maps/WATCHED_CGROUPS, maps/BLOCK_IO  block IO by container cgroup and device
 //!   global/block_bio_queue        the pinned tracepoint link (host-wide)
-//!   build-<hash>/                 empty: which build's object is pinned here
+//!   global/sock_pace              the pinned sock_ops link on the cgroup v2 root
+//!   build-<hash>/                 empty: which build's programs are attached
 //!   links/<container id>/12-ingress-tcx            a pinned tcx link
-//!   links/<container id>/12-egress-netlink-clsact  a netlink filter's record (a program pin);
-//!                                                  `-clsact`: dockops created the qdisc
+//!   links/<container id>/12-egress-netlink-clsact-p49152-h1
+//!                                 a netlink filter's record (a program pin); `-clsact`:
+//!                                 dockops created the qdisc; priority and handle, so that
+//!                                 an upgrade can replace the filter's program in place
 //! ```
-//! The pins are the only record: nothing else needs to survive a restart.
+//! The pins are the only record of what is attached; what operators asked for is in
+//! [`crate::state`], which also survives reboots.
 //! bpffs refuses names containing `.`, hence the dashes.
 
 use std::{fmt, path::PathBuf, str::FromStr};
@@ -101,7 +105,11 @@ impl Direction {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachKind {
     Tcx,
-    Netlink { created_clsact: bool },
+    Netlink {
+        created_clsact: bool,
+        /// Priority and handle of the filter (`None` in records of older builds).
+        filter: Option<(u16, u32)>,
+    },
 }
 
 /// The file name of one attachment under `links/<container id>/`.
@@ -114,16 +122,23 @@ pub struct PinName {
 
 impl fmt::Display for PinName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            AttachKind::Tcx => "tcx",
+        write!(f, "{}-{}-", self.ifindex, self.direction.as_str())?;
+        match self.kind {
+            AttachKind::Tcx => write!(f, "tcx"),
             AttachKind::Netlink {
-                created_clsact: false,
-            } => "netlink",
-            AttachKind::Netlink {
-                created_clsact: true,
-            } => "netlink-clsact",
-        };
-        write!(f, "{}-{}-{kind}", self.ifindex, self.direction.as_str())
+                created_clsact,
+                filter,
+            } => {
+                write!(f, "netlink")?;
+                if created_clsact {
+                    write!(f, "-clsact")?;
+                }
+                if let Some((priority, handle)) = filter {
+                    write!(f, "-p{priority}-h{handle}")?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -131,33 +146,51 @@ impl FromStr for PinName {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
-        let mut parts = s.splitn(3, '-');
-        let (ifindex, direction, kind) = (
-            parts.next().ok_or(())?,
-            parts.next().ok_or(())?,
-            parts.next().ok_or(())?,
-        );
-        let direction = match direction {
+        let mut parts = s.split('-');
+        let ifindex = parts.next().ok_or(())?.parse().map_err(|_| ())?;
+        let direction = match parts.next().ok_or(())? {
             "ingress" => Direction::Ingress,
             "egress" => Direction::Egress,
             _ => return Err(()),
         };
-        let kind = match kind {
+        let kind = match parts.next().ok_or(())? {
             "tcx" => AttachKind::Tcx,
-            "netlink" => AttachKind::Netlink {
-                created_clsact: false,
-            },
-            "netlink-clsact" => AttachKind::Netlink {
-                created_clsact: true,
-            },
+            "netlink" => {
+                let mut rest: Vec<&str> = parts.by_ref().collect();
+                let created_clsact = rest.first() == Some(&"clsact");
+                if created_clsact {
+                    rest.remove(0);
+                }
+                let filter = match rest.as_slice() {
+                    [] => None,
+                    [p, h] => Some((number(p, 'p')?, number(h, 'h')?)),
+                    _ => return Err(()),
+                };
+                AttachKind::Netlink {
+                    created_clsact,
+                    filter,
+                }
+            }
             _ => return Err(()),
         };
+        if parts.next().is_some() {
+            return Err(());
+        }
         Ok(Self {
-            ifindex: ifindex.parse().map_err(|_| ())?,
+            ifindex,
             direction,
             kind,
         })
     }
+}
+
+/// The decimal number after `prefix` in `part`.
+fn number<T: FromStr>(part: &str, prefix: char) -> Result<T, ()> {
+    part.strip_prefix(prefix)
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or(())?
+        .parse()
+        .map_err(|_| ())
 }
 
 /// True for names Docker gives containers' ids (64 lowercase hex digits), so stray entries
@@ -176,9 +209,19 @@ mod tests {
             AttachKind::Tcx,
             AttachKind::Netlink {
                 created_clsact: false,
+                filter: None,
             },
             AttachKind::Netlink {
                 created_clsact: true,
+                filter: None,
+            },
+            AttachKind::Netlink {
+                created_clsact: true,
+                filter: Some((49152, 1)),
+            },
+            AttachKind::Netlink {
+                created_clsact: false,
+                filter: Some((1, 0x8000_0001)),
             },
         ] {
             for direction in Direction::BOTH {
@@ -199,6 +242,18 @@ mod tests {
             .to_string(),
             "7-egress-tcx"
         );
+        assert_eq!(
+            PinName {
+                ifindex: 7,
+                direction: Direction::Ingress,
+                kind: AttachKind::Netlink {
+                    created_clsact: true,
+                    filter: Some((49152, 1)),
+                },
+            }
+            .to_string(),
+            "7-ingress-netlink-clsact-p49152-h1"
+        );
     }
 
     #[test]
@@ -212,6 +267,12 @@ mod tests {
             "7-egress-xdp",
             "-1-egress-tcx",
             "7-egress.tcx",
+            "7-egress-tcx-p1-h1",
+            "7-egress-netlink-p1",
+            "7-egress-netlink-clsact-h1-p1",
+            "7-egress-netlink-p-h1",
+            "7-egress-netlink-p70000-h1",
+            "7-egress-netlink-clsact-clsact",
         ] {
             assert_eq!(name.parse::<PinName>(), Err(()), "{name}");
         }

@@ -27,7 +27,7 @@ pub struct Failure {
 }
 
 impl Report {
-    fn fail(&mut self, id: &str, error: &DatapathError) {
+    pub(super) fn fail(&mut self, id: &str, error: &DatapathError) {
         tracing::debug!(container = id, "{}", chain(error));
         self.failures.push(Failure {
             id: id.to_owned(),
@@ -65,6 +65,7 @@ impl Datapath {
             report.fail("", &error);
         }
         self.reconcile_caps(containers, &live, &mut report);
+        self.finish_upgrade(&mut report);
         Ok(report)
     }
 
@@ -181,17 +182,19 @@ impl Datapath {
                 .flat_map(|c| c.addresses().map(|ip| (ip, c.id_bytes())))
                 .collect();
             pacing.reconcile(&owners)?;
-            pacing.forget_gone(&existing.iter().map(|id| id_bytes(id)).collect())?;
         }
+        self.store.update(|desired| {
+            desired.retain_existing(existing);
+        })?;
         if let Some(block) = &mut self.block {
             block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
         }
         Ok(())
     }
 
-    /// Caps follow what each running container asked for (`DESIRED_CAPS`): re-applied in
-    /// full where its addresses do not carry them (it restarted on a new address, or a
-    /// reconcile ran while it was stopped), otherwise completed on new veths. Buckets of
+    /// Caps follow what each running container asked for (the durable store): re-applied in
+    /// full where its addresses do not carry them (it restarted on a new address, the host
+    /// rebooted, a new build rebuilt the map), otherwise completed on new veths. Buckets of
     /// interfaces that are gone go too.
     fn reconcile_caps(
         &mut self,
@@ -202,11 +205,17 @@ impl Datapath {
         if let Err(error) = self.remove_gone_buckets(live) {
             report.fail("", &error);
         }
-        let desired = match self.pacing.as_ref().map(super::caps::Pacing::desired) {
-            Some(Ok(desired)) if !desired.is_empty() => desired,
-            Some(Err(error)) => return report.fail("", &error),
-            _ => return,
+        let desired: HashMap<[u8; 32], Caps> = match self.store.load() {
+            Ok(desired) => desired
+                .caps
+                .iter()
+                .map(|(id, caps)| (id_bytes(id), caps.to_caps(id_bytes(id))))
+                .collect(),
+            Err(error) => return report.fail("", &error.into()),
         };
+        if desired.is_empty() {
+            return;
+        }
         let (current, present, queues) = match self.caps_state(&desired) {
             Ok(state) => state,
             Err(error) => return report.fail("", &error),
@@ -221,7 +230,7 @@ impl Datapath {
             {
                 self.complete_caps(container, want, &present, &queues)
             } else {
-                self.set_caps(container, want)
+                self.apply_caps(container, want)
                     .inspect(|()| tracing::info!(container = container.name, "caps restored"))
             };
             if let Err(error) = result {

@@ -124,9 +124,11 @@ fn describe(pin: PinName) -> &'static str {
         pins::AttachKind::Tcx => "(tcx link detached)",
         pins::AttachKind::Netlink {
             created_clsact: false,
+            ..
         } => "(tc filter removed)",
         pins::AttachKind::Netlink {
             created_clsact: true,
+            ..
         } => "(tc filter and clsact qdisc removed)",
     }
 }

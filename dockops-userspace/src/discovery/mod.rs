@@ -6,6 +6,7 @@ mod netns;
 
 pub use cgroup::CgroupPaths;
 pub use docker::{DiscoveryError, Docker, Event};
+pub use netns::interface_name;
 
 use std::{
     collections::{BTreeMap, HashSet},

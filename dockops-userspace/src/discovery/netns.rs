@@ -63,16 +63,14 @@ pub fn host_interfaces(pid: u32) -> io::Result<Netns> {
     let mut out = Netns::default();
     for link in links {
         match link.peer {
-            Peer::Host(ifindex) => match nix::net::if_::if_indextoname(ifindex) {
-                // The peer index is in the host namespace, where this thread is.
-                Ok(name) => out.veths.push(HostInterface {
-                    ifindex,
-                    name: name.to_string_lossy().into_owned(),
-                }),
-                Err(error) => {
-                    tracing::debug!(pid, ifindex, %error, "host veth vanished");
+            // The peer index is in the host namespace, where this thread is.
+            Peer::Host(ifindex) => {
+                if let Some(name) = interface_name(ifindex) {
+                    out.veths.push(HostInterface { ifindex, name });
+                } else {
+                    tracing::debug!(pid, ifindex, "host veth vanished");
                 }
-            },
+            }
             Peer::Elsewhere => out.notes.push(format!(
                 "{}: its veth peer is in another network namespace (an overlay network's \
                  sandbox?), not on the host: not counted, capped only by sender pacing",
@@ -192,4 +190,13 @@ fn classify(link: &LinkMessage, host_id: i32) -> Option<Link> {
         _ => return None,
     };
     Some(Link { name, peer })
+}
+
+/// The name of the host interface `ifindex`, or `None` when there is none (nix 0.30 returns
+/// an empty name instead of an error for an unknown index).
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !name.is_empty())
 }

@@ -1,0 +1,348 @@
+//! Upgrades and reboots keep what the operator asked for. `cargo xtask test` builds two
+//! variants of the binary whose eBPF objects differ from the default one: `variant-code`
+//! (same map layouts) and `variant-layout` (`CAPS`, `CAPS6`, `TRAFFIC` and `TC_CAPS` resized).
+//! Switching between binaries is an upgrade (or a downgrade) on a live host.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use dockops_integration::{
+    Container, PINS, counter, dockops, dockops_cmd, dockops_ok, field, link_ids, list, stats_json,
+    tc,
+};
+use serde_json::Value;
+
+const CAP: u64 = 20_000_000;
+const STATE: &str = "/var/lib/dockops/state.json";
+
+/// `dockops-bpf` built with the eBPF object `variant`.
+fn variant(variant: &str, args: &[&str]) -> String {
+    let var = format!("DOCKOPS_BIN_{}", variant.to_uppercase().replace('-', "_"));
+    let bin = std::env::var(&var)
+        .unwrap_or_else(|_| panic!("{var} is unset: run these tests through `cargo xtask test`"));
+    let default = dockops_cmd();
+    let docker_host = default
+        .get_envs()
+        .find(|(k, _)| *k == "DOCKER_HOST")
+        .and_then(|(_, v)| v)
+        .expect("DOCKER_HOST");
+    let out = Command::new(bin)
+        .env("DOCKER_HOST", docker_host)
+        .args(args)
+        .output()
+        .expect("running a variant of dockops-bpf");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{variant} {args:?} failed: {}\n{stderr}",
+        out.status
+    );
+    stderr
+}
+
+/// An iperf3 server and a client container, removed on drop.
+struct Pair {
+    server: Container,
+    client: Container,
+}
+
+impl Pair {
+    fn start(name: &str) -> Self {
+        Self {
+            server: Container::start(&format!("{name}-srv"), "iperf3 -s"),
+            client: Container::start(&format!("{name}-cli"), "sleep 600"),
+        }
+    }
+
+    /// Runs iperf3 for `seconds` in the client (`reverse`: the server sends) while `during`
+    /// runs; returns bits per second of each second and the bytes received.
+    fn iperf_while(&self, seconds: u32, reverse: bool, during: impl FnOnce()) -> (Vec<f64>, u64) {
+        let ip = self.server.ip();
+        let id = self.client.id.clone();
+        let t = seconds.to_string();
+        let run = thread::spawn(move || {
+            let mut args = vec!["exec", &id, "iperf3", "-c", &ip, "-J", "-t", &t, "-i", "1"];
+            if reverse {
+                args.push("-R");
+            }
+            Command::new("docker").args(&args).output().expect("iperf3")
+        });
+        during();
+        let out = run.join().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("iperf3: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let per_second = v["intervals"]
+            .as_array()
+            .expect("intervals")
+            .iter()
+            .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+            .collect();
+        let bytes = v["end"]["sum_received"]["bytes"].as_u64().expect("bytes");
+        (per_second, bytes)
+    }
+}
+
+#[expect(clippy::cast_precision_loss, reason = "ratios")]
+fn assert_capped(per_second: &[f64], what: &str) {
+    eprintln!("{what}: bit/s per second {per_second:?}");
+    assert!(per_second.len() >= 8, "{what}: {per_second:?}");
+    let cap = CAP as f64;
+    for (second, &bps) in per_second.iter().enumerate() {
+        assert!(
+            bps <= 1.1 * cap,
+            "{what}: second {second} at {:.2}× the cap: {per_second:?}",
+            bps / cap
+        );
+        // After the first second the flow runs at the cap: nothing stalled either.
+        assert!(
+            second == 0 || bps >= 0.6 * cap,
+            "{what}: second {second} at {:.2}× the cap: {per_second:?}",
+            bps / cap
+        );
+    }
+}
+
+/// `bpftool map show pinned` of one of dockops' maps.
+fn map_info(name: &str) -> Value {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "show", "pinned"])
+        .arg(Path::new(PINS).join("maps").join(name))
+        .output()
+        .expect("bpftool");
+    serde_json::from_slice(&out.stdout).expect("bpftool json")
+}
+
+/// Program ids the container's pinned tcx links run.
+fn link_programs(c: &Container) -> Vec<u64> {
+    list(&c.pin_dir())
+        .iter()
+        .map(|pin| {
+            let out = Command::new("bpftool")
+                .args(["--json", "link", "show", "pinned"])
+                .arg(c.pin_dir().join(pin))
+                .output()
+                .expect("bpftool");
+            let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+            v["prog_id"].as_u64().expect("prog_id")
+        })
+        .collect()
+}
+
+#[test]
+fn upgrade_swaps_programs_in_place_and_keeps_caps_and_counters() {
+    dockops_ok(&["reset", "--all"]);
+    let pair = Pair::start("upg");
+    dockops_ok(&["limit", &pair.client.name, "--egress", "20mbit"]);
+    let links = link_ids(&pair.client);
+    let programs = link_programs(&pair.client);
+    let before = counter(&stats_json(), &pair.client.name, "tx_bytes_total");
+    let started = Instant::now();
+    let (per_second, received) = pair.iperf_while(9, false, || {
+        thread::sleep(Duration::from_secs(3));
+        let stderr = variant("variant-code", &["stats"]);
+        assert!(!stderr.contains("restart"), "counters restarted: {stderr}");
+        thread::sleep(Duration::from_secs(3));
+        // Back to the default build: a downgrade is an upgrade too.
+        dockops_ok(&["stats"]);
+    });
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_capped(&per_second, "egress across two swaps");
+    let stats = stats_json();
+    assert_eq!(field(&stats, &pair.client.name, "/limits/egress_bps"), CAP);
+    let after = counter(&stats, &pair.client.name, "tx_bytes_total");
+    // The container's counters went on: they hold at least what iperf3 moved.
+    assert!(
+        after - before >= received,
+        "counters restarted: {before} -> {after}, iperf3 moved {received}"
+    );
+    assert_eq!(link_ids(&pair.client), links, "links were re-created");
+    let now = link_programs(&pair.client);
+    assert!(
+        now.iter().all(|p| !programs.contains(p)),
+        "the links still run the old programs {programs:?}: {now:?}"
+    );
+    let markers: Vec<String> = list(Path::new(PINS))
+        .into_iter()
+        .filter(|n| n.starts_with("build-"))
+        .collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+}
+
+#[test]
+fn upgrade_rebuilds_a_changed_map_and_reapplies_caps() {
+    dockops_ok(&["reset", "--all"]);
+    let pair = Pair::start("layout");
+    dockops_ok(&["limit", &pair.client.name, "--ingress", "20mbit"]);
+    assert_eq!(map_info("CAPS")["max_entries"], 8192);
+    let (per_second, _) = pair.iperf_while(9, true, || {
+        thread::sleep(Duration::from_secs(3));
+        let stderr = variant("variant-layout", &["stats"]);
+        assert!(
+            stderr.contains("map TRAFFIC has a new layout")
+                && stderr.contains("counters restart from zero"),
+            "no warning that counters restart: {stderr}"
+        );
+        assert!(stderr.contains("map CAPS has a new layout"), "{stderr}");
+        assert_eq!(map_info("CAPS")["max_entries"], 8193);
+        thread::sleep(Duration::from_secs(3));
+        dockops_ok(&["stats"]);
+    });
+    assert_capped(&per_second, "ingress across two map rebuilds");
+    assert_eq!(map_info("CAPS")["max_entries"], 8192);
+    assert_eq!(
+        field(&stats_json(), &pair.client.name, "/limits/ingress_bps"),
+        CAP
+    );
+}
+
+#[test]
+fn upgrade_replaces_netlink_filters_in_place() {
+    dockops_ok(&["reset", "--all"]);
+    let c = Container::start("upg-nl", "sleep 600");
+    dockops_ok(&["--tc-attach", "netlink", "stats"]);
+    let (ifindex, veth) = c.host_veth();
+    let pins = list(&c.pin_dir());
+    assert!(
+        pins.iter()
+            .all(|p| p.starts_with(&format!("{ifindex}-")) && p.contains("-netlink-")),
+        "{pins:?}"
+    );
+    let filters = || tc(&["filter", "show", "dev", &veth, "ingress"]);
+    let old = filters();
+    variant("variant-code", &["--tc-attach", "netlink", "stats"]);
+    let new = filters();
+    // One filter, at the same priority and handle, running another program.
+    let filter = |s: &str| -> (String, String) {
+        let lines: Vec<&str> = s.lines().filter(|l| l.contains(" handle ")).collect();
+        assert_eq!(lines.len(), 1, "one filter: {s}");
+        let (place, program) = lines[0].split_once(" direct-action").expect("a bpf filter");
+        let id = program.split(" id ").nth(1).expect("program id");
+        (
+            place.to_owned(),
+            id.split(' ').next().unwrap_or_default().to_owned(),
+        )
+    };
+    let (old_place, old_id) = filter(&old);
+    let (new_place, new_id) = filter(&new);
+    assert_eq!(
+        old_place, new_place,
+        "not replaced in place: {old} -> {new}"
+    );
+    assert_ne!(
+        old_id, new_id,
+        "the filter still runs the old program: {new}"
+    );
+    assert_eq!(list(&c.pin_dir()), pins);
+    dockops_ok(&["reset"]);
+    assert!(!tc(&["qdisc", "show", "dev", &veth]).contains("clsact"));
+}
+
+#[test]
+fn upgrade_or_reboot_caps_come_back_and_reset_all_forgets_them() {
+    dockops_ok(&["reset", "--all"]);
+    let pair = Pair::start("reboot");
+    dockops_ok(&["limit", &pair.client.name, "--egress", "20mbit"]);
+    let state = std::fs::read_to_string(STATE).expect("state file");
+    assert!(state.contains(&pair.client.id), "{state}");
+    let mode = std::fs::metadata(STATE).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A reboot empties bpffs: `reset` does the same and keeps the state file.
+    let out = dockops_ok(&["reset"]);
+    assert!(out.contains("kept the caps of 1 container"), "{out}");
+    assert!(!Path::new(PINS).exists());
+    dockops_ok(&["stats"]);
+    let (per_second, _) = pair.iperf_while(8, false, || {});
+    assert_capped(&per_second, "egress after a reboot");
+    assert_eq!(
+        field(&stats_json(), &pair.client.name, "/limits/egress_bps"),
+        CAP
+    );
+
+    // unlimit forgets, in the store too.
+    dockops_ok(&["unlimit", &pair.client.name]);
+    let state = std::fs::read_to_string(STATE).expect("state file");
+    assert!(!state.contains(&pair.client.id), "{state}");
+    dockops_ok(&["limit", &pair.client.name, "--egress", "20mbit"]);
+    let out = dockops_ok(&["reset", "--all"]);
+    assert!(out.contains(STATE), "{out}");
+    assert!(!Path::new(STATE).exists());
+    assert_eq!(
+        field(&stats_json(), &pair.client.name, "/limits/egress_bps"),
+        Value::Null
+    );
+}
+
+#[test]
+fn upgrade_carries_over_caps_an_older_build_kept_in_its_map() {
+    dockops_ok(&["reset", "--all"]);
+    let c = Container::start("legacy", "sleep 600");
+    dockops_ok(&["stats"]);
+    // What a build before the state file left: DESIRED_CAPS, its own build marker.
+    let map = Path::new(PINS).join("maps/DESIRED_CAPS");
+    let bpftool = |args: &[&str]| {
+        let out = Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    bpftool(&[
+        "map",
+        "create",
+        map.to_str().unwrap(),
+        "type",
+        "hash",
+        "key",
+        "32",
+        "value",
+        "64",
+        "entries",
+        "8192",
+        "name",
+        "DESIRED_CAPS",
+    ]);
+    let id: Vec<String> = (0..32)
+        .map(|i| {
+            u8::from_str_radix(&c.id[2 * i..2 * i + 2], 16)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // egress 20 Mbit/s, no ingress, burst 128 KiB, owner, no flags (little endian).
+    let mut value: Vec<String> = Vec::new();
+    for word in [CAP, 0, 131_072] {
+        value.extend(word.to_le_bytes().iter().map(ToString::to_string));
+    }
+    value.extend(id.iter().cloned());
+    value.extend(std::iter::repeat_n("0".to_owned(), 8));
+    let mut args = vec!["map", "update", "pinned", map.to_str().unwrap(), "key"];
+    args.extend(id.iter().map(String::as_str));
+    args.push("value");
+    args.extend(value.iter().map(String::as_str));
+    bpftool(&args);
+    for marker in list(Path::new(PINS))
+        .iter()
+        .filter(|n| n.starts_with("build-"))
+    {
+        std::fs::remove_dir(Path::new(PINS).join(marker)).unwrap();
+    }
+    std::fs::create_dir(Path::new(PINS).join("build-0000000000000000")).unwrap();
+
+    let out = dockops(&["stats", "--format", "json"]);
+    assert!(out.status.success());
+    assert!(!map.exists(), "DESIRED_CAPS is still pinned");
+    let state = std::fs::read_to_string(STATE).expect("state file");
+    assert!(state.contains(&c.id), "caps not carried over: {state}");
+    assert_eq!(field(&stats_json(), &c.name, "/limits/egress_bps"), CAP);
+    dockops_ok(&["reset", "--all"]);
+}
