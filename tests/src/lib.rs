@@ -189,6 +189,11 @@ impl Background {
         fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// The exit status, once it has exited on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

@@ -12,8 +12,8 @@ use std::{
 };
 
 use dockops_integration::{
-    Container, PINS, counter, dockops, dockops_cmd, dockops_ok, field, link_ids, list, stats_json,
-    tc,
+    Background, Container, PINS, counter, dockops, dockops_cmd, dockops_ok, field, link_ids, list,
+    stats_json, tc, wait_for,
 };
 use serde_json::Value;
 
@@ -345,4 +345,22 @@ fn upgrade_carries_over_caps_an_older_build_kept_in_its_map() {
     assert!(state.contains(&c.id), "caps not carried over: {state}");
     assert_eq!(field(&stats_json(), &c.name, "/limits/egress_bps"), CAP);
     dockops_ok(&["reset", "--all"]);
+}
+
+#[test]
+fn upgrade_stops_a_watch_of_the_old_build() {
+    dockops_ok(&["reset", "--all"]);
+    let c = Container::start("upg-watch", "sleep 600");
+    let mut watch = Background::start(&["watch", "--format", "json", "--interval", "200ms"]);
+    wait_for(Duration::from_secs(20), "watch to attach", || {
+        list(&c.pin_dir()).len() == 2
+    });
+    variant("variant-code", &["stats"]);
+    // Its programs and maps are no longer the attached ones: it must not carry on with them.
+    wait_for(Duration::from_secs(10), "the old watch to exit", || {
+        watch.exited().is_some()
+    });
+    assert_eq!(watch.exited().and_then(|s| s.code()), Some(1));
+    dockops_ok(&["stats"]);
+    assert_eq!(list(&c.pin_dir()).len(), 2);
 }

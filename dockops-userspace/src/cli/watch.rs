@@ -16,6 +16,7 @@ use crossterm::{
 };
 use dockops::{
     collection::{self, Rates, Snapshot},
+    datapath::DatapathError,
     output::{self, SortKey},
 };
 use futures::StreamExt as _;
@@ -146,11 +147,11 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                         agent.containers.iter().map(|c| c.id.clone()).collect()
                     }
                 };
-                refresh(&mut agent, &changed).await;
+                refresh(&mut agent, &changed).await?;
             }
             _ = resync.tick() => {
                 let all = agent.containers.iter().map(|c| c.id.clone()).collect();
-                refresh(&mut agent, &all).await;
+                refresh(&mut agent, &all).await?;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -179,9 +180,16 @@ impl View {
 }
 
 /// Refreshes; an engine restarting is no reason to stop watching: the last view stays.
-async fn refresh(agent: &mut Agent, changed: &HashSet<String>) {
-    if let Err(error) = agent.refresh(changed).await {
-        tracing::warn!("{error:#}");
+/// Refreshes; a failure is warned about and retried at the next event or resync, except
+/// when another build took the datapath over: then this process must stop.
+async fn refresh(agent: &mut Agent, changed: &HashSet<String>) -> anyhow::Result<()> {
+    match agent.refresh(changed).await {
+        Err(error) if matches!(error.downcast_ref(), Some(DatapathError::Superseded)) => Err(error),
+        Err(error) => {
+            tracing::warn!("{error:#}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
     }
 }
 

@@ -124,6 +124,11 @@ pub enum DatapathError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(
+        "the pinned datapath was taken over by another dockops build (a newer binary ran) or \
+         removed (reset): restart this command"
+    )]
+    Superseded,
+    #[error(
         "caps of {container} are applied but could not be recorded: they will not survive a \
          reboot or upgrade"
     )]
@@ -177,9 +182,11 @@ pub struct Datapath {
     pacing: Option<caps::Pacing>,
     /// What operators asked for, durable across reboots and upgrades.
     store: Store,
-    /// Set while the pinned programs are another build's: the next reconcile swaps this
+    /// This build's id ([`build_id`]).
+    build: String,
+    /// True while the pinned programs are another build's: the next reconcile swaps this
     /// build's in, once the maps hold everything they need.
-    upgrade: Option<String>,
+    upgrading: bool,
 }
 
 impl Datapath {
@@ -245,8 +252,20 @@ impl Datapath {
             block,
             pacing,
             store,
-            upgrade: fresh.then_some(build),
+            build,
+            upgrading: fresh,
         })
+    }
+
+    /// Fails once another build has taken the pins over (or `reset` removed them): this
+    /// process's programs and maps are no longer the attached ones, so writing to them would
+    /// change nothing, or bring old programs back.
+    fn check_owner(&self) -> Result<(), DatapathError> {
+        if self.upgrading || self.layout.build_marker(&self.build).exists() {
+            Ok(())
+        } else {
+            Err(DatapathError::Superseded)
+        }
     }
 
     /// Every capped address, IPv4 and IPv6. Each of a container's addresses carries the same
@@ -265,14 +284,17 @@ impl Datapath {
     /// exceeds it, or, for a queued ingress cap, an HTB queue holds it.
     pub fn set_caps(&mut self, container: &Container, caps: Caps) -> Result<(), DatapathError> {
         let _lock = bpffs::lock()?;
+        self.check_owner()?;
+        // A state file that cannot be read fails the command before anything changes.
+        let mut desired = self.store.load()?;
         self.apply_caps(container, caps)?;
+        desired.set_caps(&container.id, StoredCaps::from_caps(caps));
         self.store
-            .update(|desired| desired.set_caps(&container.id, StoredCaps::from_caps(caps)))
+            .save(&desired)
             .map_err(|source| DatapathError::NotRecorded {
                 container: container.name.clone(),
                 source,
-            })?;
-        Ok(())
+            })
     }
 
     /// Puts `caps` in the maps (and queues) of `container`, without recording them.
@@ -311,6 +333,7 @@ impl Datapath {
 
     /// Counters of every attached interface, summed over CPUs.
     pub fn counters(&self) -> Result<HashMap<u32, TrafficCounters>, DatapathError> {
+        self.check_owner()?;
         let mut out = HashMap::new();
         for entry in &self.traffic {
             let (ifindex, per_cpu) = entry?;

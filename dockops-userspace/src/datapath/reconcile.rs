@@ -45,14 +45,15 @@ impl Datapath {
     /// its new addresses and veths when it starts again) until it is removed; `existing`
     /// holds the ids of every container, stopped ones included.
     ///
-    /// Fails only when dockops' own state cannot be read; per-container failures are in the
-    /// report.
+    /// Fails only when dockops' own state cannot be read, or another build took it over
+    /// ([`DatapathError::Superseded`]); per-container failures are in the report.
     pub fn reconcile(
         &mut self,
         containers: &[Container],
         existing: &HashSet<String>,
     ) -> Result<Report, DatapathError> {
         let _lock = bpffs::lock()?;
+        self.check_owner()?;
         let mut report = Report::default();
         let pinned = scan(&self.layout)?;
         let mut live = self.remove_gone(containers, &pinned, &mut report);

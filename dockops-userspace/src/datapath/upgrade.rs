@@ -170,9 +170,9 @@ impl Datapath {
     /// Swaps this build's programs in for another build's, once the maps are filled. Steps
     /// that fail are reported and retried at the next reconcile (the marker stays old).
     pub(super) fn finish_upgrade(&mut self, report: &mut Report) {
-        let Some(build) = self.upgrade.clone() else {
+        if !self.upgrading {
             return;
-        };
+        }
         let before = report.failures.len();
         match scan(&self.layout) {
             Ok(pinned) => {
@@ -197,10 +197,10 @@ impl Datapath {
         if report.failures.len() > before {
             return;
         }
-        match mark_build(&self.layout, &build) {
+        match mark_build(&self.layout, &self.build) {
             Ok(()) => {
                 tracing::info!("this build's programs now run in place of the pinned ones");
-                self.upgrade = None;
+                self.upgrading = false;
             }
             Err(error) => report.fail("", &error),
         }
