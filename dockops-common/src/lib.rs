@@ -27,10 +27,52 @@ pub mod names {
     pub const TC_CAPS: &str = "TC_CAPS";
     /// `sock_ops` on the cgroup v2 root: paces TCP sockets from and to capped containers.
     pub const SOCK_PACE: &str = "sock_pace";
+    /// Hash map: [`super::window_key`] `<< 1 | ingress` → the sockets sharing that cap lately.
+    pub const WINDOWS: &str = "WINDOWS";
+    /// Per-CPU array: failed inserts by the programs, indexed by [`super::InsertFailures`].
+    pub const INSERT_FAILURES: &str = "INSERT_FAILURES";
+    /// Array: [`super::ECN_WAYS`] flow hashes per capped hook ([`super::TcCap::ecn_slot`]).
+    pub const ECN_FLOWS: &str = "ECN_FLOWS";
 }
 
-/// Room for this many flows a hard cap has marked with ECN (least recently used go first).
-pub const MAX_ECN_FLOWS: u32 = 16384;
+/// The maps programs insert into, as indexes of [`names::INSERT_FAILURES`]: a full map must
+/// not lose data silently.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InsertFailures {
+    BlockIo = 0,
+    Windows = 1,
+    PacedSockets = 2,
+}
+
+impl InsertFailures {
+    pub const ALL: [Self; 3] = [Self::BlockIo, Self::Windows, Self::PacedSockets];
+
+    /// The map's name, as Prometheus labels it.
+    pub const fn map(self) -> &'static str {
+        match self {
+            Self::BlockIo => names::BLOCK_IO,
+            Self::Windows => names::WINDOWS,
+            Self::PacedSockets => "PACED_SOCKETS",
+        }
+    }
+}
+
+/// Key of a capped address in [`names::WINDOWS`] (before the direction bit): the IPv4
+/// address as the kernel holds it (network byte order), or the IPv6 address's four words
+/// folded to 62 bits with bit 62 set, so the two never meet.
+pub const fn window_key_v4(ip: u32) -> u64 {
+    ip as u64
+}
+
+/// As [`window_key_v4`], for an IPv6 address's four words (network byte order each).
+pub const fn window_key_v6(a: [u32; 4]) -> u64 {
+    (((a[0] ^ a[1]) as u64) << 32 | (a[2] ^ a[3]) as u64) & ((1 << 62) - 1) | 1 << 62
+}
+
+/// Flows each capped hook remembers as marked with ECN: its own slots of `ECN_FLOWS`, so one
+/// container's flows never push out another's.
+pub const ECN_WAYS: u32 = 32;
 
 /// Room for this many capped container addresses.
 pub const MAX_CAPS: u32 = 8192;
@@ -84,7 +126,9 @@ pub const fn tc_cap_key(ifindex: u32, ingress: bool) -> u64 {
 pub struct TcCap {
     /// `struct bpf_spin_lock`: the kernel keeps it out of userspace reads and writes.
     pub lock: u32,
-    pub pad: u32,
+    /// The hook's slots in `ECN_FLOWS` (from 1, assigned by userspace; 0: none yet, so no
+    /// flow is remembered).
+    pub ecn_slot: u32,
     /// Wire bytes per second.
     pub rate_bytes: u64,
     pub burst_bytes: u64,

@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuHashMap},
     programs::TracePointContext,
 };
-use dockops_common::{BlockCounters, BlockKey, MAX_BLOCK_KEYS, MAX_CGROUPS};
+use dockops_common::{BlockCounters, BlockKey, InsertFailures, MAX_BLOCK_KEYS, MAX_CGROUPS};
 
 /// cgroup v2 ids of the containers dockops watches (userspace keeps it in step).
 #[map(name = "WATCHED_CGROUPS")]
@@ -19,18 +19,29 @@ static WATCHED_CGROUPS: HashMap<u64, u8> = HashMap::pinned(MAX_CGROUPS, 0);
 #[map(name = "BLOCK_IO")]
 static BLOCK_IO: PerCpuHashMap<BlockKey, BlockCounters> = PerCpuHashMap::pinned(MAX_BLOCK_KEYS, 0);
 
-/// Offsets in `/sys/kernel/tracing/events/block/block_bio_queue/format`, stable since 4.x:
-/// `dev_t dev` at 8, `sector_t sector` at 16, `unsigned int nr_sector` at 24, `char rwbs[]`
+/// Field offsets in the tracepoint record. Userspace sets them at load time from
+/// `/sys/kernel/tracing/events/block/block_bio_queue/format` (`set_global`); the values here
+/// are those of 4.x–6.18: `dev_t dev` at 8, `unsigned int nr_sector` at 24, `char rwbs[]`
 /// at 28 (8 bytes before 6.x, 10 since; only the first 8 are read).
-const DEV: usize = 8;
-const NR_SECTOR: usize = 24;
-const RWBS: usize = 28;
+#[unsafe(no_mangle)]
+static BLOCK_DEV_OFFSET: u32 = 8;
+#[unsafe(no_mangle)]
+static BLOCK_NR_SECTOR_OFFSET: u32 = 24;
+#[unsafe(no_mangle)]
+static BLOCK_RWBS_OFFSET: u32 = 28;
+
+/// A global set by userspace (volatile: the compiler must not fold the default in).
+#[inline(always)]
+fn offset(global: &'static u32) -> usize {
+    // SAFETY: a plain read of a static.
+    unsafe { core::ptr::read_volatile(global) as usize }
+}
 
 /// `block:block_bio_queue`, fired in `submit_bio` in the submitting task's context, so the
 /// current cgroup is the container's. Writeback from kernel threads is not attributed.
 #[tracepoint(category = "block", name = "block_bio_queue")]
 pub fn block_bio_acct(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads within the tracepoint record, at the offsets documented above.
+    // SAFETY: reads within the tracepoint record, at the offsets its format gives.
     let _ = unsafe { try_block_bio_acct(&ctx) };
     0
 }
@@ -40,9 +51,9 @@ unsafe fn try_block_bio_acct(ctx: &TracePointContext) -> Result<(), i64> {
     if unsafe { WATCHED_CGROUPS.get(&cgroup_id) }.is_none() {
         return Ok(());
     }
-    let dev: u32 = unsafe { ctx.read_at(DEV)? };
-    let sectors: u32 = unsafe { ctx.read_at(NR_SECTOR)? };
-    let rwbs: [u8; 8] = unsafe { ctx.read_at(RWBS)? };
+    let dev: u32 = unsafe { ctx.read_at(offset(&BLOCK_DEV_OFFSET))? };
+    let sectors: u32 = unsafe { ctx.read_at(offset(&BLOCK_NR_SECTOR_OFFSET))? };
+    let rwbs: [u8; 8] = unsafe { ctx.read_at(offset(&BLOCK_RWBS_OFFSET))? };
     let Some(write) = direction(&rwbs) else {
         return Ok(());
     };
@@ -78,7 +89,9 @@ unsafe fn try_block_bio_acct(ctx: &TracePointContext) -> Result<(), i64> {
         };
         // From a program, a per-CPU update writes only this CPU's slot, so two CPUs racing
         // to create the entry both keep their first bio.
-        let _ = BLOCK_IO.insert(&key, &first, 0);
+        if BLOCK_IO.insert(&key, &first, 0).is_err() {
+            crate::insert_failed(InsertFailures::BlockIo);
+        }
     }
     Ok(())
 }

@@ -6,6 +6,22 @@ mod block;
 mod sock;
 mod tc;
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use dockops_common::InsertFailures;
+
+/// Inserts the programs could not make (a full map), by [`InsertFailures`] index.
+#[map(name = "INSERT_FAILURES")]
+static INSERT_FAILURES: PerCpuArray<u64> = PerCpuArray::pinned(InsertFailures::ALL.len() as u32, 0);
+
+/// Counts a failed insert into `map` (this CPU's slot: no race).
+#[inline(always)]
+fn insert_failed(map: InsertFailures) {
+    if let Some(count) = INSERT_FAILURES.get_ptr_mut(map as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array, valid for the program run.
+        unsafe { *count += 1 };
+    }
+}
+
 /// Extra entries in some maps (`CAPS`, `CAPS6`, `TRAFFIC`, `TC_CAPS`) of the
 /// `variant-layout` test build: a new layout, which an upgrade must rebuild and refill.
 const LAYOUT_VARIANT: u32 = if cfg!(feature = "variant-layout") {

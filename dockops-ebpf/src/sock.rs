@@ -20,7 +20,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::SockOpsContext,
 };
-use dockops_common::{Caps, MAX_CAPS};
+use dockops_common::{Caps, InsertFailures, MAX_CAPS, window_key_v4, window_key_v6};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -49,7 +49,8 @@ static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::pinned(65536, 0);
 /// round trips.
 const BULK_BYTES: u64 = 16 << 10;
 
-/// Active sockets per (address, direction): key = address << 1 | ingress.
+/// Active sockets per (address, direction): key = address << 1 | ingress. Userspace removes
+/// the entries of addresses that are no longer capped.
 #[map(name = "WINDOWS")]
 static WINDOWS: HashMap<u64, Window> = HashMap::pinned(2 * MAX_CAPS, 0);
 
@@ -131,15 +132,12 @@ impl Addr {
         caps.filter(|c| c.paced())
     }
 
-    /// Key of the address in [`WINDOWS`] (before the direction bit): the IPv4 address, or
-    /// the IPv6 address folded to 62 bits with bit 62 set, so the two never meet.
+    /// Key of the address in [`WINDOWS`] (before the direction bit).
     #[inline(always)]
     fn window_key(self) -> u64 {
         match self {
-            Self::V4(ip) => u64::from(ip),
-            Self::V6(a) => {
-                (u64::from(a[0] ^ a[1]) << 32 | u64::from(a[2] ^ a[3])) & ((1 << 62) - 1) | 1 << 62
-            }
+            Self::V4(ip) => window_key_v4(ip),
+            Self::V6(a) => window_key_v6(a),
         }
     }
 }
@@ -212,7 +210,12 @@ fn counts(cookie: u64, epoch: u64, acked: u64) -> bool {
             fresh
         }
         None => {
-            let _ = PACED_SOCKETS.insert(&cookie, &(if bulk { epoch } else { u64::MAX }), 0);
+            if PACED_SOCKETS
+                .insert(&cookie, &(if bulk { epoch } else { u64::MAX }), 0)
+                .is_err()
+            {
+                crate::insert_failed(InsertFailures::PacedSockets);
+            }
             bulk
         }
     }
@@ -239,15 +242,14 @@ fn active(key: u64, epoch: u64, fresh: bool) -> NonZeroU64 {
             w.current.max(w.previous)
         }
         None => {
-            let _ = WINDOWS.insert(
-                &key,
-                &Window {
-                    epoch,
-                    current: u64::from(fresh),
-                    previous: 0,
-                },
-                0,
-            );
+            let window = Window {
+                epoch,
+                current: u64::from(fresh),
+                previous: 0,
+            };
+            if WINDOWS.insert(&key, &window, 0).is_err() {
+                crate::insert_failed(InsertFailures::Windows);
+            }
             1
         }
     };

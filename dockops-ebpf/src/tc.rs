@@ -36,7 +36,7 @@ static TC_CAPS: BtfHashMap<u64, CapBucket, { (MAX_TC_CAPS + crate::LAYOUT_VARIAN
 #[repr(C)]
 struct CapBucket {
     lock: bpf_spin_lock,
-    pad: u32,
+    ecn_slot: u32,
     rate_bytes: u64,
     burst_bytes: u64,
     tokens: i64,
@@ -74,8 +74,8 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
     let key = tc_cap_key(ifindex, into);
     let verdict = match take(key, bytes) {
         Level::Plenty => Verdict::Pass,
-        Level::Low => ecn::mark(ctx, key),
-        Level::Empty => ecn::when_empty(ctx, key, bytes),
+        Level::Low(slot) => ecn::mark(ctx, slot),
+        Level::Empty(slot) => ecn::when_empty(ctx, key, slot, bytes),
     };
     if let Some(c) = counters(ifindex) {
         let (p, b) = match (into, verdict == Verdict::Drop) {
@@ -122,10 +122,11 @@ fn sizes(ctx: &TcContext) -> (u32, u64, u64) {
 enum Level {
     /// No cap, or more than half the bucket left after taking the bytes.
     Plenty,
-    /// Taken, but less than half the bucket is left: the flow is faster than the cap.
-    Low,
-    /// Not enough tokens: nothing was taken.
-    Empty,
+    /// Taken, but less than half the bucket is left: the flow is faster than the cap. With
+    /// the hook's ECN slot.
+    Low(u32),
+    /// Not enough tokens: nothing was taken. With the hook's ECN slot.
+    Empty(u32),
 }
 
 /// Takes `bytes` from the hook's bucket. The bucket is shared by all CPUs, so it is updated
@@ -151,9 +152,9 @@ fn take(key: u64, bytes: u64) -> Level {
     let tokens = (b.tokens + refill).min(burst);
     let want = bytes as i64;
     let level = if tokens < want {
-        Level::Empty
+        Level::Empty(b.ecn_slot)
     } else if tokens - want < burst / 2 {
-        Level::Low
+        Level::Low(b.ecn_slot)
     } else {
         Level::Plenty
     };

@@ -85,10 +85,18 @@ pub enum ProbeError {
     )]
     NotRoot,
     #[error(
-        "this kernel has no BPF support (/proc/sys/kernel/bpf_stats_enabled is absent); dockops needs Linux >= 5.8 with CONFIG_BPF_SYSCALL"
+        "this kernel has no BPF support (/proc/sys/kernel/bpf_stats_enabled is absent); dockops needs Linux >= {MIN_KERNEL} with CONFIG_BPF_SYSCALL"
     )]
     NoBpf,
+    #[error(
+        "this kernel lacks the BPF helper(s) {helpers} for tc programs, so dockops can neither count nor cap: it needs Linux >= {MIN_KERNEL} (bpf_ktime_get_coarse_ns came in 5.11)"
+    )]
+    MissingHelpers { helpers: String },
 }
+
+/// The oldest kernel dockops runs on: the tc programs' coarse clock needs 5.11, pinned
+/// tracepoint links (BPF perf links) 5.15. tcx (6.6) is used where present.
+pub const MIN_KERNEL: &str = "5.15";
 
 impl Capabilities {
     /// Probes the running kernel. `tc_mode` overrides the tcx/netlink choice.
@@ -99,8 +107,17 @@ impl Capabilities {
         if !std::path::Path::new("/proc/sys/kernel/bpf_stats_enabled").exists() {
             return Err(ProbeError::NoBpf);
         }
+        raise_memlock();
+        probe_helpers()?;
+        let kernel = KernelVersion::current().ok();
+        if kernel.is_some_and(|v| v < KernelVersion::new(5, 15, 0)) {
+            tracing::warn!(
+                "kernel older than 5.15: no BPF perf links, so block IO per container is \
+                 unavailable (dockops needs Linux >= {MIN_KERNEL})"
+            );
+        }
         let tc_mode = tc_mode.unwrap_or_else(|| {
-            let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+            let tcx = kernel.is_some_and(|v| v >= KernelVersion::new(6, 6, 0));
             if tcx {
                 TcMode::Tcx
             } else {
@@ -126,4 +143,66 @@ impl Capabilities {
             clock_tick_ns,
         })
     }
+}
+
+/// Kernels before 5.11 charge BPF maps and programs to `RLIMIT_MEMLOCK` (64 KiB by default
+/// on many distributions); later ones charge the memory cgroup, and this changes nothing.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a plain syscall on a struct that lives across it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const unlimited) } != 0 {
+        tracing::warn!(
+            "cannot raise RLIMIT_MEMLOCK ({}): loading may fail on kernels before 5.11",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Loads a one-call program per helper the programs need (libbpf's probe, through aya).
+/// The tc helpers are required; without the `sock_ops` ones caps are unavailable (warned).
+fn probe_helpers() -> Result<(), ProbeError> {
+    use aya::{
+        programs::ProgramType,
+        sys::{BpfHelper, is_helper_supported},
+    };
+    let missing = |program: ProgramType, helpers: &[BpfHelper]| -> Vec<String> {
+        helpers
+            .iter()
+            // An error means the probe itself could not run: leave the verdict to loading.
+            .filter(|&&h| matches!(is_helper_supported(program, h), Ok(false)))
+            .map(|h| format!("{h:?}").trim_start_matches("BPF_FUNC_").to_owned())
+            .collect()
+    };
+    let tc = missing(
+        ProgramType::SchedClassifier,
+        &[
+            BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+            BpfHelper::BPF_FUNC_skb_ecn_set_ce,
+            BpfHelper::BPF_FUNC_get_hash_recalc,
+            BpfHelper::BPF_FUNC_spin_lock,
+        ],
+    );
+    if !tc.is_empty() {
+        return Err(ProbeError::MissingHelpers {
+            helpers: tc.join(", "),
+        });
+    }
+    let sock = missing(
+        ProgramType::SockOps,
+        &[
+            BpfHelper::BPF_FUNC_setsockopt,
+            BpfHelper::BPF_FUNC_getsockopt,
+            BpfHelper::BPF_FUNC_get_socket_cookie,
+        ],
+    );
+    if !sock.is_empty() {
+        tracing::warn!(
+            "this kernel lacks {} in sock_ops programs: bandwidth caps are unavailable",
+            sock.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -21,6 +21,12 @@ pub enum PolicyError {
     #[error("burst {0:?} is larger than {MAX_BURST} bytes (4gb), more than any cap can use")]
     BurstTooLarge(String),
     #[error(
+        "burst {burst} B is less than the largest packet the container's veths pass \
+         ({largest} B, their gso_max_size): such a packet could never pass the bucket; give \
+         --burst {largest} or more, or leave it out"
+    )]
+    BurstBelowPacket { burst: u64, largest: u64 },
+    #[error(
         "burst {burst} B is less than what {rate_bits} bit/s refills in one {tick_us} µs clock \
          tick: give --burst {min} or more, or leave it out"
     )]
@@ -133,6 +139,15 @@ pub fn check_burst(burst: u64, rate_bits: u64, tick_ns: u64) -> Result<(), Polic
     Ok(())
 }
 
+/// The bucket must hold the largest aggregate (GSO/GRO) packet the veth passes, which the
+/// tc program sees whole: a smaller bucket would drop every such packet.
+pub fn check_burst_packet(burst: u64, largest: u64) -> Result<(), PolicyError> {
+    if burst < largest {
+        return Err(PolicyError::BurstBelowPacket { burst, largest });
+    }
+    Ok(())
+}
+
 /// The hard cap's bucket when the user gives none: 200 ms at the cap (a drop on a same-host
 /// path costs a ~200 ms retransmission timeout, so a smaller bucket starves TCP), and at
 /// least two 64 KiB GSO aggregates.
@@ -197,6 +212,18 @@ mod tests {
         // Slow rates need one full-size packet, whatever the tick.
         assert_eq!(check_burst(MIN_BURST, 1_000, TICK), Ok(()));
         assert!(check_burst(MIN_BURST, MAX_RATE_BITS, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn burst_holds_the_largest_packet() {
+        assert_eq!(check_burst_packet(65_536, 65_536), Ok(()));
+        assert_eq!(
+            check_burst_packet(32_768, 65_536),
+            Err(PolicyError::BurstBelowPacket {
+                burst: 32_768,
+                largest: 65_536
+            })
+        );
     }
 
     #[test]

@@ -73,9 +73,18 @@ fn egress_cap_holds_for_one_and_four_flows_and_unlimit_lifts_it() {
         Value::Null
     );
 
+    // The pacing program counted the capped address's sockets (egress: direction bit 0).
+    let window = window_key(&pair.client.ip());
+    assert!(dump("WINDOWS").contains(&window), "no WINDOWS entry");
+
     dockops_ok(&["unlimit", &pair.client.name]);
     let r = ratio(pair.iperf(&["-t", "2"]), CAP);
     assert!(r > 5.0, "after unlimit goodput is only {r:.2}× the old cap");
+    dockops_ok(&["stats"]);
+    assert!(
+        !dump("WINDOWS").contains(&window),
+        "the WINDOWS entry outlived the cap"
+    );
     assert_eq!(
         field(&stats_json(), &pair.client.name, "/limits/egress_bps"),
         Value::Null
@@ -297,6 +306,8 @@ fn bad_limits_exit_2_and_change_nothing() {
         (vec!["--egress", "1mbit", "--burst", "1000b"], "\"1000b\""),
         // 1 Gbit/s refills 500 000 bytes in one 4 ms tick (HZ=250 here).
         (vec!["--egress", "1gbit", "--burst", "64kb"], "65536 B"),
+        // A 64 KiB GSO aggregate could never pass a 32 KiB bucket.
+        (vec!["--egress", "1mbit", "--burst", "32kb"], "gso_max_size"),
         (vec![], "--egress"),
     ] {
         let mut full = vec!["limit", c.name.as_str()];
@@ -357,6 +368,14 @@ fn dump(map: &str) -> String {
         .output()
         .expect("bpftool");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `WINDOWS` key of an IPv4 address's egress cap, as bpftool spells it: the address in
+/// network byte order read as a native u32, shifted past the direction bit.
+fn window_key(ip: &str) -> String {
+    let octets: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    let v4 = u32::from_ne_bytes([octets[0], octets[1], octets[2], octets[3]]);
+    bpftool_key(&(u64::from(v4) << 1).to_ne_bytes())
 }
 
 /// A key as bpftool's JSON spells it: `"0x0a","0x00",...`.

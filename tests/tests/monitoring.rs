@@ -170,6 +170,15 @@ fn prometheus_scrapes_the_exporter() {
                 .is_some_and(|m| m.contains(&c.name))
         },
     );
+    // Full maps are visible: one series per map the programs insert into, zero here.
+    let metrics = http_get(&format!("http://127.0.0.1:{exporter}/metrics"), None).unwrap();
+    for map in ["BLOCK_IO", "WINDOWS", "PACED_SOCKETS"] {
+        let line = format!("dockops_map_insert_failures_total{{map=\"{map}\"}} 0");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
     let dir = std::env::temp_dir().join(format!("dockops-it-prometheus-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let config = dir.join("prometheus.yml");

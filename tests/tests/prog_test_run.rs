@@ -220,6 +220,7 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions_and_small_pack
         .unwrap();
     let key = tc_cap_key(LO, true);
     let bucket = |tokens| TcCap {
+        ecn_slot: 1,
         rate_bytes: 1,
         burst_bytes: 10_000,
         tokens,
@@ -249,6 +250,29 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions_and_small_pack
     assert_eq!(run_frame(egress, &not_ect).0, TC_ACT_UNSPEC);
     let owed = caps.get(&key, 0).unwrap().tokens;
     assert!(owed < 0, "tokens {owed} after a packet passed on credit");
+    // Another hook's flows, however many, are remembered in its own slots: this flow keeps
+    // its credit.
+    let ingress: &SchedClassifier = ebpf
+        .program(names::TC_INGRESS_ACCT)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    caps.insert(
+        tc_cap_key(LO, false),
+        TcCap {
+            ecn_slot: 2,
+            ..bucket(0)
+        },
+        0,
+    )
+    .unwrap();
+    for port in 2000_u16..2256 {
+        let mut flow = tcp_frame(ECT0, 1000);
+        flow[34..36].copy_from_slice(&port.to_be_bytes());
+        assert_eq!(run_frame(ingress, &flow).0, TC_ACT_SHOT);
+    }
+    caps.insert(key, bucket(0), 0).unwrap();
+    assert_eq!(run_frame(egress, &not_ect).0, TC_ACT_UNSPEC);
     // At most one burst of debt: then retransmissions are dropped too.
     caps.insert(key, bucket(-9_500), 0).unwrap();
     assert_eq!(run_frame(egress, &not_ect).0, TC_ACT_SHOT);
@@ -275,6 +299,6 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions_and_small_pack
             total.rx_marked_packets,
             total.rx_dropped_packets
         ),
-        (5, 1, 4)
+        (6, 1, 4)
     );
 }

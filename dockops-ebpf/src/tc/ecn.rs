@@ -10,10 +10,10 @@
 use aya_ebpf::{
     helpers::{bpf_get_hash_recalc, bpf_skb_ecn_set_ce},
     macros::map,
-    maps::LruHashMap,
+    maps::Array,
     programs::TcContext,
 };
-use dockops_common::MAX_ECN_FLOWS;
+use dockops_common::{ECN_WAYS, MAX_TC_CAPS};
 
 use super::Verdict;
 
@@ -31,16 +31,18 @@ const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
     128
 };
 
-/// `tc_cap_key << 32 | flow hash` of flows this hook marked or found ECN-capable.
+/// Flow hashes (0: empty) of flows a hook marked or found ECN-capable: [`ECN_WAYS`] entries
+/// per hook from `slot * ECN_WAYS`, direct-mapped by hash. A hook's flows collide only with
+/// each other, so a container with many flows cannot push out another container's.
 #[map(name = "ECN_FLOWS")]
-static ECN_FLOWS: LruHashMap<u64, u8> = LruHashMap::pinned(MAX_ECN_FLOWS, 0);
+static ECN_FLOWS: Array<u32> = Array::pinned((MAX_TC_CAPS + 1) * ECN_WAYS, 0);
 
 /// The bucket runs low: marks the packet CE if it is ECN-capable, and passes it either way.
 #[inline(always)]
-pub fn mark(ctx: &TcContext, key: u64) -> Verdict {
+pub fn mark(ctx: &TcContext, slot: u32) -> Verdict {
     // SAFETY: the program's own skb. Returns 1 when the packet is (now) CE, 0 if not ECT.
     if unsafe { bpf_skb_ecn_set_ce(ctx.skb.skb) } == 1 {
-        remember(ctx, key);
+        remember(ctx, slot);
         Verdict::Marked
     } else {
         Verdict::Pass
@@ -50,7 +52,7 @@ pub fn mark(ctx: &TcContext, key: u64) -> Verdict {
 /// The bucket is empty: drops, except small packets (ACKs, pings, DNS) and a marked flow's
 /// non-ECT TCP packets, which pass on credit (up to one burst of debt).
 #[inline(always)]
-pub fn when_empty(ctx: &TcContext, key: u64, bytes: u64) -> Verdict {
+pub fn when_empty(ctx: &TcContext, key: u64, slot: u32, bytes: u64) -> Verdict {
     if bytes <= SMALL_PACKET {
         return if super::owe(key, bytes) {
             Verdict::Pass
@@ -62,30 +64,45 @@ pub fn when_empty(ctx: &TcContext, key: u64, bytes: u64) -> Verdict {
         return Verdict::Drop;
     };
     if ecn != NOT_ECT {
-        remember(ctx, key);
+        remember(ctx, slot);
         return Verdict::Drop;
     }
-    if tcp && ECN_FLOWS.get_ptr(&flow(ctx, key)).is_some() && super::owe(key, bytes) {
+    if tcp && known(ctx, slot) && super::owe(key, bytes) {
         Verdict::Pass
     } else {
         Verdict::Drop
     }
 }
 
-/// Records the flow, unless it is known already (a lookup is cheaper than an LRU insert, and
-/// while a flow is over its cap every packet of it comes here).
+/// Records the flow in the hook's slots (slot 0: the hook has none yet).
 #[inline(always)]
-fn remember(ctx: &TcContext, key: u64) {
-    let flow = flow(ctx, key);
-    if ECN_FLOWS.get_ptr(&flow).is_none() {
-        let _ = ECN_FLOWS.insert(&flow, &1, 0);
+fn remember(ctx: &TcContext, slot: u32) {
+    let (index, hash) = entry(ctx, slot);
+    if slot != 0
+        && let Some(p) = ECN_FLOWS.get_ptr_mut(index)
+    {
+        // SAFETY: an array value, valid for the program run; a racing writer on another CPU
+        // stores another flow of the same hook, which is as good.
+        unsafe { *p = hash };
     }
 }
 
+/// Whether the flow is one the hook remembers.
 #[inline(always)]
-fn flow(ctx: &TcContext, key: u64) -> u64 {
+fn known(ctx: &TcContext, slot: u32) -> bool {
+    let (index, hash) = entry(ctx, slot);
+    slot != 0 && ECN_FLOWS.get(index).is_some_and(|&h| h == hash)
+}
+
+/// The flow's entry in `ECN_FLOWS` and the (non-zero) hash stored there.
+#[inline(always)]
+fn entry(ctx: &TcContext, slot: u32) -> (u32, u32) {
     // SAFETY: the program's own skb; computes the flow hash if the skb has none yet.
-    key << 32 | u64::from(unsafe { bpf_get_hash_recalc(ctx.skb.skb) })
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) }.max(1);
+    (
+        slot.wrapping_mul(ECN_WAYS).wrapping_add(hash % ECN_WAYS),
+        hash,
+    )
 }
 
 /// The ECN field and whether the packet is TCP, for an IPv4 or IPv6 frame (IPv6 extension

@@ -4,12 +4,15 @@ use std::collections::HashSet;
 
 use dockops::{
     datapath::{DatapathError, QueueError},
-    discovery::Container,
-    policy::{check_burst, default_burst, parse_burst, parse_rate},
+    discovery::{Container, gso_max_size},
+    policy::{check_burst, check_burst_packet, default_burst, parse_burst, parse_rate},
 };
 use dockops_common::Caps;
 
 use super::{Agent, InputError, TcAttach};
+
+/// Linux's default `gso_max_size` (64 KiB), when sysfs does not say.
+const GSO_MAX_SIZE: u64 = 65_536;
 
 #[derive(clap::Args)]
 pub struct LimitArgs {
@@ -60,12 +63,12 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
         )
         .into());
     }
-    update(&args.container, tc_attach, |old| {
+    update(&args.container, tc_attach, |old, largest| {
         let egress_bits = args.egress.unwrap_or(old.egress_bits);
         let ingress_bits = args.ingress.unwrap_or(old.ingress_bits);
         let burst_bytes = args
             .burst
-            .unwrap_or_else(|| default_burst(egress_bits.max(ingress_bits)));
+            .unwrap_or_else(|| default_burst(egress_bits.max(ingress_bits)).max(largest));
         Caps {
             egress_bits,
             ingress_bits,
@@ -80,7 +83,7 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
 
 pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
     let both = !args.egress && !args.ingress;
-    update(&args.container, tc_attach, |old| Caps {
+    update(&args.container, tc_attach, |old, _| Caps {
         egress_bits: if both || args.egress {
             0
         } else {
@@ -96,11 +99,12 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
     .await
 }
 
-/// Reads the container's caps, applies `change`, writes them back and says the result.
+/// Reads the container's caps, applies `change` (given them and the largest packet its veths
+/// pass), writes them back and says the result.
 async fn update(
     query: &str,
     tc_attach: TcAttach,
-    change: impl FnOnce(Caps) -> Caps,
+    change: impl FnOnce(Caps, u64) -> Caps,
 ) -> anyhow::Result<()> {
     let mut agent = Agent::start(tc_attach).await?;
     agent.refresh(&HashSet::new()).await?;
@@ -110,10 +114,20 @@ async fn update(
         .next()
         .and_then(|ip| agent.datapath.caps().ok()?.get(&ip).copied())
         .unwrap_or_default();
-    let new = change(old);
+    let largest = container
+        .interfaces
+        .iter()
+        .flatten()
+        .filter_map(|i| gso_max_size(&i.name))
+        .max()
+        .unwrap_or(GSO_MAX_SIZE);
+    let new = change(old, largest);
     let fastest = new.egress_bits.max(new.ingress_bits);
-    check_burst(new.burst_bytes, fastest, agent.caps.clock_tick_ns)
-        .map_err(|e| InputError(e.to_string()))?;
+    if fastest != 0 {
+        check_burst(new.burst_bytes, fastest, agent.caps.clock_tick_ns)
+            .and_then(|()| check_burst_packet(new.burst_bytes, largest))
+            .map_err(|e| InputError(e.to_string()))?;
+    }
     match agent.datapath.set_caps(&container, new) {
         Err(DatapathError::Queue(e @ QueueError::Occupied { .. })) => {
             return Err(InputError(e.to_string()).into());

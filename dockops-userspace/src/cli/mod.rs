@@ -45,6 +45,8 @@ pub struct Agent {
     failures: HashMap<String, Vec<String>>,
     /// Failures already warned about, so a container failing at every refresh warns once.
     warned: HashSet<(String, String)>,
+    /// Failed map inserts at the last snapshot, to warn when they grow.
+    insert_failures: HashMap<&'static str, u64>,
 }
 
 impl Agent {
@@ -66,6 +68,7 @@ impl Agent {
             containers: Vec::new(),
             failures: HashMap::new(),
             warned: HashSet::new(),
+            insert_failures: HashMap::new(),
         })
     }
 
@@ -122,6 +125,17 @@ impl Agent {
             caps: &caps,
         };
         let mut snapshot = Snapshot::take(self.containers.iter().filter(|c| keep(c)), &mut sources);
+        snapshot.insert_failures = self.datapath.insert_failures()?;
+        for &(map, count) in &snapshot.insert_failures {
+            let before = self.insert_failures.insert(map, count).unwrap_or(0);
+            if count > before {
+                tracing::warn!(
+                    "map {map} is full: {} insert(s) failed ({count} in all); what they \
+                     would have recorded is missing (docs/OPERATIONS.md)",
+                    count - before
+                );
+            }
+        }
         for stats in &mut snapshot.containers {
             if let Some(failed) = self.failures.get(&stats.id) {
                 stats

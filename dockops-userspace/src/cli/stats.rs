@@ -42,6 +42,10 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         snapshot = agent.snapshot(wanted)?;
         snapshot.apply(&collection::rates(&first, &snapshot));
     }
+    // `stats -v` shows them; a count that grows is warned about in any case.
+    for (map, count) in &snapshot.insert_failures {
+        tracing::info!("map {map}: {count} failed insert(s)");
+    }
     let text = match args.format {
         Format::Table => output::stats_table(&snapshot),
         Format::Json => output::json_lines(&snapshot),

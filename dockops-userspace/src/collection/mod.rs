@@ -125,6 +125,8 @@ pub struct Snapshot {
     /// Monotonic time of the reading, for rates.
     pub at: Instant,
     pub containers: Vec<ContainerStats>,
+    /// Host-wide: inserts the eBPF programs could not make because a map was full, by map.
+    pub insert_failures: Vec<(&'static str, u64)>,
 }
 
 impl Snapshot {
@@ -143,6 +145,7 @@ impl Snapshot {
             ts: OffsetDateTime::now_utc(),
             at: Instant::now(),
             containers: stats,
+            insert_failures: Vec::new(),
         }
     }
 

@@ -16,7 +16,7 @@ use nix::{
 use super::{DatapathError, pins::Layout};
 
 const BPFFS: &str = "/sys/fs/bpf";
-const TRACEFS: &str = "/sys/kernel/tracing";
+pub(super) const TRACEFS: &str = "/sys/kernel/tracing";
 /// bpffs holds no regular files, so the lock lives in /run.
 const LOCK: &str = "/run/dockops.lock";
 

@@ -1,13 +1,18 @@
 //! Bandwidth caps: the host-wide pacing program and the per-address caps it reads.
 
-use std::{collections::HashMap, fs::File, net::IpAddr, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    net::IpAddr,
+    path::Path,
+};
 
 use aya::{
     Ebpf, Pod,
     maps::{HashMap as BpfHashMap, MapData},
     programs::{CgroupAttachMode, SockOps},
 };
-use dockops_common::{Caps, names};
+use dockops_common::{Caps, names, window_key_v4, window_key_v6};
 
 use super::{DatapathError, pins::Layout};
 
@@ -16,6 +21,8 @@ use super::{DatapathError, pins::Layout};
 pub(super) struct Pacing {
     caps: BpfHashMap<MapData, u32, Caps>,
     caps6: BpfHashMap<MapData, [u8; 16], Caps>,
+    /// The program's count of active sockets per capped address and direction.
+    windows: BpfHashMap<MapData, u64, [u64; 3]>,
 }
 
 impl Pacing {
@@ -60,6 +67,7 @@ impl Pacing {
         Ok(Self {
             caps: BpfHashMap::try_from(map(names::CAPS)?)?,
             caps6: BpfHashMap::try_from(map(names::CAPS6)?)?,
+            windows: BpfHashMap::try_from(map(names::WINDOWS)?)?,
         })
     }
 
@@ -95,7 +103,35 @@ impl Pacing {
         keep_only(&mut self.caps, |k, caps| {
             owns(IpAddr::from(k.to_ne_bytes()), caps)
         })?;
-        keep_only(&mut self.caps6, |k, caps| owns(IpAddr::from(*k), caps))
+        keep_only(&mut self.caps6, |k, caps| owns(IpAddr::from(*k), caps))?;
+        self.forget_windows()
+    }
+
+    /// Drops the socket counts of addresses that are no longer capped (the program creates
+    /// them, nothing else removes them).
+    fn forget_windows(&mut self) -> Result<(), DatapathError> {
+        let mut keep = HashSet::new();
+        for key in self.caps.keys() {
+            keep.insert(window_key_v4(key?));
+        }
+        for key in self.caps6.keys() {
+            let key = key?;
+            let word = |i: usize| u32::from_ne_bytes([key[i], key[i + 1], key[i + 2], key[i + 3]]);
+            keep.insert(window_key_v6([word(0), word(4), word(8), word(12)]));
+        }
+        let stale: Vec<u64> = self
+            .windows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(&(k >> 1)))
+            .collect();
+        for key in stale {
+            match self.windows.remove(&key) {
+                Err(e) if !super::not_found(&e) => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 

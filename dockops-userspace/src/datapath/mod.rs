@@ -7,6 +7,7 @@ mod attach;
 mod block;
 mod bpffs;
 mod caps;
+mod maps;
 pub mod pins;
 mod queue;
 mod reconcile;
@@ -24,10 +25,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, MapError, PerCpuHashMap, PerCpuValues},
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier},
 };
-use dockops_common::{BlockCounters, BlockKey, Caps, TcCap, TrafficCounters, names};
+use dockops_common::{
+    BlockCounters, BlockKey, Caps, InsertFailures, TcCap, TrafficCounters, names,
+};
 pub use pins::Direction;
 use pins::{Layout, PinName};
 pub use queue::QueueError;
@@ -70,6 +73,10 @@ pub enum DatapathError {
     Load(#[from] aya::EbpfError),
     #[error("the embedded eBPF object cannot be parsed: {0}")]
     Object(String),
+    #[error("{path}: {why}")]
+    TracepointFormat { path: PathBuf, why: String },
+    #[error("map {0} is full")]
+    Full(&'static str),
     #[error("eBPF program {name}")]
     Program {
         name: &'static str,
@@ -174,6 +181,10 @@ pub struct Datapath {
     traffic: PerCpuHashMap<MapData, u32, TrafficCounters>,
     /// Hard caps and their buckets, by `tc_cap_key`.
     tc_caps: aya::maps::HashMap<MapData, u64, TcCap>,
+    /// Inserts the programs could not make, by [`InsertFailures`] index.
+    insert_failures: PerCpuArray<MapData, u64>,
+    /// Flows each hard cap remembers as ECN-capable, in slots of `TcCap::ecn_slot`.
+    ecn_flows: aya::maps::Array<MapData, u32>,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
     /// `None` when the block tracepoint could not be attached (warned once at start).
@@ -203,14 +214,31 @@ impl Datapath {
         let _lock = bpffs::lock()?;
         let fresh = upgrade::pinned_by_other_build(&layout, &build);
         bpffs::prepare(&layout)?;
+        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
+            path: PathBuf::from(path),
+            source,
+        })?;
+        let shapes = maps::wanted(cpus)?;
         if fresh {
-            upgrade::check_maps(&layout, &store)?;
+            upgrade::check_maps(&layout, &store, &shapes)?;
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(layout.maps())
             // A BTF map (its values hold a spin lock) cannot ask for pinning itself.
-            .map_pin_path(names::TC_CAPS, layout.maps().join(names::TC_CAPS))
-            .load(OBJECT)?;
+            .map_pin_path(names::TC_CAPS, layout.maps().join(names::TC_CAPS));
+        for (name, shape) in &shapes {
+            loader.map_max_entries(name, shape.max_entries);
+        }
+        let offsets = block::Offsets::read(Path::new(bpffs::TRACEFS))
+            .inspect_err(|error| {
+                tracing::warn!("block IO per container is unavailable: {}", chain(error));
+            })
+            .ok();
+        for (name, value) in offsets.iter().flat_map(block::Offsets::globals) {
+            loader.override_global(name, value, true);
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT, fresh)?;
         let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT, fresh)?;
         let traffic = ebpf
@@ -221,15 +249,21 @@ impl Datapath {
             .take_map(names::TC_CAPS)
             .ok_or(DatapathError::Missing(names::TC_CAPS))?;
         let tc_caps = aya::maps::HashMap::try_from(tc_caps)?;
-        let cpus = aya::util::nr_cpus().map_err(|(path, source)| DatapathError::Io {
-            path: PathBuf::from(path),
-            source,
-        })?;
-        let block = block::BlockAccounting::open(&mut ebpf, &layout, fresh)
-            .inspect_err(|error| {
-                tracing::warn!("block IO per container is unavailable: {}", chain(error));
-            })
-            .ok();
+        let insert_failures = ebpf
+            .take_map(names::INSERT_FAILURES)
+            .ok_or(DatapathError::Missing(names::INSERT_FAILURES))?;
+        let insert_failures = PerCpuArray::try_from(insert_failures)?;
+        let ecn_flows = ebpf
+            .take_map(names::ECN_FLOWS)
+            .ok_or(DatapathError::Missing(names::ECN_FLOWS))?;
+        let ecn_flows = aya::maps::Array::try_from(ecn_flows)?;
+        let block = offsets.as_ref().and_then(|_| {
+            block::BlockAccounting::open(&mut ebpf, &layout, fresh)
+                .inspect_err(|error| {
+                    tracing::warn!("block IO per container is unavailable: {}", chain(error));
+                })
+                .ok()
+        });
         let pacing = match unified {
             Some(root) => caps::Pacing::open(&mut ebpf, &layout, root, fresh)
                 .inspect_err(|error| {
@@ -248,6 +282,8 @@ impl Datapath {
             egress,
             traffic,
             tc_caps,
+            insert_failures,
+            ecn_flows,
             cpus,
             block,
             pacing,
@@ -343,6 +379,17 @@ impl Datapath {
             out.insert(ifindex, sum);
         }
         Ok(out)
+    }
+
+    /// Inserts the programs could not make because a map was full, by map name.
+    pub fn insert_failures(&self) -> Result<Vec<(&'static str, u64)>, DatapathError> {
+        InsertFailures::ALL
+            .iter()
+            .map(|&map| {
+                let per_cpu = self.insert_failures.get(&(map as u32), 0)?;
+                Ok((map.map(), per_cpu.iter().sum()))
+            })
+            .collect()
     }
 
     /// Starts an interface's counters at zero unless they already exist (adoption).

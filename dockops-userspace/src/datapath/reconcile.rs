@@ -257,7 +257,14 @@ impl Datapath {
     /// may be missing) the interfaces with a dockops queue.
     fn caps_state(&self, desired: &HashMap<[u8; 32], Caps>) -> Result<CapsState, DatapathError> {
         let current = self.caps()?;
-        let present = self.tc_caps.keys().filter_map(Result::ok).collect();
+        // A bucket without an ECN slot (set by an older build) is rewritten as missing.
+        let present = self
+            .tc_caps
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, bucket)| bucket.ecn_slot != 0)
+            .map(|(key, _)| key)
+            .collect();
         let queues = if desired.values().any(Caps::queued) {
             super::queue::interfaces()?.into_iter().collect()
         } else {

@@ -1,6 +1,8 @@
 //! The tc hard caps: one token bucket per host veth and direction, behind the sender pacing.
 
-use dockops_common::{Caps, TcCap, tc_cap_key};
+use std::collections::HashSet;
+
+use dockops_common::{Caps, ECN_WAYS, MAX_TC_CAPS, TcCap, tc_cap_key};
 
 use super::{Datapath, DatapathError, not_found};
 
@@ -10,8 +12,10 @@ use super::{Datapath, DatapathError, not_found};
 const WIRE_HEADROOM_PERCENT: u64 = 105;
 
 impl Datapath {
-    /// Writes (or removes) both hard caps of one host veth, with a full bucket.
+    /// Writes (or removes) both hard caps of one host veth, with a full bucket. Each hook
+    /// keeps its ECN slot, or gets a free one (emptied first).
     pub(super) fn set_tc_caps(&mut self, ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
+        let mut used: Option<HashSet<u32>> = None;
         // A queued ingress cap has no bucket.
         let ingress_bits = if caps.queued() { 0 } else { caps.ingress_bits };
         for (ingress, bits) in [(false, caps.egress_bits), (true, ingress_bits)] {
@@ -27,7 +31,23 @@ impl Datapath {
                 } else {
                     100
                 };
+                let ecn_slot = match self.tc_caps.get(&key, 0) {
+                    Ok(old) if old.ecn_slot != 0 => old.ecn_slot,
+                    _ => {
+                        let used = used.get_or_insert_with(|| {
+                            self.tc_caps
+                                .iter()
+                                .filter_map(Result::ok)
+                                .map(|(_, v)| v.ecn_slot)
+                                .collect()
+                        });
+                        let slot = self.free_ecn_slot(used)?;
+                        used.insert(slot);
+                        slot
+                    }
+                };
                 let cap = TcCap {
+                    ecn_slot,
                     rate_bytes: bits / 8 * headroom / 100,
                     burst_bytes: caps.burst_bytes,
                     tokens: i64::try_from(caps.burst_bytes).unwrap_or(i64::MAX),
@@ -37,5 +57,16 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// The lowest slot no hook uses, emptied of the flows a former owner left.
+    fn free_ecn_slot(&mut self, used: &HashSet<u32>) -> Result<u32, DatapathError> {
+        let slot = (1..=MAX_TC_CAPS)
+            .find(|s| !used.contains(s))
+            .ok_or(DatapathError::Full("TC_CAPS"))?;
+        for index in slot * ECN_WAYS..(slot + 1) * ECN_WAYS {
+            self.ecn_flows.set(index, 0, 0)?;
+        }
+        Ok(slot)
     }
 }

@@ -25,7 +25,8 @@ use aya::{
 use dockops_common::{Caps, names};
 
 use super::{
-    Datapath, DatapathError, OBJECT, Report, attach, block,
+    Datapath, DatapathError, Report, attach, block,
+    maps::Shape,
     pins::{self, Layout},
     read_dir_names, remove_dir, scan,
 };
@@ -57,40 +58,16 @@ pub(super) fn mark_build(layout: &Layout, build: &str) -> Result<(), DatapathErr
     })
 }
 
-/// One pinned map against this build's definition of it.
-#[derive(Debug, PartialEq, Eq)]
-struct Shape {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    flags: u32,
-}
-
 /// Unpins the maps whose layout this build does not share, and those it no longer has
 /// (carrying over the caps a pre-store build kept in a map).
-pub(super) fn check_maps(layout: &Layout, store: &Store) -> Result<(), DatapathError> {
-    let object =
-        aya_obj::Object::parse(OBJECT).map_err(|e| DatapathError::Object(e.to_string()))?;
-    let wanted: BTreeMap<&str, Shape> = object
-        .maps
-        .iter()
-        .map(|(name, map)| {
-            (
-                name.as_str(),
-                Shape {
-                    map_type: map.map_type(),
-                    key_size: map.key_size(),
-                    value_size: map.value_size(),
-                    max_entries: map.max_entries(),
-                    flags: map.map_flags(),
-                },
-            )
-        })
-        .collect();
+pub(super) fn check_maps(
+    layout: &Layout,
+    store: &Store,
+    wanted: &BTreeMap<String, Shape>,
+) -> Result<(), DatapathError> {
     for name in read_dir_names(&layout.maps())? {
         let path = layout.maps().join(&name);
-        let Some(want) = wanted.get(name.as_str()) else {
+        let Some(want) = wanted.get(&name) else {
             if name == LEGACY_DESIRED_CAPS {
                 import_legacy_caps(&path, store)?;
             }

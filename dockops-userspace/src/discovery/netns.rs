@@ -200,3 +200,12 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
         .map(|name| name.to_string_lossy().into_owned())
         .filter(|name| !name.is_empty())
 }
+
+/// The largest aggregate (GSO) packet the host interface `name` passes, from sysfs.
+pub fn gso_max_size(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/gso_max_size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

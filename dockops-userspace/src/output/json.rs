@@ -40,6 +40,7 @@ mod tests {
         let snapshot = Snapshot {
             ts: datetime!(2026-11-27 10:00:00 UTC),
             at: Instant::now(),
+            insert_failures: Vec::new(),
             containers: vec![ContainerStats {
                 id: "abc".into(),
                 name: "web".into(),

@@ -19,6 +19,11 @@ struct Labels {
     image: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabel {
+    map: String,
+}
+
 /// Content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -204,6 +209,19 @@ pub fn encode(snapshot: &Snapshot) -> String {
         }
         registry.register(name, help, family);
     }
+    let failures = Family::<MapLabel, Counter>::default();
+    for &(map, count) in &snapshot.insert_failures {
+        failures
+            .get_or_create(&MapLabel {
+                map: map.to_owned(),
+            })
+            .inc_by(count);
+    }
+    registry.register(
+        "dockops_map_insert_failures",
+        "Inserts dockops' eBPF programs could not make because the map was full",
+        failures,
+    );
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = text::encode(&mut out, &registry);
@@ -226,6 +244,7 @@ mod tests {
         let snapshot = Snapshot {
             ts: OffsetDateTime::UNIX_EPOCH,
             at: Instant::now(),
+            insert_failures: vec![("BLOCK_IO", 7), ("WINDOWS", 0)],
             containers: vec![ContainerStats {
                 id: "abc".into(),
                 name: "web".into(),
@@ -270,6 +289,8 @@ mod tests {
             format!("container_processes{labels} 3"),
             "# TYPE container_oom_events counter".to_owned(),
             format!("dockops_network_egress_limit_bits{labels} 50000000"),
+            r#"dockops_map_insert_failures_total{map="BLOCK_IO"} 7"#.to_owned(),
+            r#"dockops_map_insert_failures_total{map="WINDOWS"} 0"#.to_owned(),
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -211,6 +211,7 @@ mod tests {
         Snapshot {
             ts: OffsetDateTime::UNIX_EPOCH,
             at: Instant::now(),
+            insert_failures: Vec::new(),
             containers: vec![
                 stats(
                     "0123456789abcdef",
