@@ -28,6 +28,8 @@ pub struct Engine {
 /// A dockerd this run is responsible for stopping.
 struct Private {
     pidfile: PathBuf,
+    /// dockerd leaves mounts here (the default network namespace's bind mount).
+    exec_root: PathBuf,
     /// Set when this run started it (to reap it); `None` when adopted from an interrupted run.
     child: Option<Child>,
 }
@@ -131,6 +133,29 @@ impl Engine {
     }
 }
 
+/// containerd's sockets live under the exec root; unix socket paths max out at 108 bytes.
+fn exec_root(dir: &Path) -> String {
+    let exec = dir.join("exec").display().to_string();
+    if exec.len() <= 50 {
+        exec
+    } else {
+        "/run/dockops-test-dockerd".to_owned()
+    }
+}
+
+/// Lazily unmounts what is mounted under `root` (dockerd leaves `netns/default` behind,
+/// which would make the folder impossible to delete).
+fn unmount_under(root: &Path) {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    for point in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+        if Path::new(point).starts_with(root) {
+            let _ = Command::new("umount").args(["-l", point]).status();
+        }
+    }
+}
+
 /// A dockerd whose state, socket, pidfile and log live under `dir`; stopped on drop.
 fn start_private(dir: &Path) -> anyhow::Result<Engine> {
     fs::create_dir_all(dir)?;
@@ -141,6 +166,7 @@ fn start_private(dir: &Path) -> anyhow::Result<Engine> {
         eprintln!("docker: reusing the private dockerd at {host}");
         let private = Private {
             pidfile: dir.join("dockerd.pid"),
+            exec_root: exec_root(&dir).into(),
             child: None,
         };
         return Ok(Engine {
@@ -149,18 +175,13 @@ fn start_private(dir: &Path) -> anyhow::Result<Engine> {
         });
     }
     let path = |name: &str| dir.join(name).display().to_string();
-    // containerd's sockets live under the exec root; unix socket paths max out at 108 bytes.
-    let exec_root = if path("exec").len() <= 50 {
-        path("exec")
-    } else {
-        "/run/dockops-test-dockerd".to_owned()
-    };
+    let exec_root = exec_root(&dir);
     let child = spawn_dockerd(
         &[
             "--data-root".into(),
             path("data"),
             "--exec-root".into(),
-            exec_root,
+            exec_root.clone(),
             "--pidfile".into(),
             path("dockerd.pid"),
             "-H".into(),
@@ -174,6 +195,7 @@ fn start_private(dir: &Path) -> anyhow::Result<Engine> {
     );
     let private = Private {
         pidfile: dir.join("dockerd.pid"),
+        exec_root: exec_root.into(),
         child: Some(child),
     };
     let engine = Engine {
@@ -199,20 +221,23 @@ impl Drop for Engine {
         let Some(pid) = pid else { return };
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let gone = match &mut private.child {
+        let mut gone = false;
+        while !gone && Instant::now() < deadline {
+            gone = match &mut private.child {
                 Some(child) => matches!(child.try_wait(), Ok(Some(_))),
                 None => !Path::new("/proc").join(&pid).exists(),
             };
-            if gone {
-                return;
+            if !gone {
+                thread::sleep(Duration::from_millis(200));
             }
-            thread::sleep(Duration::from_millis(200));
         }
-        let _ = Command::new("kill").args(["-KILL", &pid]).status();
-        if let Some(child) = &mut private.child {
-            let _ = child.wait();
+        if !gone {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            if let Some(child) = &mut private.child {
+                let _ = child.wait();
+            }
         }
+        unmount_under(&private.exec_root);
     }
 }
 
