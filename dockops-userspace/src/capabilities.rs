@@ -107,9 +107,11 @@ impl Capabilities {
         if !std::path::Path::new("/proc/sys/kernel/bpf_stats_enabled").exists() {
             return Err(ProbeError::NoBpf);
         }
-        raise_memlock();
-        probe_helpers()?;
         let kernel = KernelVersion::current().ok();
+        if kernel.is_none_or(|v| v < KernelVersion::new(5, 11, 0)) {
+            raise_memlock();
+        }
+        probe_helpers()?;
         if kernel.is_some_and(|v| v < KernelVersion::new(5, 15, 0)) {
             tracing::warn!(
                 "kernel older than 5.15: no BPF perf links, so block IO per container is \
@@ -146,7 +148,8 @@ impl Capabilities {
 }
 
 /// Kernels before 5.11 charge BPF maps and programs to `RLIMIT_MEMLOCK` (64 KiB by default
-/// on many distributions); later ones charge the memory cgroup, and this changes nothing.
+/// on many distributions); later ones charge the memory cgroup, so it is raised only there
+/// (raising it needs `CAP_SYS_RESOURCE`, which a container's root may lack).
 fn raise_memlock() {
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
