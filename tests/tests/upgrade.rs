@@ -93,8 +93,12 @@ fn assert_capped(per_second: &[f64], what: &str) {
     assert!(per_second.len() >= 8, "{what}: {per_second:?}");
     let cap = CAP as f64;
     for (second, &bps) in per_second.iter().enumerate() {
+        // iperf3's sender counts what it wrote: its first second also holds the socket
+        // buffer's first fill (1.10–1.12× measured), before any swap. The swaps come at 3 s
+        // and 6 s; from second 1 on, no second may pass 1.1× the cap.
+        let ceiling = if second == 0 { 1.25 } else { 1.1 };
         assert!(
-            bps <= 1.1 * cap,
+            bps <= ceiling * cap,
             "{what}: second {second} at {:.2}× the cap: {per_second:?}",
             bps / cap
         );
