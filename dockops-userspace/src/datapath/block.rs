@@ -125,12 +125,9 @@ impl BlockAccounting {
                 super::pin_link(prog.take_link(id).map_err(prog_err)?, &link)?;
             }
         }
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(DatapathError::Missing(name))
-        };
         Ok(Self {
-            watched: BpfHashMap::try_from(take(ebpf, names::WATCHED_CGROUPS)?)?,
-            io: PerCpuHashMap::try_from(take(ebpf, names::BLOCK_IO)?)?,
+            watched: super::take_map(ebpf, names::WATCHED_CGROUPS)?,
+            io: super::take_map(ebpf, names::BLOCK_IO)?,
         })
     }
 

@@ -63,11 +63,10 @@ impl Pacing {
                 super::pin_link(prog.take_link(id).map_err(prog_err)?, &link)?;
             }
         }
-        let mut map = |name| ebpf.take_map(name).ok_or(DatapathError::Missing(name));
         Ok(Self {
-            caps: BpfHashMap::try_from(map(names::CAPS)?)?,
-            caps6: BpfHashMap::try_from(map(names::CAPS6)?)?,
-            windows: BpfHashMap::try_from(map(names::WINDOWS)?)?,
+            caps: super::take_map(ebpf, names::CAPS)?,
+            caps6: super::take_map(ebpf, names::CAPS6)?,
+            windows: super::take_map(ebpf, names::WINDOWS)?,
         })
     }
 
@@ -119,19 +118,7 @@ impl Pacing {
             let word = |i: usize| u32::from_ne_bytes([key[i], key[i + 1], key[i + 2], key[i + 3]]);
             keep.insert(window_key_v6([word(0), word(4), word(8), word(12)]));
         }
-        let stale: Vec<u64> = self
-            .windows
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(&(k >> 1)))
-            .collect();
-        for key in stale {
-            match self.windows.remove(&key) {
-                Err(e) if !super::not_found(&e) => return Err(e.into()),
-                _ => {}
-            }
-        }
-        Ok(())
+        keep_only(&mut self.windows, |k, _| keep.contains(&(k >> 1)))
     }
 }
 
@@ -152,14 +139,14 @@ fn put<K: Pod>(
 }
 
 /// Removes the entries `keep` rejects.
-fn keep_only<K: Pod>(
-    map: &mut BpfHashMap<MapData, K, Caps>,
-    keep: impl Fn(&K, &Caps) -> bool,
+fn keep_only<K: Pod, V: Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    keep: impl Fn(&K, &V) -> bool,
 ) -> Result<(), DatapathError> {
     let stale: Vec<K> = map
         .iter()
         .filter_map(Result::ok)
-        .filter(|(k, caps)| !keep(k, caps))
+        .filter(|(k, v)| !keep(k, v))
         .map(|(k, _)| k)
         .collect();
     for k in stale {

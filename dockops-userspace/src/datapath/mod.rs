@@ -241,22 +241,10 @@ impl Datapath {
         let mut ebpf = loader.load(OBJECT)?;
         let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT, fresh)?;
         let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT, fresh)?;
-        let traffic = ebpf
-            .take_map(names::TRAFFIC)
-            .ok_or(DatapathError::Missing(names::TRAFFIC))?;
-        let traffic = PerCpuHashMap::try_from(traffic)?;
-        let tc_caps = ebpf
-            .take_map(names::TC_CAPS)
-            .ok_or(DatapathError::Missing(names::TC_CAPS))?;
-        let tc_caps = aya::maps::HashMap::try_from(tc_caps)?;
-        let insert_failures = ebpf
-            .take_map(names::INSERT_FAILURES)
-            .ok_or(DatapathError::Missing(names::INSERT_FAILURES))?;
-        let insert_failures = PerCpuArray::try_from(insert_failures)?;
-        let ecn_flows = ebpf
-            .take_map(names::ECN_FLOWS)
-            .ok_or(DatapathError::Missing(names::ECN_FLOWS))?;
-        let ecn_flows = aya::maps::Array::try_from(ecn_flows)?;
+        let traffic = take_map(&mut ebpf, names::TRAFFIC)?;
+        let tc_caps = take_map(&mut ebpf, names::TC_CAPS)?;
+        let insert_failures = take_map(&mut ebpf, names::INSERT_FAILURES)?;
+        let ecn_flows = take_map(&mut ebpf, names::ECN_FLOWS)?;
         let block = offsets.as_ref().and_then(|_| {
             block::BlockAccounting::open(&mut ebpf, &layout, fresh)
                 .inspect_err(|error| {
@@ -437,6 +425,15 @@ fn program(
         repin(&path, |path| prog.pin(path))?;
     }
     SchedClassifier::from_pin(&path).map_err(prog_err)
+}
+
+/// The map `name` of the loaded object, typed.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DatapathError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
+    Ok(T::try_from(map)?)
 }
 
 /// Pins at `path`, replacing what is pinned there (what is attached keeps its program).
