@@ -62,10 +62,10 @@ impl Datapath {
                 report.fail(&container.id, &error);
             }
         }
-        if let Err(error) = self.host_wide(containers, existing, &live) {
+        if let Err(error) = self.host_wide(containers, &live) {
             report.fail("", &error);
         }
-        self.reconcile_caps(containers, &live, &mut report);
+        self.reconcile_caps(containers, existing, &live, &mut report);
         self.finish_upgrade(&mut report);
         Ok(report)
     }
@@ -165,7 +165,6 @@ impl Datapath {
     fn host_wide(
         &mut self,
         containers: &[Container],
-        existing: &HashSet<String>,
         live: &HashSet<u32>,
     ) -> Result<(), DatapathError> {
         let stale: Vec<u32> = self
@@ -184,9 +183,6 @@ impl Datapath {
                 .collect();
             pacing.reconcile(&owners)?;
         }
-        self.store.update(|desired| {
-            desired.retain_existing(existing);
-        })?;
         if let Some(block) = &mut self.block {
             block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
         }
@@ -196,24 +192,32 @@ impl Datapath {
     /// Caps follow what each running container asked for (the durable store): re-applied in
     /// full where its addresses do not carry them (it restarted on a new address, the host
     /// rebooted, a new build rebuilt the map), otherwise completed on new veths. Buckets of
-    /// interfaces that are gone go too.
+    /// interfaces that are gone go too, and so do the recorded caps of containers that no
+    /// longer exist (`existing`: every container, stopped ones included).
     fn reconcile_caps(
         &mut self,
         containers: &[Container],
+        existing: &HashSet<String>,
         live: &HashSet<u32>,
         report: &mut Report,
     ) {
         if let Err(error) = self.remove_gone_buckets(live) {
             report.fail("", &error);
         }
-        let desired: HashMap<[u8; 32], Caps> = match self.store.load() {
-            Ok(desired) => desired
-                .caps
-                .iter()
-                .map(|(id, caps)| (id_bytes(id), caps.to_caps(id_bytes(id))))
-                .collect(),
+        let mut stored = match self.store.load() {
+            Ok(stored) => stored,
             Err(error) => return report.fail("", &error.into()),
         };
+        if stored.retain_existing(existing)
+            && let Err(error) = self.store.save(&stored)
+        {
+            report.fail("", &error.into());
+        }
+        let desired: HashMap<[u8; 32], Caps> = stored
+            .caps
+            .iter()
+            .map(|(id, caps)| (id_bytes(id), caps.to_caps(id_bytes(id))))
+            .collect();
         if desired.is_empty() {
             return;
         }
