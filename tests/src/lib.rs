@@ -32,6 +32,15 @@ pub fn dockops_cmd() -> Command {
     cmd
 }
 
+/// `dockops-bpf` built with the eBPF object `variant` (`variant-code`...), with the test
+/// engine: `cargo xtask test` builds them for the upgrade tests.
+pub fn dockops_variant_cmd(variant: &str) -> Command {
+    let var = format!("DOCKOPS_BIN_{}", variant.to_uppercase().replace('-', "_"));
+    let mut cmd = Command::new(env(&var));
+    cmd.env("DOCKER_HOST", env("DOCKER_HOST"));
+    cmd
+}
+
 /// Runs `dockops-bpf ARGS`, returns its output whatever the exit status.
 pub fn dockops(args: &[&str]) -> Output {
     dockops_cmd()
@@ -248,13 +257,7 @@ pub fn link_ids(container: &Container) -> Vec<u64> {
         .iter()
         .map(|pin| {
             let path = container.pin_dir().join(pin);
-            let out = Command::new("bpftool")
-                .args(["--json", "link", "show", "pinned"])
-                .arg(&path)
-                .output()
-                .expect("bpftool");
-            let v: Value = serde_json::from_slice(&out.stdout)
-                .unwrap_or_else(|e| panic!("bpftool link show pinned {}: {e}", path.display()));
+            let v = bpftool_json(&["link", "show", "pinned", path.to_str().expect("utf-8")]);
             v["id"].as_u64().expect("link id")
         })
         .collect();
@@ -262,14 +265,24 @@ pub fn link_ids(container: &Container) -> Vec<u64> {
     ids
 }
 
-/// `bpftool --json ARGS` as a list of objects.
-fn bpftool(args: &[&str]) -> Vec<Value> {
+/// `bpftool --json ARGS`, parsed.
+pub fn bpftool_json(args: &[&str]) -> Value {
     let out = Command::new("bpftool")
         .arg("--json")
         .args(args)
         .output()
         .expect("bpftool");
-    match serde_json::from_slice(&out.stdout).expect("bpftool json") {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bpftool --json {args:?}: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `bpftool --json ARGS` as a list of objects.
+fn bpftool(args: &[&str]) -> Vec<Value> {
+    match bpftool_json(args) {
         Value::Array(items) => items,
         other => panic!("bpftool {args:?}: {other}"),
     }
@@ -382,5 +395,73 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// An iperf3 server and a client container, removed on drop.
+pub struct Pair {
+    pub server: Container,
+    pub client: Container,
+}
+
+impl Pair {
+    pub fn start(name: &str) -> Self {
+        Self {
+            server: Container::start(&format!("{name}-srv"), "iperf3 -s"),
+            client: Container::start(&format!("{name}-cli"), "sleep 600"),
+        }
+    }
+
+    /// Goodput in bit/s of `iperf3 -c server ARGS` run in the client (`-R`: server sends).
+    pub fn iperf(&self, args: &[&str]) -> f64 {
+        let v = self.iperf_json(args);
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no goodput in {v}"))
+    }
+
+    /// Runs iperf3 for `seconds` in the client (`reverse`: the server sends) while `during`
+    /// runs; returns bits per second of each second and the bytes received.
+    pub fn iperf_while(
+        &self,
+        seconds: u32,
+        reverse: bool,
+        during: impl FnOnce(),
+    ) -> (Vec<f64>, u64) {
+        let t = seconds.to_string();
+        let mut args = vec!["-t", &t, "-i", "1"];
+        if reverse {
+            args.push("-R");
+        }
+        let v = thread::scope(|scope| {
+            let run = scope.spawn(|| self.iperf_json(&args));
+            during();
+            run.join().expect("iperf3 thread")
+        });
+        let per_second = v["intervals"]
+            .as_array()
+            .expect("intervals")
+            .iter()
+            .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
+            .collect();
+        let bytes = v["end"]["sum_received"]["bytes"].as_u64().expect("bytes");
+        (per_second, bytes)
+    }
+
+    /// `iperf3 -c server -J ARGS` in the client, parsed.
+    fn iperf_json(&self, args: &[&str]) -> Value {
+        let ip = self.server.ip();
+        let out = Command::new("docker")
+            .env("DOCKER_HOST", env("DOCKER_HOST"))
+            .args(["exec", &self.client.id, "iperf3", "-c", &ip, "-J"])
+            .args(args)
+            .output()
+            .expect("docker exec iperf3");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "iperf3 {args:?}: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 }

@@ -3,43 +3,12 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use dockops_integration::{Container, counter, docker, dockops, dockops_ok, field, stats_json, tc};
+use dockops_integration::{
+    Container, Pair, counter, docker, dockops, dockops_ok, field, stats_json, tc,
+};
 use serde_json::Value;
 
 const CAP: u64 = 50_000_000;
-
-/// An iperf3 server and a client container, removed on drop.
-struct Pair {
-    server: Container,
-    client: Container,
-}
-
-impl Pair {
-    fn start(name: &str) -> Self {
-        Self {
-            server: Container::start(&format!("{name}-srv"), "iperf3 -s"),
-            client: Container::start(&format!("{name}-cli"), "sleep 600"),
-        }
-    }
-
-    /// Goodput in bit/s of `iperf3 -c server ARGS` run in the client (`-R`: server sends).
-    fn iperf(&self, args: &[&str]) -> f64 {
-        let ip = self.server.ip();
-        let mut cmd = Command::new("docker");
-        cmd.args(["exec", &self.client.id, "iperf3", "-c", &ip, "-J"])
-            .args(args);
-        let out = cmd.output().expect("docker exec iperf3");
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "iperf3 {args:?}: {e}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or_else(|| panic!("no goodput in {v}"))
-    }
-}
 
 #[expect(clippy::cast_precision_loss, reason = "ratios")]
 fn ratio(goodput: f64, cap: u64) -> f64 {

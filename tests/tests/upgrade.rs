@@ -12,27 +12,17 @@ use std::{
 };
 
 use dockops_integration::{
-    Background, Container, PINS, counter, dockops, dockops_cmd, dockops_ok, field, link_ids, list,
-    stats_json, tc, wait_for,
+    Background, Container, PINS, Pair, bpftool_json, counter, dockops, dockops_ok,
+    dockops_variant_cmd, field, link_ids, list, stats_json, tc, wait_for,
 };
 use serde_json::Value;
 
 const CAP: u64 = 20_000_000;
 const STATE: &str = "/var/lib/dockops/state.json";
 
-/// `dockops-bpf` built with the eBPF object `variant`.
+/// Runs `dockops-bpf ARGS` built with the eBPF object `variant`; returns its stderr.
 fn variant(variant: &str, args: &[&str]) -> String {
-    let var = format!("DOCKOPS_BIN_{}", variant.to_uppercase().replace('-', "_"));
-    let bin = std::env::var(&var)
-        .unwrap_or_else(|_| panic!("{var} is unset: run these tests through `cargo xtask test`"));
-    let default = dockops_cmd();
-    let docker_host = default
-        .get_envs()
-        .find(|(k, _)| *k == "DOCKER_HOST")
-        .and_then(|(_, v)| v)
-        .expect("DOCKER_HOST");
-    let out = Command::new(bin)
-        .env("DOCKER_HOST", docker_host)
+    let out = dockops_variant_cmd(variant)
         .args(args)
         .output()
         .expect("running a variant of dockops-bpf");
@@ -43,48 +33,6 @@ fn variant(variant: &str, args: &[&str]) -> String {
         out.status
     );
     stderr
-}
-
-/// An iperf3 server and a client container, removed on drop.
-struct Pair {
-    server: Container,
-    client: Container,
-}
-
-impl Pair {
-    fn start(name: &str) -> Self {
-        Self {
-            server: Container::start(&format!("{name}-srv"), "iperf3 -s"),
-            client: Container::start(&format!("{name}-cli"), "sleep 600"),
-        }
-    }
-
-    /// Runs iperf3 for `seconds` in the client (`reverse`: the server sends) while `during`
-    /// runs; returns bits per second of each second and the bytes received.
-    fn iperf_while(&self, seconds: u32, reverse: bool, during: impl FnOnce()) -> (Vec<f64>, u64) {
-        let ip = self.server.ip();
-        let id = self.client.id.clone();
-        let t = seconds.to_string();
-        let run = thread::spawn(move || {
-            let mut args = vec!["exec", &id, "iperf3", "-c", &ip, "-J", "-t", &t, "-i", "1"];
-            if reverse {
-                args.push("-R");
-            }
-            Command::new("docker").args(&args).output().expect("iperf3")
-        });
-        during();
-        let out = run.join().unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("iperf3: {e}: {}", String::from_utf8_lossy(&out.stdout)));
-        let per_second = v["intervals"]
-            .as_array()
-            .expect("intervals")
-            .iter()
-            .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
-            .collect();
-        let bytes = v["end"]["sum_received"]["bytes"].as_u64().expect("bytes");
-        (per_second, bytes)
-    }
 }
 
 #[expect(clippy::cast_precision_loss, reason = "ratios")]
@@ -113,12 +61,8 @@ fn assert_capped(per_second: &[f64], what: &str) {
 
 /// `bpftool map show pinned` of one of dockops' maps.
 fn map_info(name: &str) -> Value {
-    let out = Command::new("bpftool")
-        .args(["--json", "map", "show", "pinned"])
-        .arg(Path::new(PINS).join("maps").join(name))
-        .output()
-        .expect("bpftool");
-    serde_json::from_slice(&out.stdout).expect("bpftool json")
+    let path = Path::new(PINS).join("maps").join(name);
+    bpftool_json(&["map", "show", "pinned", path.to_str().expect("utf-8")])
 }
 
 /// Program ids the container's pinned tcx links run.
@@ -126,12 +70,8 @@ fn link_programs(c: &Container) -> Vec<u64> {
     list(&c.pin_dir())
         .iter()
         .map(|pin| {
-            let out = Command::new("bpftool")
-                .args(["--json", "link", "show", "pinned"])
-                .arg(c.pin_dir().join(pin))
-                .output()
-                .expect("bpftool");
-            let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+            let path = c.pin_dir().join(pin);
+            let v = bpftool_json(&["link", "show", "pinned", path.to_str().expect("utf-8")]);
             v["prog_id"].as_u64().expect("prog_id")
         })
         .collect()

@@ -4,7 +4,9 @@
 //! [`PER_CPU_BUDGET`] instead (fewer entries, warned about), and a full map counts its
 //! failed inserts (`INSERT_FAILURES`).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::MapInfo;
 
 use super::{DatapathError, OBJECT};
 
@@ -24,6 +26,20 @@ pub(super) struct Shape {
     pub value_size: u32,
     pub max_entries: u32,
     pub flags: u32,
+}
+
+impl Shape {
+    /// The map pinned at `path`, as the kernel reports it.
+    pub(super) fn pinned(path: &Path) -> Result<Self, DatapathError> {
+        let info = MapInfo::from_pin(path)?;
+        Ok(Self {
+            map_type: info.map_type()? as u32,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        })
+    }
 }
 
 /// Every map of the object, by name, as created on a host with `cpus` possible CPUs.

@@ -16,7 +16,7 @@
 use std::{collections::BTreeMap, fs, os::fd::AsFd as _, path::Path};
 
 use aya::{
-    maps::{HashMap as BpfHashMap, Map, MapData, MapInfo},
+    maps::{HashMap as BpfHashMap, Map, MapData},
     programs::{
         SockOps, TracePoint,
         links::{FdLink, PinnedLink},
@@ -75,14 +75,7 @@ pub(super) fn check_maps(
             unpin(&path)?;
             continue;
         };
-        let info = MapInfo::from_pin(&path)?;
-        let found = Shape {
-            map_type: info.map_type()? as u32,
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-            flags: info.map_flags(),
-        };
+        let found = Shape::pinned(&path)?;
         if found == *want {
             continue;
         }
