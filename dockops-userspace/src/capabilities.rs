@@ -6,6 +6,8 @@ use std::{
 };
 
 use aya::util::KernelVersion;
+
+use crate::policy::resources::{CpuList, Host};
 use std::time::Duration;
 
 use nix::{
@@ -75,6 +77,8 @@ pub struct Capabilities {
     pub cgroup: CgroupMode,
     /// Resolution of the coarse monotonic clock the tc hard cap refills by (one jiffy).
     pub clock_tick_ns: u64,
+    /// CPUs, memory nodes and swap accounting, for checking limits.
+    pub host: Host,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,11 +143,47 @@ impl Capabilities {
             .and_then(|t| u64::try_from(Duration::from(t).as_nanos()).ok())
             .filter(|&ns| ns > 0)
             .unwrap_or(10_000_000);
+        let host = probe_host(&cgroup);
         Ok(Self {
             tc_mode,
             cgroup,
             clock_tick_ns,
+            host,
         })
+    }
+}
+
+/// Online CPUs and memory nodes, and whether swap is accounted per cgroup (v1: the root has
+/// `memory.memsw.*`; v2: child cgroups have `memory.swap.max`, the root has none).
+fn probe_host(cgroup: &CgroupMode) -> Host {
+    let list = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| CpuList::parse(&text))
+    };
+    let cpus = list("/sys/devices/system/cpu/online").unwrap_or_else(|| {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        CpuList((0..u32::try_from(n).unwrap_or(1)).collect())
+    });
+    // Kernels without NUMA have no node directory: one node, 0.
+    let mems = list("/sys/devices/system/node/online").unwrap_or_else(|| CpuList([0].into()));
+    let swap_accounting = match cgroup {
+        CgroupMode::V1 { .. } => Path::new(CGROUP_ROOT)
+            .join("memory/memory.memsw.limit_in_bytes")
+            .exists(),
+        CgroupMode::V2 { root } => std::fs::read_dir(root).is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| e.path().join("memory.swap.max").exists())
+        }),
+    };
+    if !swap_accounting {
+        tracing::debug!("no swap accounting per cgroup: --memory-swap cannot be enforced");
+    }
+    Host {
+        cpus,
+        mems,
+        swap_accounting,
     }
 }
 

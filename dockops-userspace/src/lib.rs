@@ -1,15 +1,20 @@
-//! dockops: per-container network counters (and later limits) for Docker hosts, on eBPF.
+//! dockops: per-container counters and limits for Docker hosts, on eBPF and cgroups.
 //!
 //! The pipeline, each stage a module with a plain data type between it and the next:
 //! [`discovery`] (Docker API, network namespaces: [`discovery::Container`]) →
-//! [`datapath`] (load, attach, pin, adopt eBPF: keeps the kernel in line with the containers) →
+//! [`policy`] (pure: what was asked, checked: [`policy::resources::Resources`]) →
+//! enforcement: [`datapath`] (load, attach, pin, adopt eBPF: keeps the kernel in line with the
+//! containers) and [`limits`] (CPU, memory, pids, block IO through Docker and cgroup files) →
 //! [`collection`] (read counters into a [`collection::Snapshot`]) → [`output`] (table, JSON).
-//! [`capabilities`] is probed once at start-up and read by the others.
+//! [`capabilities`] is probed once at start-up and read by the others; [`cgroupfs`] holds the
+//! cgroup file formats the writers and readers share.
 
 pub mod capabilities;
+pub mod cgroupfs;
 pub mod collection;
 pub mod datapath;
 pub mod discovery;
+pub mod limits;
 pub mod output;
 pub mod policy;
 pub mod state;

@@ -10,12 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[command(
     name = "dockops-bpf",
     version,
-    about = "Per-container network accounting for Docker hosts, on eBPF",
-    long_about = "Per-container network accounting for Docker hosts, on eBPF.\n\n\
+    about = "Per-container monitoring and limits for Docker hosts, on eBPF and cgroups",
+    long_about = "Per-container monitoring and limits for Docker hosts, on eBPF and cgroups.\n\n\
         The first command attaches counting programs to every running container's host-side \
         veth and pins them under /sys/fs/bpf/dockops, so counting goes on between commands. \
-        Caps asked for are recorded in /var/lib/dockops/state.json and re-applied after \
-        reboots and upgrades. `reset` removes everything dockops attached or pinned; \
+        Caps and limits asked for are recorded in /var/lib/dockops/state.json and re-applied \
+        after reboots, upgrades and container restarts. `reset` removes everything dockops attached or pinned; \
         `reset --all` also forgets the caps. Needs root."
 )]
 struct Cli {
@@ -44,16 +44,22 @@ enum Command {
     Stats(cli::stats::Args),
     /// Live view: refresh every interval; picks up containers as they start and stop.
     Watch(cli::watch::Args),
-    /// Cap a container's network bandwidth, live: egress (what it sends) and ingress (what it
-    /// receives).
+    /// Limit running containers, live, all or nothing: network bandwidth, CPU, memory, pids,
+    /// block IO per device.
     ///
-    /// TCP connections made from now on on this host are paced to the cap at the sender; a
-    /// token bucket in tc holds the rest (ECN marks, then drops). Each call sets the mode
-    /// (default, --no-pacing, --queue). Caps stay with the container, across restarts, until
-    /// it is removed.
-    Limit(cli::limit::LimitArgs),
-    /// Remove a container's bandwidth caps (both, or the one named).
+    /// Bandwidth: egress (what it sends) and ingress (what it receives). TCP connections made
+    /// from now on on this host are paced to the cap at the sender; a token bucket in tc holds
+    /// the rest (ECN marks, then drops). Each call sets the mode (default, --no-pacing,
+    /// --queue). CPU, memory and pids go through Docker's update API (`docker inspect` shows
+    /// them); block IO throttles are written to the container's cgroup. Limits stay with the
+    /// container, across restarts, until it is removed. Everything is checked before anything
+    /// changes; if one container fails, the others are put back.
+    Limit(Box<cli::limit::LimitArgs>),
+    /// Remove limits: with no flag, both bandwidth caps; --all removes every limit; or name
+    /// each one.
     Unlimit(cli::limit::UnlimitArgs),
+    /// Show the limits in force on a container, read back from the kernel, and who set each.
+    Show(cli::show::Args),
     /// Remove every program, link, filter, qdisc and pin dockops created. The caps asked
     /// for stay recorded in /var/lib/dockops/state.json, and the next command applies them
     /// again (as after a reboot), unless --all.
@@ -78,8 +84,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Stats(args) => cli::stats::run(args, cli.tc_attach).await,
             Command::Watch(args) => cli::watch::run(args, cli.tc_attach).await,
-            Command::Limit(args) => cli::limit::limit(args, cli.tc_attach).await,
+            Command::Limit(args) => cli::limit::limit(*args, cli.tc_attach).await,
             Command::Unlimit(args) => cli::limit::unlimit(args, cli.tc_attach).await,
+            Command::Show(args) => cli::show::run(args, cli.tc_attach).await,
             Command::Reset(args) => cli::reset::run(&args),
         }
     });

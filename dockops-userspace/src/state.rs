@@ -7,7 +7,7 @@
 //! root only (directory 0700, file 0600). Callers serialise writers with the datapath lock.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fs::{self, DirBuilder, File, OpenOptions},
     io::{self, Write as _},
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
@@ -16,6 +16,8 @@ use std::{
 
 use dockops_common::Caps;
 use serde::{Deserialize, Serialize};
+
+use crate::policy::resources::{IoKind, Throttle};
 
 /// Where the state lives unless told otherwise.
 pub const DIR: &str = "/var/lib/dockops";
@@ -83,12 +85,33 @@ impl StoredCaps {
     }
 }
 
-/// Everything asked for, by container id.
+/// The CPU, memory, pids and block IO limits one container was given through dockops.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLimits {
+    /// Limits Docker holds (and re-applies) that dockops set: `cpus`, `memory`... (for
+    /// `show`, which says where each limit came from).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub docker: BTreeSet<String>,
+    /// Block IO throttles, which Docker cannot hold: dockops re-applies them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub io: Vec<Throttle>,
+}
+
+impl StoredLimits {
+    fn is_empty(&self) -> bool {
+        self.docker.is_empty() && self.io.is_empty()
+    }
+}
+
+/// Everything asked for, by container id. (Format 1 files from before `limits` read as
+/// having none.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Desired {
     pub version: u32,
     #[serde(default)]
     pub caps: BTreeMap<String, StoredCaps>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, StoredLimits>,
 }
 
 impl Desired {
@@ -101,11 +124,40 @@ impl Desired {
         }
     }
 
+    /// Records a change of `id`'s limits: `set` and `cleared` name Docker-held limits,
+    /// `throttles` replace those of their device and kind, `cleared_io` removes kinds.
+    pub fn record_limits(
+        &mut self,
+        id: &str,
+        set: &[&str],
+        cleared: &[&str],
+        throttles: &[Throttle],
+        cleared_io: &[IoKind],
+    ) {
+        let limits = self.limits.entry(id.to_owned()).or_default();
+        for name in cleared {
+            limits.docker.remove(*name);
+        }
+        limits.docker.extend(set.iter().map(|&n| n.to_owned()));
+        limits.io.retain(|t| {
+            !cleared_io.contains(&t.kind)
+                && !throttles
+                    .iter()
+                    .any(|n| (n.major, n.minor, n.kind) == (t.major, t.minor, t.kind))
+        });
+        limits.io.extend_from_slice(throttles);
+        limits.io.sort();
+        if limits.is_empty() {
+            self.limits.remove(id);
+        }
+    }
+
     /// Forgets containers that no longer exist; true if anything was forgotten.
     pub fn retain_existing(&mut self, existing: &HashSet<String>) -> bool {
-        let before = self.caps.len();
+        let before = (self.caps.len(), self.limits.len());
         self.caps.retain(|id, _| existing.contains(id));
-        self.caps.len() != before
+        self.limits.retain(|id, _| existing.contains(id));
+        (self.caps.len(), self.limits.len()) != before
     }
 }
 
@@ -172,7 +224,7 @@ impl Store {
         let tmp = self.dir.join(format!("{FILE}.tmp"));
         let mut text = serde_json::to_vec_pretty(&Desired {
             version: VERSION,
-            caps: desired.caps.clone(),
+            ..desired.clone()
         })
         .map_err(|e| io_err(&tmp)(io::Error::other(e)))?;
         text.push(b'\n');
@@ -268,6 +320,35 @@ mod tests {
         assert!(desired.retain_existing(&existing));
         assert!(!desired.retain_existing(&existing));
         assert_eq!(desired.caps.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn limits_are_recorded_and_forgotten() {
+        let throttle = |kind, value| Throttle {
+            major: 254,
+            minor: 0,
+            kind,
+            value,
+        };
+        let mut desired = Desired::default();
+        desired.record_limits(
+            "a",
+            &["cpus", "memory"],
+            &[],
+            &[throttle(IoKind::WriteBps, 5)],
+            &[],
+        );
+        desired.record_limits("a", &[], &[], &[throttle(IoKind::WriteBps, 7)], &[]);
+        let a = &desired.limits["a"];
+        assert_eq!(a.docker.len(), 2);
+        assert_eq!(a.io, [throttle(IoKind::WriteBps, 7)], "replaced, not added");
+        desired.record_limits("a", &[], &["cpus"], &[], &[IoKind::ReadBps]);
+        assert_eq!(desired.limits["a"].io.len(), 1, "another kind stays");
+        desired.record_limits("a", &[], &["memory"], &[], &[IoKind::WriteBps]);
+        assert!(desired.limits.is_empty(), "nothing left: no entry");
+        // A format-1 file written before limits existed still reads.
+        let old: Desired = serde_json::from_str(r#"{"version": 1, "caps": {}}"#).unwrap();
+        assert!(old.limits.is_empty());
     }
 
     #[test]

@@ -1,61 +1,269 @@
-//! `dockops-bpf limit` and `unlimit`: bandwidth caps, set live in the pinned datapath.
+//! `dockops-bpf limit` and `unlimit`: bandwidth caps in the pinned datapath, and CPU, memory,
+//! pids and block IO limits, set live on running containers, all or nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use anyhow::Context as _;
 use dockops::{
     datapath::{DatapathError, QueueError},
     discovery::{Container, gso_max_size},
-    policy::{check_burst, check_burst_packet, default_burst, parse_burst, parse_rate},
+    limits::{LimitError, Plan},
+    policy::{
+        check_burst, check_burst_packet, default_burst, parse_burst, parse_rate,
+        resources::{self, CpuList, DeviceLimit, IoKind, ResourceError, Resources, Swap, Unset},
+    },
 };
 use dockops_common::Caps;
 
-use super::{Agent, InputError, TcAttach};
+use super::{Agent, InputError, TcAttach, select::Selection};
 
 /// Linux's default `gso_max_size` (64 KiB), when sysfs does not say.
 const GSO_MAX_SIZE: u64 = 65_536;
 
+/// A flag's parser for clap: its message without the flag name, which clap adds.
+fn why<T>(result: Result<T, ResourceError>) -> Result<T, String> {
+    result.map_err(|e| match e {
+        ResourceError::Value { why, .. } => why,
+        ResourceError::Conflict(text) => text,
+    })
+}
+
 #[derive(clap::Args)]
 pub struct LimitArgs {
-    /// The container, by name or id (prefix).
-    container: String,
+    #[command(flatten)]
+    select: Selection,
     /// Cap on what the container sends, in tc units: 50mbit, 1.5gbit, 10mbps (bytes/s)...
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, help_heading = "Network")]
     egress: Option<u64>,
     /// Cap on what the container receives, in the same units.
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate, help_heading = "Network")]
     ingress: Option<u64>,
     /// Bucket of the tc hard cap behind the pacing (e.g. 256kb); default 200 ms at the
     /// larger cap, at least 128 KiB. At least one full-size packet, and what the cap sends in
     /// one kernel clock tick (1–10 ms).
-    #[arg(long, value_name = "SIZE", value_parser = parse_burst)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_burst, help_heading = "Network")]
     burst: Option<u64>,
     /// Do not pace same-host TCP senders: only the tc hard cap (ECN marking, then drops)
     /// holds the rate, as it does for senders beyond this host. For tests and benchmarks.
-    #[arg(long)]
+    #[arg(long, help_heading = "Network")]
     no_pacing: bool,
     /// Hold the ingress cap with a queue (HTB on the host veth) instead of the token bucket:
     /// packets wait rather than being marked or dropped. Smoother rates for senders that are
     /// not paced, at the cost of queueing delay: the queue holds 50 ms at the cap (at least
     /// 128 KiB, ~100 ms at 10 Mbit/s).
-    #[arg(long)]
+    #[arg(long, help_heading = "Network")]
     queue: bool,
+    #[command(flatten)]
+    resources: ResourceArgs,
+    /// Set --memory even at or below what the container uses now (it is then reclaimed, or
+    /// OOM-killed).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Docker's flag names and units. CPU, memory and pids go through Docker's update API
+/// (`docker inspect` shows them, restarts keep them); block IO throttles are written to the
+/// cgroup and re-applied by dockops after restarts.
+#[derive(clap::Args)]
+struct ResourceArgs {
+    /// CPU quota in CPUs, e.g. 0.5 or 1.5 (Docker's `NanoCpus`).
+    #[arg(long, value_name = "N", value_parser = |s: &str| why(resources::parse_cpus(s)),
+          help_heading = "CPU")]
+    cpus: Option<u64>,
+    /// Relative CPU weight, 2 to 262144 (default 1024; cgroup v2: converted to cpu.weight).
+    #[arg(long, value_name = "N", value_parser = |s: &str| why(resources::parse_cpu_shares(s)),
+          help_heading = "CPU")]
+    cpu_shares: Option<u64>,
+    /// CFS period, microseconds (1000 to 1000000), with --cpu-quota.
+    #[arg(long, value_name = "US", value_parser = |s: &str| why(resources::parse_cpu_period(s)),
+          help_heading = "CPU")]
+    cpu_period: Option<u64>,
+    /// CFS quota per period, microseconds (at least 1000).
+    #[arg(long, value_name = "US", value_parser = |s: &str| why(resources::parse_cpu_quota(s)),
+          help_heading = "CPU")]
+    cpu_quota: Option<u64>,
+    /// CPUs the container may run on, e.g. 0-3,6.
+    #[arg(long, value_name = "LIST",
+          value_parser = |s: &str| why(resources::parse_cpuset("cpuset-cpus", s)),
+          help_heading = "CPU")]
+    cpuset_cpus: Option<CpuList>,
+    /// Memory nodes the container may use, e.g. 0.
+    #[arg(long, value_name = "LIST",
+          value_parser = |s: &str| why(resources::parse_cpuset("cpuset-mems", s)),
+          help_heading = "CPU")]
+    cpuset_mems: Option<CpuList>,
+    /// Memory limit, e.g. 512m, 2g (at least 6m). Without --memory-swap, swap as large
+    /// again (as `docker run --memory`), or unlimited if it was.
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| why(resources::parse_memory(s)),
+          help_heading = "Memory")]
+    memory: Option<u64>,
+    /// Memory plus swap (Docker's meaning), or -1 for unlimited swap. Needs swap accounting.
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true,
+          value_parser = |s: &str| why(resources::parse_memory_swap(s)),
+          help_heading = "Memory")]
+    memory_swap: Option<Swap>,
+    /// Soft limit the kernel reclaims down to under memory pressure (v2: memory.low).
+    #[arg(long, value_name = "SIZE",
+          value_parser = |s: &str| why(resources::parse_memory_reservation(s)),
+          help_heading = "Memory")]
+    memory_reservation: Option<u64>,
+    /// Most tasks (processes and threads) the container may have.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = |s: &str| why(resources::parse_pids_limit(s)),
+          help_heading = "Pids")]
+    pids_limit: Option<u64>,
+    /// Read rate from a device, DEV:RATE (e.g. /dev/vda:10mb). DEV is a block device or any
+    /// path on a filesystem (its disk is throttled). Repeatable.
+    #[arg(long, value_name = "DEV:RATE",
+          value_parser = |s: &str| why(resources::parse_device(IoKind::ReadBps, s)),
+          help_heading = "Block IO")]
+    device_read_bps: Vec<DeviceLimit>,
+    /// Write rate to a device, DEV:RATE.
+    #[arg(long, value_name = "DEV:RATE",
+          value_parser = |s: &str| why(resources::parse_device(IoKind::WriteBps, s)),
+          help_heading = "Block IO")]
+    device_write_bps: Vec<DeviceLimit>,
+    /// Read operations per second from a device, DEV:N.
+    #[arg(long, value_name = "DEV:N",
+          value_parser = |s: &str| why(resources::parse_device(IoKind::ReadIops, s)),
+          help_heading = "Block IO")]
+    device_read_iops: Vec<DeviceLimit>,
+    /// Write operations per second to a device, DEV:N.
+    #[arg(long, value_name = "DEV:N",
+          value_parser = |s: &str| why(resources::parse_device(IoKind::WriteIops, s)),
+          help_heading = "Block IO")]
+    device_write_iops: Vec<DeviceLimit>,
+}
+
+impl ResourceArgs {
+    fn request(self) -> Resources {
+        Resources {
+            nano_cpus: self.cpus,
+            cpu_shares: self.cpu_shares,
+            cpu_period: self.cpu_period,
+            cpu_quota: self.cpu_quota,
+            cpuset_cpus: self.cpuset_cpus,
+            cpuset_mems: self.cpuset_mems,
+            memory: self.memory,
+            memory_swap: self.memory_swap,
+            memory_reservation: self.memory_reservation,
+            pids_limit: self.pids_limit,
+            io: [
+                self.device_read_bps,
+                self.device_write_bps,
+                self.device_read_iops,
+                self.device_write_iops,
+            ]
+            .concat(),
+            storage: None,
+        }
+    }
 }
 
 #[derive(clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one flag per limit, as docker has"
+)]
 pub struct UnlimitArgs {
-    /// The container, by name or id (prefix).
-    container: String,
-    /// Remove only the egress cap.
+    #[command(flatten)]
+    select: Selection,
+    /// Remove every limit dockops can set (caps, CPU, memory, pids, block IO).
+    #[arg(long)]
+    all: bool,
+    /// Remove the egress cap.
     #[arg(long)]
     egress: bool,
-    /// Remove only the ingress cap.
+    /// Remove the ingress cap.
     #[arg(long)]
     ingress: bool,
+    /// Remove the CPU quota (--cpus, or --cpu-period/--cpu-quota).
+    #[arg(long)]
+    cpus: bool,
+    /// Back to the default weight (1024 shares).
+    #[arg(long)]
+    cpu_shares: bool,
+    /// Every online CPU.
+    #[arg(long)]
+    cpuset_cpus: bool,
+    /// Every online memory node.
+    #[arg(long)]
+    cpuset_mems: bool,
+    /// Remove the memory limit (and the swap limit with it).
+    #[arg(long)]
+    memory: bool,
+    /// Unlimited swap.
+    #[arg(long)]
+    memory_swap: bool,
+    #[arg(long)]
+    memory_reservation: bool,
+    #[arg(long)]
+    pids_limit: bool,
+    /// Remove read throttles on every device.
+    #[arg(long)]
+    device_read_bps: bool,
+    #[arg(long)]
+    device_write_bps: bool,
+    #[arg(long)]
+    device_read_iops: bool,
+    #[arg(long)]
+    device_write_iops: bool,
+}
+
+impl UnlimitArgs {
+    fn unset(&self) -> Unset {
+        if self.all {
+            return Unset {
+                storage: false,
+                ..Unset::all()
+            };
+        }
+        let io = [
+            (self.device_read_bps, IoKind::ReadBps),
+            (self.device_write_bps, IoKind::WriteBps),
+            (self.device_read_iops, IoKind::ReadIops),
+            (self.device_write_iops, IoKind::WriteIops),
+        ];
+        Unset {
+            cpus: self.cpus,
+            cpu_shares: self.cpu_shares,
+            cpuset_cpus: self.cpuset_cpus,
+            cpuset_mems: self.cpuset_mems,
+            memory: self.memory,
+            memory_swap: self.memory_swap,
+            memory_reservation: self.memory_reservation,
+            pids_limit: self.pids_limit,
+            io: io.iter().filter(|(on, _)| *on).map(|&(_, k)| k).collect(),
+            storage: false,
+        }
+    }
+}
+
+/// One container's change: its checked resource plan and, when caps change, the caps
+/// before and after.
+struct Change {
+    container: Container,
+    plan: Plan,
+    caps: Option<(Caps, Caps)>,
 }
 
 pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
-    if args.egress.is_none() && args.ingress.is_none() {
-        return Err(InputError("give --egress RATE, --ingress RATE or both".into()).into());
+    let network = args.egress.is_some() || args.ingress.is_some();
+    let request = args.resources.request();
+    if !network && request.is_empty() {
+        return Err(InputError(
+            "give at least one limit: --egress/--ingress RATE, --cpus N, --memory SIZE, \
+             --pids-limit N, --device-write-bps DEV:RATE... (see --help)"
+                .into(),
+        )
+        .into());
+    }
+    if !network && (args.burst.is_some() || args.no_pacing || args.queue) {
+        return Err(InputError(
+            "--burst, --no-pacing and --queue shape a bandwidth cap: give --egress or --ingress"
+                .into(),
+        )
+        .into());
     }
     if args.queue && args.ingress.is_none() {
         return Err(InputError(
@@ -63,7 +271,20 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
         )
         .into());
     }
-    update(&args.container, tc_attach, |old, largest| {
+    let mut agent = Agent::start(tc_attach).await?;
+    agent.refresh(&HashSet::new()).await?;
+    let targets: Vec<Container> = args
+        .select
+        .pick(&agent.containers)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let usage = if request.memory.is_some() {
+        memory_usage(&mut agent, &targets)?
+    } else {
+        HashMap::new()
+    };
+    let caps_change = |old: Caps, largest: u64| {
         let egress_bits = args.egress.unwrap_or(old.egress_bits);
         let ingress_bits = args.ingress.unwrap_or(old.ingress_bits);
         let burst_bytes = args
@@ -77,38 +298,116 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
                 | if args.queue { Caps::QUEUE } else { 0 },
             ..old
         }
-    })
-    .await
+    };
+    let mut changes = Vec::new();
+    for container in targets {
+        let plan = agent
+            .limiter
+            .plan(
+                &container,
+                &request,
+                &Unset::default(),
+                usage.get(&container.id).copied(),
+                args.force,
+            )
+            .await
+            .map_err(|e| limit_error(&container, e))?;
+        let caps = if network {
+            Some(plan_caps(&agent, &container, &caps_change)?)
+        } else {
+            None
+        };
+        changes.push(Change {
+            container,
+            plan,
+            caps,
+        });
+    }
+    apply(&mut agent, &changes).await?;
+    let set = request.docker_names();
+    agent.datapath.update_state(|desired| {
+        for change in &changes {
+            desired.record_limits(&change.container.id, &set, &[], &change.plan.throttles, &[]);
+        }
+    })?;
+    for change in &changes {
+        report(change, Some(&request), None);
+    }
+    Ok(())
 }
 
 pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
-    let both = !args.egress && !args.ingress;
-    update(&args.container, tc_attach, |old, _| Caps {
-        egress_bits: if both || args.egress {
-            0
-        } else {
-            old.egress_bits
-        },
-        ingress_bits: if both || args.ingress {
-            0
-        } else {
-            old.ingress_bits
-        },
-        ..old
-    })
-    .await
-}
-
-/// Reads the container's caps, applies `change` (given them and the largest packet its veths
-/// pass), writes them back and says the result.
-async fn update(
-    query: &str,
-    tc_attach: TcAttach,
-    change: impl FnOnce(Caps, u64) -> Caps,
-) -> anyhow::Result<()> {
+    let unset = args.unset();
+    // No flag at all: both caps, as before there were other limits.
+    let bare = unset.is_empty() && !args.egress && !args.ingress;
+    let (egress, ingress) = (
+        args.all || bare || args.egress,
+        args.all || bare || args.ingress,
+    );
     let mut agent = Agent::start(tc_attach).await?;
     agent.refresh(&HashSet::new()).await?;
-    let container = find(&agent.containers, query)?.clone();
+    let targets: Vec<Container> = args
+        .select
+        .pick(&agent.containers)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let caps_change = |old: Caps, _| Caps {
+        egress_bits: if egress { 0 } else { old.egress_bits },
+        ingress_bits: if ingress { 0 } else { old.ingress_bits },
+        ..old
+    };
+    let mut changes = Vec::new();
+    for container in targets {
+        let plan = agent
+            .limiter
+            .plan(&container, &Resources::default(), &unset, None, false)
+            .await
+            .map_err(|e| limit_error(&container, e))?;
+        let caps = if egress || ingress {
+            Some(plan_caps(&agent, &container, &caps_change)?)
+                // A container without caps has none to remove (and may have no address).
+                .filter(|(old, new)| old != new)
+        } else {
+            None
+        };
+        changes.push(Change {
+            container,
+            plan,
+            caps,
+        });
+    }
+    apply(&mut agent, &changes).await?;
+    let cleared = unset.docker_names();
+    agent.datapath.update_state(|desired| {
+        for change in &changes {
+            desired.record_limits(&change.container.id, &[], &cleared, &[], &unset.io);
+        }
+    })?;
+    for change in &changes {
+        report(change, None, Some(&unset));
+    }
+    Ok(())
+}
+
+/// Memory in use now, by container id (a limit at or below it needs --force).
+fn memory_usage(agent: &mut Agent, targets: &[Container]) -> anyhow::Result<HashMap<String, u64>> {
+    let ids: HashSet<&str> = targets.iter().map(|c| c.id.as_str()).collect();
+    let snapshot = agent.snapshot(|c| ids.contains(c.id.as_str()))?;
+    Ok(snapshot
+        .containers
+        .into_iter()
+        .map(|c| (c.id, c.memory.usage_bytes))
+        .collect())
+}
+
+/// The container's caps now and after `change` (given them and the largest packet its
+/// veths pass), checked.
+fn plan_caps(
+    agent: &Agent,
+    container: &Container,
+    change: &impl Fn(Caps, u64) -> Caps,
+) -> anyhow::Result<(Caps, Caps)> {
     let old = container
         .addresses()
         .next()
@@ -128,45 +427,157 @@ async fn update(
             .and_then(|()| check_burst_packet(new.burst_bytes, largest))
             .map_err(|e| InputError(e.to_string()))?;
     }
-    match agent.datapath.set_caps(&container, new) {
-        Err(DatapathError::Queue(e @ QueueError::Occupied { .. })) => {
-            return Err(InputError(e.to_string()).into());
-        }
-        Err(DatapathError::NoAddress(name)) => {
-            let why = container.notes.first().map_or(
-                "it has no IP address of its own (--network host or none?)",
-                String::as_str,
-            );
-            return Err(InputError(format!("container {name} cannot be capped: {why}")).into());
-        }
-        other => other?,
+    if new != old && container.addresses().next().is_none() {
+        let why = container.notes.first().map_or(
+            "it has no IP address of its own (--network host or none?)",
+            String::as_str,
+        );
+        return Err(InputError(format!(
+            "container {} cannot be capped: {why}",
+            container.name
+        ))
+        .into());
     }
-    println!(
-        "{}: egress {}, ingress {}",
-        container.name,
-        show(new.egress_bits),
-        show(new.ingress_bits)
-    );
+    Ok((old, new))
+}
+
+/// Applies every change, or none: when one container fails, those already changed are put
+/// back (in reverse order) and the error says so.
+async fn apply(agent: &mut Agent, changes: &[Change]) -> anyhow::Result<()> {
+    for (done, change) in changes.iter().enumerate() {
+        let result = apply_one(agent, change).await;
+        if let Err(error) = result {
+            let mut failed = Vec::new();
+            for earlier in changes[..done].iter().rev() {
+                if let Some((old, _)) = earlier.caps
+                    && let Err(e) = agent.datapath.set_caps(&earlier.container, old)
+                {
+                    failed.push(format!("{}: caps: {e}", earlier.container.name));
+                }
+                for e in agent.limiter.undo(&earlier.plan).await {
+                    failed.push(format!("{}: {e}", earlier.container.name));
+                }
+            }
+            let context = if failed.is_empty() {
+                "nothing was changed".to_owned()
+            } else {
+                format!("and putting back failed too: {}", failed.join("; "))
+            };
+            return Err(error.context(context));
+        }
+    }
     Ok(())
 }
 
-/// The one running container `query` names.
-fn find<'a>(containers: &'a [Container], query: &str) -> Result<&'a Container, InputError> {
-    let mut matches = containers.iter().filter(|c| c.matches(query));
-    let first = matches.next().ok_or_else(|| {
-        InputError(format!(
-            "no running container is named or has the id {query:?}"
-        ))
-    })?;
-    if matches.next().is_some() {
-        return Err(InputError(format!(
-            "{query:?} matches several containers: give more of the id"
-        )));
+/// One container's limits, then its caps; its limits are put back if the caps fail.
+async fn apply_one(agent: &mut Agent, change: &Change) -> anyhow::Result<()> {
+    let container = &change.container;
+    agent
+        .limiter
+        .apply(&change.plan)
+        .await
+        .map_err(|e| limit_error(container, e))?;
+    let Some((_, new)) = change.caps else {
+        return Ok(());
+    };
+    let result = match agent.datapath.set_caps(container, new) {
+        Err(DatapathError::Queue(e @ QueueError::Occupied { .. })) => {
+            Err(InputError(e.to_string()).into())
+        }
+        other => other.with_context(|| format!("capping {}", container.name)),
+    };
+    if result.is_err() {
+        for e in agent.limiter.undo(&change.plan).await {
+            tracing::warn!(container = container.name, "putting back limits: {e}");
+        }
     }
-    Ok(first)
+    result
 }
 
-fn show(bits: u64) -> String {
+/// A limit error as the user sees it: bad input exits 2.
+fn limit_error(container: &Container, error: LimitError) -> anyhow::Error {
+    if error.is_input() {
+        InputError(format!("{}: {error}", container.name)).into()
+    } else {
+        anyhow::Error::new(error).context(format!("limiting {}", container.name))
+    }
+}
+
+/// Says what changed for one container.
+fn report(change: &Change, set: Option<&Resources>, unset: Option<&Unset>) {
+    let name = &change.container.name;
+    if let Some((_, caps)) = change.caps {
+        println!(
+            "{name}: egress {}, ingress {}",
+            show_rate(caps.egress_bits),
+            show_rate(caps.ingress_bits)
+        );
+    }
+    let mut parts = Vec::new();
+    if let Some(r) = set {
+        parts.extend(describe(r, &change.plan));
+    }
+    if let Some(u) = unset {
+        let names = u.docker_names();
+        parts.extend(names.iter().map(|n| format!("{n} unlimited")));
+        parts.extend(u.io.iter().map(|k| format!("{} unlimited", k.flag())));
+    }
+    if !parts.is_empty() {
+        println!("{name}: {}", parts.join(", "));
+    }
+}
+
+fn describe(r: &Resources, plan: &Plan) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mib = |b: u64| format!("{}M", b >> 20);
+    #[expect(clippy::cast_precision_loss, reason = "display")]
+    if let Some(n) = r.nano_cpus {
+        parts.push(format!("cpus {}", n as f64 / 1e9));
+    }
+    if let Some(q) = r.cpu_quota {
+        parts.push(format!("cpu-quota {q}"));
+    }
+    if let Some(p) = r.cpu_period {
+        parts.push(format!("cpu-period {p}"));
+    }
+    if let Some(s) = r.cpu_shares {
+        parts.push(format!("cpu-shares {s}"));
+    }
+    if let Some(c) = &r.cpuset_cpus {
+        parts.push(format!("cpuset-cpus {c}"));
+    }
+    if let Some(m) = &r.cpuset_mems {
+        parts.push(format!("cpuset-mems {m}"));
+    }
+    if let Some(m) = r.memory {
+        parts.push(format!("memory {}", mib(m)));
+    }
+    if let Some(swap) = plan.update.memory_swap {
+        parts.push(if swap < 0 {
+            "memory-swap unlimited".to_owned()
+        } else {
+            format!("memory-swap {}", mib(swap.unsigned_abs()))
+        });
+    }
+    if let Some(m) = r.memory_reservation {
+        parts.push(format!("memory-reservation {}", mib(m)));
+    }
+    if let Some(p) = r.pids_limit {
+        parts.push(format!("pids-limit {p}"));
+    }
+    for t in &plan.throttles {
+        parts.push(format!(
+            "{} {}:{} {}",
+            t.kind.flag(),
+            t.major,
+            t.minor,
+            t.value
+        ));
+    }
+    parts
+}
+
+fn show_rate(bits: u64) -> String {
     #[expect(clippy::cast_precision_loss, reason = "display")]
     let b = bits as f64;
     match bits {

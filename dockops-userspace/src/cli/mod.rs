@@ -3,6 +3,8 @@
 pub mod limit;
 pub mod metrics;
 pub mod reset;
+pub mod select;
+pub mod show;
 pub mod stats;
 pub mod watch;
 
@@ -15,6 +17,7 @@ use dockops::{
     collection::{Snapshot, Sources, cgroup},
     datapath::Datapath,
     discovery::{Container, Docker},
+    limits::Limiter,
 };
 
 /// A mistake in what the user asked for (exit status 2), as opposed to a failure.
@@ -36,6 +39,7 @@ pub enum TcAttach {
 pub struct Agent {
     pub docker: Docker,
     pub datapath: Datapath,
+    pub limiter: Limiter,
     pub caps: Capabilities,
     /// Cgroup directories kept open between snapshots.
     dirs: cgroup::Dirs,
@@ -60,9 +64,11 @@ impl Agent {
         let docker = Docker::connect(caps.cgroup.unified().map(Into::into)).await?;
         let datapath = Datapath::open(caps.tc_mode, caps.cgroup.unified())
             .context("preparing the eBPF datapath")?;
+        let limiter = Limiter::new(docker.client(), caps.cgroup.clone(), caps.host.clone());
         Ok(Self {
             docker,
             datapath,
+            limiter,
             caps,
             dirs: cgroup::Dirs::default(),
             containers: Vec::new(),
@@ -90,8 +96,18 @@ impl Agent {
         let running: HashSet<&str> = found.running.iter().map(|c| c.id.as_str()).collect();
         self.warned
             .retain(|(id, _)| id.is_empty() || running.contains(id.as_str()));
+        // Block IO throttles a restart dropped (Docker does not hold them) are put back.
+        let recorded = self.datapath.desired()?.limits;
+        let limit_failures = self
+            .limiter
+            .reconcile(&found.running, &recorded)
+            .into_iter()
+            .map(|(id, error)| dockops::datapath::Failure {
+                id,
+                error: format!("re-applying block IO limits: {error}"),
+            });
         self.failures.clear();
-        for failure in report.failures {
+        for failure in report.failures.into_iter().chain(limit_failures) {
             if self
                 .warned
                 .insert((failure.id.clone(), failure.error.clone()))

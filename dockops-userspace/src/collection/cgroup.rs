@@ -18,7 +18,15 @@ use nix::{
 };
 use serde::Serialize;
 
-use crate::{capabilities::CgroupMode, discovery::CgroupPaths};
+use crate::{
+    capabilities::CgroupMode,
+    cgroupfs::{
+        DeviceThrottles, parse_cpu_max, parse_io_max, parse_v1_throttle, shares_from_weight,
+        v1_throttle_file,
+    },
+    discovery::CgroupPaths,
+    policy::resources::IoKind,
+};
 
 /// `cpuacct.stat` counts in `USER_HZ`, which is 100 on every Linux ABI.
 const USER_HZ: f64 = 100.0;
@@ -86,12 +94,36 @@ pub struct PidsStats {
     pub limit: Option<u64>,
 }
 
+/// The resource limits in force, read back from the kernel; `null` where there is none.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ResourceLimits {
+    /// CPU quota over period, in CPUs.
+    pub cpus: Option<f64>,
+    pub cpu_quota_us: Option<u64>,
+    pub cpu_period_us: Option<u64>,
+    /// v1 `cpu.shares`; on v2 the smallest shares value runc converts to the `cpu.weight`.
+    pub cpu_shares: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub memory_bytes: Option<u64>,
+    /// Memory plus swap, as Docker's `--memory-swap` counts it.
+    pub memory_swap_bytes: Option<u64>,
+    /// The soft limit (v1 `memory.soft_limit_in_bytes`, v2 `memory.low`).
+    pub memory_reservation_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// Block IO throttles by device.
+    pub io: Vec<DeviceThrottles>,
+    /// The writable layer's size limit.
+    pub storage_bytes: Option<u64>,
+}
+
 /// What the cgroup files say about one container.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CgroupStats {
     pub cpu: CpuStats,
     pub memory: MemoryStats,
     pub pids: PidsStats,
+    pub limits: ResourceLimits,
     /// From `io.stat` on v2; `None` on v1, whose blkio counters stay at zero on current
     /// kernels (the eBPF block accounting fills in).
     pub blkio: Option<BlkioStats>,
@@ -191,6 +223,25 @@ fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
         let stat = text(&d, "cpu.stat");
         stats.cpu.throttled_periods_total = value(&stat, "nr_throttled");
         stats.cpu.throttled_seconds_total = seconds_from_ns(value(&stat, "throttled_time"));
+        // -1 for no quota.
+        let quota = text(&d, "cpu.cfs_quota_us").trim().parse::<u64>().ok();
+        let period = Some(number(&d, "cpu.cfs_period_us")).filter(|&p| p > 0);
+        stats.limits.cpus = cpus(quota, period);
+        (stats.limits.cpu_quota_us, stats.limits.cpu_period_us) = (quota, period);
+        stats.limits.cpu_shares = Some(number(&d, "cpu.shares")).filter(|&s| s > 0);
+    }
+    if let Some(d) = dir("cpuset") {
+        stats.limits.cpuset_cpus = list(&d, "cpuset.cpus");
+        stats.limits.cpuset_mems = list(&d, "cpuset.mems");
+    }
+    if let Some(d) = dir("blkio") {
+        for kind in IoKind::ALL {
+            parse_v1_throttle(
+                kind,
+                &text(&d, v1_throttle_file(kind)),
+                &mut stats.limits.io,
+            );
+        }
     }
     if let Some(d) = dir("memory") {
         let usage = number(&d, "memory.usage_in_bytes");
@@ -203,20 +254,59 @@ fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
             swap_bytes: value(&stat, "total_swap"),
             oom_events_total: value(&text(&d, "memory.oom_control"), "oom_kill"),
         };
+        stats.limits.memory_bytes = stats.memory.limit_bytes;
+        stats.limits.memory_swap_bytes = v1_limit(number(&d, "memory.memsw.limit_in_bytes"));
+        stats.limits.memory_reservation_bytes = v1_limit(number(&d, "memory.soft_limit_in_bytes"));
     }
     if let Some(d) = dir("pids") {
         stats.pids = PidsStats {
             current: number(&d, "pids.current"),
             limit: max_or(&text(&d, "pids.max")),
         };
+        stats.limits.pids = stats.pids.limit;
     }
     stats
+}
+
+/// A v1 memory limit: absent (0) or `PAGE_COUNTER_MAX` pages mean none.
+fn v1_limit(bytes: u64) -> Option<u64> {
+    (bytes > 0 && bytes < V1_UNLIMITED).then_some(bytes)
+}
+
+/// A cpuset list, `None` if empty or unreadable.
+fn list(dir: &OwnedFd, file: &str) -> Option<String> {
+    Some(text(dir, file).trim().to_owned()).filter(|l| !l.is_empty())
+}
+
+#[expect(clippy::cast_precision_loss, reason = "microseconds to CPUs")]
+fn cpus(quota: Option<u64>, period: Option<u64>) -> Option<f64> {
+    Some(quota? as f64 / period? as f64)
 }
 
 fn read_v2(dir: &OwnedFd) -> CgroupStats {
     let cpu = text(dir, "cpu.stat");
     let memory = text(dir, "memory.stat");
     let usage = number(dir, "memory.current");
+    let limit = max_or(&text(dir, "memory.max"));
+    let (quota, period) = parse_cpu_max(&text(dir, "cpu.max"));
+    let limits = ResourceLimits {
+        cpus: cpus(quota, period),
+        cpu_quota_us: quota,
+        cpu_period_us: period,
+        cpu_shares: max_or(&text(dir, "cpu.weight")).map(shares_from_weight),
+        // Empty when the container was not given a cpuset: then it has what its parent has.
+        cpuset_cpus: list(dir, "cpuset.cpus").or_else(|| list(dir, "cpuset.cpus.effective")),
+        cpuset_mems: list(dir, "cpuset.mems").or_else(|| list(dir, "cpuset.mems.effective")),
+        memory_bytes: limit,
+        // v2 limits swap alone; Docker's figure is memory plus swap.
+        memory_swap_bytes: limit
+            .zip(max_or(&text(dir, "memory.swap.max")))
+            .map(|(m, s)| m.saturating_add(s)),
+        memory_reservation_bytes: max_or(&text(dir, "memory.low")).filter(|&low| low > 0),
+        pids: max_or(&text(dir, "pids.max")),
+        io: parse_io_max(&text(dir, "io.max")),
+        storage_bytes: None,
+    };
     CgroupStats {
         cpu: CpuStats {
             usage_seconds_total: seconds_from_us(value(&cpu, "usage_usec")),
@@ -229,14 +319,15 @@ fn read_v2(dir: &OwnedFd) -> CgroupStats {
         memory: MemoryStats {
             usage_bytes: usage,
             working_set_bytes: usage.saturating_sub(value(&memory, "inactive_file")),
-            limit_bytes: max_or(&text(dir, "memory.max")),
+            limit_bytes: limit,
             swap_bytes: number(dir, "memory.swap.current"),
             oom_events_total: value(&text(dir, "memory.events"), "oom_kill"),
         },
         pids: PidsStats {
             current: number(dir, "pids.current"),
-            limit: max_or(&text(dir, "pids.max")),
+            limit: limits.pids,
         },
+        limits,
         // Without the io controller enabled for the cgroup there is no io.stat at all.
         blkio: read_file(dir, "io.stat").map(|io| BlkioStats::from_devices(io_stat(&io))),
     }

@@ -8,7 +8,7 @@ use dockops_common::{BlockCounters, BlockKey, Caps, TrafficCounters};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-pub use self::cgroup::{BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats};
+pub use self::cgroup::{BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats, ResourceLimits};
 use crate::{capabilities::CgroupMode, datapath::BlockByCgroup, discovery::Container};
 
 /// Network counters since dockops attached to the container's interfaces. `rx` is traffic
@@ -66,13 +66,16 @@ pub struct ContainerStats {
     pub notes: Vec<String>,
 }
 
-/// The bandwidth caps dockops enforces, bits per second; `null` when not capped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+/// The limits in force: bandwidth caps dockops enforces (bits per second; `null` when not
+/// capped) and the resource limits read back from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Limits {
     pub egress_bps: Option<u64>,
     pub ingress_bps: Option<u64>,
     /// How the caps are enforced; `null` without a cap.
     pub mode: Option<ShapingMode>,
+    #[serde(flatten)]
+    pub resources: ResourceLimits,
 }
 
 /// How a container's bandwidth caps are enforced.
@@ -102,6 +105,7 @@ impl From<Caps> for Limits {
             } else {
                 ShapingMode::Policed
             }),
+            resources: ResourceLimits::default(),
         }
     }
 }
@@ -186,13 +190,15 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         blkio,
         network: traffic.into(),
         pids: cg.pids,
-        limits: c
-            .addresses()
-            .next()
-            .and_then(|ip| sources.caps.get(&ip))
-            .copied()
-            .map(Limits::from)
-            .unwrap_or_default(),
+        limits: Limits {
+            resources: cg.limits,
+            ..c.addresses()
+                .next()
+                .and_then(|ip| sources.caps.get(&ip))
+                .copied()
+                .map(Limits::from)
+                .unwrap_or_default()
+        },
         notes: c.notes.clone(),
     }
 }
@@ -391,7 +397,8 @@ mod tests {
             Limits {
                 egress_bps: Some(10),
                 ingress_bps: None,
-                mode: Some(ShapingMode::Paced)
+                mode: Some(ShapingMode::Paced),
+                resources: ResourceLimits::default(),
             }
         );
     }

@@ -40,7 +40,7 @@ pub use reset::reset;
 use crate::{
     capabilities::TcMode,
     discovery::Container,
-    state::{StateError, Store, StoredCaps},
+    state::{Desired, StateError, Store, StoredCaps},
 };
 
 /// Identifies the eBPF object, so that a later build knows to swap its programs in. (The
@@ -319,6 +319,19 @@ impl Datapath {
                 container: container.name.clone(),
                 source,
             })
+    }
+
+    /// What operators asked for, as recorded.
+    pub fn desired(&self) -> Result<Desired, DatapathError> {
+        Ok(self.store.load()?)
+    }
+
+    /// Changes the recorded state under the lock every writer takes (limits other than caps
+    /// are recorded here too, so that no writer loses another's change).
+    pub fn update_state(&self, change: impl FnOnce(&mut Desired)) -> Result<(), DatapathError> {
+        let _lock = bpffs::lock()?;
+        self.store.update(change)?;
+        Ok(())
     }
 
     /// Puts `caps` in the maps (and queues) of `container`, without recording them.

@@ -77,6 +77,11 @@ impl Docker {
         Ok(Self { client, unified })
     }
 
+    /// The API client, for the stages that act through Docker (limits).
+    pub fn client(&self) -> bollard::Docker {
+        self.client.clone()
+    }
+
     /// Every running container with its pid and host-side interfaces, and the ids of all
     /// containers (stopped ones keep their caps until they are removed).
     ///

@@ -153,6 +153,31 @@ const GAUGES: &[(&str, &str, Get<i64>)] = &[
         |c| c.memory.limit_bytes.unwrap_or(0) as i64,
     ),
     (
+        "container_spec_memory_swap_limit_bytes",
+        "Memory plus swap limit; 0 when unlimited",
+        |c| c.limits.resources.memory_swap_bytes.unwrap_or(0) as i64,
+    ),
+    (
+        "container_spec_memory_reservation_limit_bytes",
+        "Memory soft limit (reservation); 0 when none",
+        |c| c.limits.resources.memory_reservation_bytes.unwrap_or(0) as i64,
+    ),
+    (
+        "container_spec_cpu_period",
+        "CFS period, microseconds",
+        |c| c.limits.resources.cpu_period_us.unwrap_or(0) as i64,
+    ),
+    (
+        "container_spec_cpu_quota",
+        "CFS quota per period, microseconds; 0 when unlimited",
+        |c| c.limits.resources.cpu_quota_us.unwrap_or(0) as i64,
+    ),
+    (
+        "container_spec_cpu_shares",
+        "CPU shares (cgroup v2: from cpu.weight as runc converts)",
+        |c| c.limits.resources.cpu_shares.unwrap_or(0) as i64,
+    ),
+    (
         "container_processes",
         "Processes and threads in the container",
         |c| c.pids.current as i64,
@@ -236,7 +261,8 @@ mod tests {
 
     use super::*;
     use crate::collection::{
-        BlkioStats, CpuStats, Limits, MemoryStats, NetworkStats, PidsStats, ShapingMode,
+        BlkioStats, CpuStats, Limits, MemoryStats, NetworkStats, PidsStats, ResourceLimits,
+        ShapingMode,
     };
 
     #[test]
@@ -274,6 +300,13 @@ mod tests {
                     egress_bps: Some(50_000_000),
                     ingress_bps: None,
                     mode: Some(ShapingMode::Paced),
+                    resources: ResourceLimits {
+                        cpu_quota_us: Some(50_000),
+                        cpu_period_us: Some(100_000),
+                        cpu_shares: Some(512),
+                        memory_swap_bytes: Some(64 << 20),
+                        ..ResourceLimits::default()
+                    },
                 },
                 notes: Vec::new(),
             }],
@@ -286,6 +319,11 @@ mod tests {
             format!("container_fs_writes_bytes_total{labels} 65536"),
             format!("container_memory_usage_bytes{labels} 4096"),
             format!("container_spec_memory_limit_bytes{labels} 0"),
+            format!("container_spec_cpu_quota{labels} 50000"),
+            format!("container_spec_cpu_period{labels} 100000"),
+            format!("container_spec_cpu_shares{labels} 512"),
+            format!("container_spec_memory_swap_limit_bytes{labels} 67108864"),
+            format!("container_spec_memory_reservation_limit_bytes{labels} 0"),
             format!("container_processes{labels} 3"),
             "# TYPE container_oom_events counter".to_owned(),
             format!("dockops_network_egress_limit_bits{labels} 50000000"),

@@ -1,4 +1,8 @@
-//! Pure: what the user asked for, checked and converted to the datapath's units. No I/O.
+//! Pure: what the user asked for, checked and converted to the datapath's and the kernel's
+//! units. No I/O: host facts come in as plain values.
+
+pub mod resources;
+pub mod update;
 
 /// The most a socket can be paced to: `SO_MAX_PACING_RATE` takes a 32-bit count of bytes per
 /// second.

@@ -1,0 +1,174 @@
+//! `dockops-bpf show`: the limits in force on one container, read back from the kernel, and
+//! where each came from.
+
+use std::collections::HashSet;
+
+use dockops::{
+    collection::Limits,
+    policy::resources::{Host, IoKind},
+    state::{StoredCaps, StoredLimits},
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Agent, TcAttach, select, watch::Format};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The container, by name or id (prefix).
+    container: String,
+    /// table: for people; json: one object, for scripts.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+/// One limit: its value as read back (`null`: none) and who set it.
+#[derive(Serialize)]
+struct Row {
+    limit: String,
+    value: Value,
+    /// `dockops` (recorded by `limit`), `docker` (set at create or by `docker update`),
+    /// `cgroup` (written to the cgroup by someone else), `default` (the kernel's or Docker's
+    /// default), `none` (no limit).
+    source: &'static str,
+}
+
+pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
+    let mut agent = Agent::start(tc_attach).await?;
+    agent.refresh(&HashSet::new()).await?;
+    let container = select::find(&agent.containers, &args.container)?.clone();
+    let snapshot = agent.snapshot(|c| c.id == container.id)?;
+    let limits = snapshot
+        .containers
+        .first()
+        .map(|c| c.limits.clone())
+        .unwrap_or_default();
+    let desired = agent.datapath.desired()?;
+    let rows = rows(
+        &limits,
+        desired.caps.get(&container.id),
+        desired.limits.get(&container.id),
+        &agent.caps.host,
+    );
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            json!({"id": container.id, "name": container.name, "limits": rows})
+        ),
+        Format::Table => {
+            println!("{:<24} {:<20} SOURCE", "LIMIT", "VALUE");
+            for row in rows {
+                let value = match &row.value {
+                    Value::Null => "-".to_owned(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                println!("{:<24} {value:<20} {}", row.limit, row.source);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rows(
+    limits: &Limits,
+    caps: Option<&StoredCaps>,
+    recorded: Option<&StoredLimits>,
+    host: &Host,
+) -> Vec<Row> {
+    let by_dockops = |name: &str| recorded.is_some_and(|r| r.docker.contains(name));
+    // Set (a value), by dockops or else by Docker; a value equal to the default is `default`.
+    let docker_held = |name: &str, value: Value, default: bool| -> (Value, &'static str) {
+        let source = if value.is_null() {
+            "none"
+        } else if by_dockops(name) {
+            "dockops"
+        } else if default {
+            "default"
+        } else {
+            "docker"
+        };
+        (value, source)
+    };
+    let r = &limits.resources;
+    let all_cpus = host.cpus.to_string();
+    let all_mems = host.mems.to_string();
+    let mut rows = Vec::new();
+    let mut push = |limit: &str, (value, source): (Value, &'static str)| {
+        rows.push(Row {
+            limit: limit.to_owned(),
+            value,
+            source,
+        });
+    };
+    for (limit, bits) in [
+        ("egress", limits.egress_bps),
+        ("ingress", limits.ingress_bps),
+    ] {
+        let source = match (bits, caps) {
+            (None, _) => "none",
+            (Some(_), Some(_)) => "dockops",
+            (Some(_), None) => "dockops (not recorded)",
+        };
+        push(&format!("{limit}-bps"), (json!(bits), source));
+    }
+    push("cpus", docker_held("cpus", json!(r.cpus), false));
+    push(
+        "cpu-shares",
+        docker_held(
+            "cpu_shares",
+            json!(r.cpu_shares),
+            r.cpu_shares == Some(1024),
+        ),
+    );
+    push(
+        "cpuset-cpus",
+        docker_held(
+            "cpuset_cpus",
+            json!(r.cpuset_cpus),
+            r.cpuset_cpus.as_deref() == Some(&all_cpus),
+        ),
+    );
+    push(
+        "cpuset-mems",
+        docker_held(
+            "cpuset_mems",
+            json!(r.cpuset_mems),
+            r.cpuset_mems.as_deref() == Some(&all_mems),
+        ),
+    );
+    push(
+        "memory",
+        docker_held("memory", json!(r.memory_bytes), false),
+    );
+    push(
+        "memory-swap",
+        docker_held("memory_swap", json!(r.memory_swap_bytes), false),
+    );
+    push(
+        "memory-reservation",
+        docker_held(
+            "memory_reservation",
+            json!(r.memory_reservation_bytes),
+            false,
+        ),
+    );
+    push("pids-limit", docker_held("pids", json!(r.pids), false));
+    for device in &r.io {
+        for kind in IoKind::ALL {
+            let Some(value) = device.get(kind) else {
+                continue;
+            };
+            let ours = recorded.is_some_and(|rec| {
+                rec.io
+                    .iter()
+                    .any(|t| (t.major, t.minor, t.kind) == (device.major, device.minor, kind))
+            });
+            push(
+                &format!("{} {}:{}", kind.flag(), device.major, device.minor),
+                (json!(value), if ours { "dockops" } else { "cgroup" }),
+            );
+        }
+    }
+    rows
+}

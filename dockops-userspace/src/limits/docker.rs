@@ -1,0 +1,80 @@
+//! CPU, memory and pids through Docker's update API: Docker writes the cgroup files (runc
+//! converts shares to a v2 weight), keeps `docker inspect` true, and applies the limits
+//! again when the container restarts.
+
+use bollard::{errors::Error, models::ContainerUpdateBody};
+
+use super::LimitError;
+use crate::policy::update::{DockerResources, Update};
+
+/// The container's resource settings as Docker holds them.
+pub async fn inspect(
+    client: &bollard::Docker,
+    id: &str,
+    name: &str,
+) -> Result<DockerResources, LimitError> {
+    let inspect = client
+        .inspect_container(id, None)
+        .await
+        .map_err(|source| api(name, source))?;
+    let h = inspect.host_config.unwrap_or_default();
+    Ok(DockerResources {
+        nano_cpus: h.nano_cpus.unwrap_or(0),
+        cpu_shares: h.cpu_shares.unwrap_or(0),
+        cpu_period: h.cpu_period.unwrap_or(0),
+        cpu_quota: h.cpu_quota.unwrap_or(0),
+        cpuset_cpus: h.cpuset_cpus.unwrap_or_default(),
+        cpuset_mems: h.cpuset_mems.unwrap_or_default(),
+        memory: h.memory.unwrap_or(0),
+        memory_swap: h.memory_swap.unwrap_or(0),
+        memory_reservation: h.memory_reservation.unwrap_or(0),
+        pids_limit: h.pids_limit.unwrap_or(0),
+    })
+}
+
+/// Sends `update` (nothing when it is empty).
+pub async fn update(
+    client: &bollard::Docker,
+    id: &str,
+    name: &str,
+    update: &Update,
+) -> Result<(), LimitError> {
+    if update.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(container = name, ?update, "docker update");
+    let body = ContainerUpdateBody {
+        nano_cpus: update.nano_cpus,
+        cpu_shares: update.cpu_shares,
+        cpu_period: update.cpu_period,
+        cpu_quota: update.cpu_quota,
+        cpuset_cpus: update.cpuset_cpus.clone(),
+        cpuset_mems: update.cpuset_mems.clone(),
+        memory: update.memory,
+        memory_swap: update.memory_swap,
+        memory_reservation: update.memory_reservation,
+        pids_limit: update.pids_limit,
+        ..ContainerUpdateBody::default()
+    };
+    client
+        .update_container(id, body)
+        .await
+        .map_err(|source| api(name, source))
+}
+
+/// Docker's 4xx answers are about the request (its own checks of the values): input errors.
+fn api(name: &str, source: Error) -> LimitError {
+    match source {
+        Error::DockerResponseServerError {
+            status_code: 400..=499,
+            message,
+        } => LimitError::Refused {
+            container: name.to_owned(),
+            message,
+        },
+        source => LimitError::Docker {
+            container: name.to_owned(),
+            source,
+        },
+    }
+}

@@ -1,0 +1,271 @@
+//! Enforcement of CPU, memory, pids and block IO limits on running containers.
+//!
+//! CPU, memory and pids go through Docker's update API ([`docker`]): `docker inspect` stays
+//! true and Docker re-applies them when the container restarts. Block IO throttles per device
+//! cannot be changed through the API, so they are written to the cgroup files ([`io`]),
+//! recorded in the durable state, and re-applied by [`Limiter::reconcile`] after a restart.
+//!
+//! Every change is planned first (all checks, nothing written), then applied: throttles
+//! first, the Docker update last; if anything fails, what was applied is put back.
+
+mod docker;
+mod io;
+
+use std::path::PathBuf;
+
+pub use io::resolve;
+
+use crate::{
+    capabilities::CgroupMode,
+    discovery::{CgroupPaths, Container},
+    policy::{
+        resources::{Host, IoKind, ResourceError, Resources, Throttle, Unset},
+        update::{self, Update},
+    },
+    state::StoredLimits,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error(transparent)]
+    Input(#[from] ResourceError),
+    #[error("{path}: {why}")]
+    Device { path: PathBuf, why: String },
+    #[error("Docker refused to update {container}: {message}")]
+    Refused { container: String, message: String },
+    #[error("the Docker API request for {container} failed")]
+    Docker {
+        container: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{path}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the {what} cgroup of {container} was not found (has it stopped?)")]
+    NoCgroup {
+        container: String,
+        what: &'static str,
+    },
+    #[error(
+        "{container}: the io controller is not enabled for its cgroup (no io.max), so block IO \
+         cannot be limited"
+    )]
+    NoIoController { container: String },
+}
+
+impl LimitError {
+    /// A mistake in what was asked (exit status 2), not a failure of the host.
+    pub const fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Input(_) | Self::Device { .. } | Self::Refused { .. }
+        )
+    }
+}
+
+/// One throttle write: the device, the throttle, the value to set (`None` removes it) and the
+/// value before, to put back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IoWrite {
+    device: (u32, u32),
+    kind: IoKind,
+    value: Option<u64>,
+    before: Option<u64>,
+}
+
+/// A change to one container, checked and ready to apply.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub id: String,
+    pub name: String,
+    paths: CgroupPaths,
+    /// What Docker is asked for, and what puts it back.
+    pub update: Update,
+    restore: Update,
+    io: Vec<IoWrite>,
+    /// The throttles asked for, resolved to their disks (for the durable state).
+    pub throttles: Vec<Throttle>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.update.is_empty() && self.io.is_empty()
+    }
+}
+
+/// Applies limits through Docker and the cgroup files.
+pub struct Limiter {
+    client: bollard::Docker,
+    cgroup: CgroupMode,
+    pub host: Host,
+}
+
+impl Limiter {
+    pub const fn new(client: bollard::Docker, cgroup: CgroupMode, host: Host) -> Self {
+        Self {
+            client,
+            cgroup,
+            host,
+        }
+    }
+
+    /// Checks `request` and `unset` for `container` (whose memory use is `usage`) against
+    /// the host and Docker's settings, resolves devices, and says what would change. Changes
+    /// nothing.
+    pub async fn plan(
+        &self,
+        container: &Container,
+        request: &Resources,
+        unset: &Unset,
+        usage: Option<u64>,
+        force: bool,
+    ) -> Result<Plan, LimitError> {
+        self.host.check(request)?;
+        let current = docker::inspect(&self.client, &container.id, &container.name).await?;
+        let update = update::plan(request, unset, &current, &self.host, usage, force)?;
+        let restore = update::restore(&current, &update, &self.host);
+        let mut throttles = Vec::new();
+        for limit in &request.io {
+            let (major, minor) = resolve(&limit.path)?;
+            throttles
+                .retain(|t: &Throttle| (t.major, t.minor, t.kind) != (major, minor, limit.kind));
+            throttles.push(Throttle {
+                major,
+                minor,
+                kind: limit.kind,
+                value: limit.value,
+            });
+        }
+        let mut io = Vec::new();
+        if !throttles.is_empty() || !unset.io.is_empty() {
+            let now = io::read(&self.cgroup, &container.cgroup, &container.name)?;
+            for t in &throttles {
+                io.push(IoWrite {
+                    device: (t.major, t.minor),
+                    kind: t.kind,
+                    value: Some(t.value),
+                    before: io::current(&now, (t.major, t.minor), t.kind),
+                });
+            }
+            for d in &now {
+                for &kind in &unset.io {
+                    if let Some(before) = d.get(kind) {
+                        io.push(IoWrite {
+                            device: (d.major, d.minor),
+                            kind,
+                            value: None,
+                            before: Some(before),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Plan {
+            id: container.id.clone(),
+            name: container.name.clone(),
+            paths: container.cgroup.clone(),
+            update,
+            restore,
+            io,
+            throttles,
+        })
+    }
+
+    /// Applies `plan`: the throttles, then the Docker update. On failure, what was written
+    /// is put back and the error returned.
+    pub async fn apply(&self, plan: &Plan) -> Result<(), LimitError> {
+        for (done, write) in plan.io.iter().enumerate() {
+            if let Err(error) = self.write_io(plan, write, write.value) {
+                self.put_back_io(plan, &plan.io[..done]);
+                return Err(error);
+            }
+        }
+        if let Err(error) = docker::update(&self.client, &plan.id, &plan.name, &plan.update).await {
+            self.put_back_io(plan, &plan.io);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Puts back what an applied `plan` changed (another container's failure undoes this
+    /// one); returns what could not be put back.
+    pub async fn undo(&self, plan: &Plan) -> Vec<LimitError> {
+        let mut failed = Vec::new();
+        if let Err(error) = docker::update(&self.client, &plan.id, &plan.name, &plan.restore).await
+        {
+            failed.push(error);
+        }
+        failed.extend(
+            plan.io
+                .iter()
+                .rev()
+                .filter_map(|w| self.write_io(plan, w, w.before).err()),
+        );
+        failed
+    }
+
+    fn write_io(&self, plan: &Plan, write: &IoWrite, value: Option<u64>) -> Result<(), LimitError> {
+        io::write(
+            &self.cgroup,
+            &plan.paths,
+            &plan.name,
+            write.device,
+            write.kind,
+            value,
+        )
+    }
+
+    fn put_back_io(&self, plan: &Plan, written: &[IoWrite]) {
+        for write in written.iter().rev() {
+            if let Err(error) = self.write_io(plan, write, write.before) {
+                tracing::warn!(
+                    container = plan.name,
+                    "putting back a block IO throttle: {error}"
+                );
+            }
+        }
+    }
+
+    /// Re-applies the recorded throttles of each running container where the kernel lost
+    /// them (a restart makes a new cgroup); returns each container's failure.
+    pub fn reconcile(
+        &self,
+        containers: &[Container],
+        recorded: &std::collections::BTreeMap<String, StoredLimits>,
+    ) -> Vec<(String, LimitError)> {
+        let mut failures = Vec::new();
+        for container in containers {
+            let Some(limits) = recorded.get(&container.id) else {
+                continue;
+            };
+            if limits.io.is_empty() {
+                continue;
+            }
+            let result =
+                io::read(&self.cgroup, &container.cgroup, &container.name).and_then(|now| {
+                    for t in &limits.io {
+                        let device = (t.major, t.minor);
+                        if io::current(&now, device, t.kind) != Some(t.value) {
+                            io::write(
+                                &self.cgroup,
+                                &container.cgroup,
+                                &container.name,
+                                device,
+                                t.kind,
+                                Some(t.value),
+                            )?;
+                        }
+                    }
+                    Ok(())
+                });
+            if let Err(error) = result {
+                failures.push((container.id.clone(), error));
+            }
+        }
+        failures
+    }
+}
