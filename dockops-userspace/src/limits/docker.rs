@@ -32,16 +32,25 @@ pub async fn inspect(
     })
 }
 
-/// Sends `update` (nothing when it is empty).
+/// Sends `update` (nothing when it is empty), in [`Update::steps`].
 pub async fn update(
     client: &bollard::Docker,
     id: &str,
     name: &str,
     update: &Update,
 ) -> Result<(), LimitError> {
-    if update.is_empty() {
-        return Ok(());
+    for step in update.steps() {
+        send(client, id, name, &step).await?;
     }
+    Ok(())
+}
+
+async fn send(
+    client: &bollard::Docker,
+    id: &str,
+    name: &str,
+    update: &Update,
+) -> Result<(), LimitError> {
     tracing::info!(container = name, ?update, "docker update");
     let body = ContainerUpdateBody {
         nano_cpus: update.nano_cpus,

@@ -25,11 +25,8 @@ const V1_BLKIO: &str = "/sys/fs/cgroup/blkio";
 
 /// The disk (`major`, `minor`) behind `path`: a block device itself, or the filesystem a path
 /// lives on. Partitions resolve to their disk, which is what blk-throttle takes.
-pub fn resolve(path: &Path) -> Result<(u32, u32), LimitError> {
-    let bad = |why: String| LimitError::Device {
-        path: path.to_owned(),
-        why,
-    };
+pub fn resolve(path: &Path) -> Result<(u32, u32), String> {
+    let bad = |why: String| why;
     let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
     let dev = if meta.file_type().is_block_device() {
         meta.rdev()

@@ -29,8 +29,12 @@ use crate::{
 pub enum LimitError {
     #[error(transparent)]
     Input(#[from] ResourceError),
-    #[error("{path}: {why}")]
-    Device { path: PathBuf, why: String },
+    #[error("--{flag} {path}: {why}")]
+    Device {
+        flag: &'static str,
+        path: PathBuf,
+        why: String,
+    },
     #[error("Docker refused to update {container}: {message}")]
     Refused { container: String, message: String },
     #[error("the Docker API request for {container} failed")]
@@ -130,7 +134,11 @@ impl Limiter {
         let restore = update::restore(&current, &update, &self.host);
         let mut throttles = Vec::new();
         for limit in &request.io {
-            let (major, minor) = resolve(&limit.path)?;
+            let (major, minor) = resolve(&limit.path).map_err(|why| LimitError::Device {
+                flag: limit.kind.flag(),
+                path: limit.path.clone(),
+                why,
+            })?;
             throttles
                 .retain(|t: &Throttle| (t.major, t.minor, t.kind) != (major, minor, limit.kind));
             throttles.push(Throttle {

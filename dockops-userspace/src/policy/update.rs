@@ -60,6 +60,23 @@ impl Update {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The requests that make this update. runc (1.1, cgroup v1) does not write a swap limit
+    /// of -1, and then refuses a memory limit above the old memory+swap limit: unlimited
+    /// swap is first raised to the largest limit, in a request of its own.
+    pub fn steps(&self) -> Vec<Self> {
+        let mut steps = Vec::new();
+        if self.memory_swap == Some(-1) {
+            steps.push(Self {
+                memory_swap: Some(NO_MEMORY_LIMIT),
+                ..Self::default()
+            });
+        }
+        if !self.is_empty() {
+            steps.push(self.clone());
+        }
+        steps
+    }
 }
 
 fn signed(value: u64) -> i64 {
@@ -193,6 +210,13 @@ fn plan_memory(
             )));
         }
         let memory = signed(memory);
+        if request.memory_reservation.is_none() && current.memory_reservation > memory {
+            return Err(conflict(format!(
+                "--memory {memory} is below the container's memory reservation ({}): lower \
+                 it too, with --memory-reservation",
+                current.memory_reservation
+            )));
+        }
         update.memory = Some(memory);
         update.memory_swap = Some(match request.memory_swap {
             Some(Swap::Limited(swap)) => signed(swap),
@@ -408,6 +432,13 @@ mod tests {
         assert_eq!(update.memory_swap, Some(-1));
     }
 
+    fn mem_32m() -> Resources {
+        Resources {
+            memory: Some(32 << 20),
+            ..Resources::default()
+        }
+    }
+
     #[test]
     fn memory_checks() {
         let current = DockerResources::default();
@@ -467,6 +498,16 @@ mod tests {
         };
         assert!(ask(&reservation, &limited).is_err(), "above the limit");
         assert!(ask(&reservation, &current).is_ok(), "no limit to exceed");
+        let reserved = DockerResources {
+            memory_reservation: 64 << 20,
+            ..DockerResources::default()
+        };
+        assert!(
+            ask(&mem_32m(), &reserved)
+                .unwrap_err()
+                .to_string()
+                .contains("reservation")
+        );
     }
 
     #[test]
@@ -516,6 +557,26 @@ mod tests {
             .is_empty(),
             "an unlimited container has nothing to unlimit"
         );
+    }
+
+    #[test]
+    fn unlimited_swap_is_raised_first() {
+        let update = Update {
+            memory: Some(NO_MEMORY_LIMIT),
+            memory_swap: Some(-1),
+            ..Update::default()
+        };
+        let steps = update.steps();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[0].memory_swap, Some(NO_MEMORY_LIMIT));
+        assert_eq!(steps[0].memory, None);
+        assert_eq!(steps[1], update);
+        let cpus = Update {
+            nano_cpus: Some(1),
+            ..Update::default()
+        };
+        assert_eq!(cpus.steps(), std::slice::from_ref(&cpus));
+        assert!(Update::default().steps().is_empty());
     }
 
     #[test]
