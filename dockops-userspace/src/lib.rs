@@ -9,6 +9,7 @@
 //! [`capabilities`] is probed once at start-up and read by the others; [`cgroupfs`] holds the
 //! cgroup file formats the writers and readers share.
 
+pub mod btrfs;
 pub mod capabilities;
 pub mod cgroupfs;
 pub mod collection;

@@ -88,10 +88,10 @@ impl StoredCaps {
 /// The CPU, memory, pids and block IO limits one container was given through dockops.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredLimits {
-    /// Limits Docker holds (and re-applies) that dockops set: `cpus`, `memory`... (for
-    /// `show`, which says where each limit came from).
+    /// Limits dockops set that Docker or the storage driver keep: `cpus`, `memory`,
+    /// `storage`... (for `show`, which says where each limit came from).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub docker: BTreeSet<String>,
+    pub held: BTreeSet<String>,
     /// Block IO throttles, which Docker cannot hold: dockops re-applies them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub io: Vec<Throttle>,
@@ -99,7 +99,7 @@ pub struct StoredLimits {
 
 impl StoredLimits {
     fn is_empty(&self) -> bool {
-        self.docker.is_empty() && self.io.is_empty()
+        self.held.is_empty() && self.io.is_empty()
     }
 }
 
@@ -124,7 +124,7 @@ impl Desired {
         }
     }
 
-    /// Records a change of `id`'s limits: `set` and `cleared` name Docker-held limits,
+    /// Records a change of `id`'s limits: `set` and `cleared` name held limits,
     /// `throttles` replace those of their device and kind, `cleared_io` removes kinds.
     pub fn record_limits(
         &mut self,
@@ -136,9 +136,9 @@ impl Desired {
     ) {
         let limits = self.limits.entry(id.to_owned()).or_default();
         for name in cleared {
-            limits.docker.remove(*name);
+            limits.held.remove(*name);
         }
-        limits.docker.extend(set.iter().map(|&n| n.to_owned()));
+        limits.held.extend(set.iter().map(|&n| n.to_owned()));
         limits.io.retain(|t| {
             !cleared_io.contains(&t.kind)
                 && !throttles
@@ -340,7 +340,7 @@ mod tests {
         );
         desired.record_limits("a", &[], &[], &[throttle(IoKind::WriteBps, 7)], &[]);
         let a = &desired.limits["a"];
-        assert_eq!(a.docker.len(), 2);
+        assert_eq!(a.held.len(), 2);
         assert_eq!(a.io, [throttle(IoKind::WriteBps, 7)], "replaced, not added");
         desired.record_limits("a", &[], &["cpus"], &[], &[IoKind::ReadBps]);
         assert_eq!(desired.limits["a"].io.len(), 1, "another kind stays");

@@ -133,6 +133,12 @@ struct ResourceArgs {
           value_parser = |s: &str| why(resources::parse_device(IoKind::WriteIops, s)),
           help_heading = "Block IO")]
     device_write_iops: Vec<DeviceLimit>,
+    /// Size of the container's writable layer, e.g. 10g (the btrfs storage driver: a qgroup
+    /// limit, as `--storage-opt size` sets at create time).
+    #[arg(long, value_name = "SIZE",
+          value_parser = |s: &str| why(resources::parse_storage_size(s)),
+          help_heading = "Storage")]
+    storage_size: Option<u64>,
 }
 
 impl ResourceArgs {
@@ -155,7 +161,7 @@ impl ResourceArgs {
                 self.device_write_iops,
             ]
             .concat(),
-            storage: None,
+            storage: self.storage_size,
         }
     }
 }
@@ -208,15 +214,15 @@ pub struct UnlimitArgs {
     device_read_iops: bool,
     #[arg(long)]
     device_write_iops: bool,
+    /// Remove the writable layer's size limit.
+    #[arg(long)]
+    storage_size: bool,
 }
 
 impl UnlimitArgs {
     fn unset(&self) -> Unset {
         if self.all {
-            return Unset {
-                storage: false,
-                ..Unset::all()
-            };
+            return Unset::all();
         }
         let io = [
             (self.device_read_bps, IoKind::ReadBps),
@@ -234,7 +240,7 @@ impl UnlimitArgs {
             memory_reservation: self.memory_reservation,
             pids_limit: self.pids_limit,
             io: io.iter().filter(|(on, _)| *on).map(|&(_, k)| k).collect(),
-            storage: false,
+            storage: self.storage_size,
         }
     }
 }
@@ -324,7 +330,7 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
         });
     }
     apply(&mut agent, &changes).await?;
-    let set = request.docker_names();
+    let set = request.held_names();
     agent.datapath.update_state(|desired| {
         for change in &changes {
             desired.record_limits(&change.container.id, &set, &[], &change.plan.throttles, &[]);
@@ -378,7 +384,7 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
         });
     }
     apply(&mut agent, &changes).await?;
-    let cleared = unset.docker_names();
+    let cleared = unset.held_names();
     agent.datapath.update_state(|desired| {
         for change in &changes {
             desired.record_limits(&change.container.id, &[], &cleared, &[], &unset.io);
@@ -518,7 +524,7 @@ fn report(change: &Change, set: Option<&Resources>, unset: Option<&Unset>) {
         parts.extend(describe(r, &change.plan));
     }
     if let Some(u) = unset {
-        let names = u.docker_names();
+        let names = u.held_names();
         parts.extend(names.iter().map(|n| format!("{n} unlimited")));
         parts.extend(u.io.iter().map(|k| format!("{} unlimited", k.flag())));
     }
@@ -573,6 +579,9 @@ fn describe(r: &Resources, plan: &Plan) -> Vec<String> {
             t.minor,
             t.value
         ));
+    }
+    if let Some(bytes) = r.storage {
+        parts.push(format!("storage-size {}", mib(bytes)));
     }
     parts
 }

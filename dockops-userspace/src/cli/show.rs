@@ -27,7 +27,8 @@ pub struct Args {
 struct Row {
     limit: String,
     value: Value,
-    /// `dockops` (recorded by `limit`), `docker` (set at create or by `docker update`),
+    /// `dockops` (recorded by `limit`), `docker` (set at create, by `docker update`, or for
+    /// the storage size `--storage-opt`),
     /// `cgroup` (written to the cgroup by someone else), `default` (the kernel's or Docker's
     /// default), `none` (no limit).
     source: &'static str,
@@ -76,7 +77,7 @@ fn rows(
     recorded: Option<&StoredLimits>,
     host: &Host,
 ) -> Vec<Row> {
-    let by_dockops = |name: &str| recorded.is_some_and(|r| r.docker.contains(name));
+    let by_dockops = |name: &str| recorded.is_some_and(|r| r.held.contains(name));
     // Set (a value), by dockops or else by Docker; a value equal to the default is `default`.
     let docker_held = |name: &str, value: Value, default: bool| -> (Value, &'static str) {
         let source = if value.is_null() {
@@ -154,6 +155,10 @@ fn rows(
         ),
     );
     push("pids-limit", docker_held("pids", json!(r.pids), false));
+    push(
+        "storage-size",
+        docker_held("storage", json!(r.storage_bytes), false),
+    );
     for device in &r.io {
         for kind in IoKind::ALL {
             let Some(value) = device.get(kind) else {

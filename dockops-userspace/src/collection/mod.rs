@@ -61,9 +61,18 @@ pub struct ContainerStats {
     pub blkio: BlkioStats,
     pub network: NetworkStats,
     pub pids: PidsStats,
+    pub storage: StorageStats,
     pub limits: Limits,
     /// What dockops cannot count or cap for this container, and what failed for it.
     pub notes: Vec<String>,
+}
+
+/// The container's writable layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StorageStats {
+    /// What it references (btrfs with quota on: the qgroup's `referenced`); `null` where
+    /// the storage driver does not count it cheaply.
+    pub usage_bytes: Option<u64>,
 }
 
 /// The limits in force: bandwidth caps dockops enforces (bits per second; `null` when not
@@ -181,17 +190,27 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
             .unwrap_or_default();
         BlkioStats::from_devices(devices)
     });
+    let qgroup = c.storage.as_ref().and_then(|s| s.qgroup.as_deref());
+    let qgroup_bytes = |file: &str| {
+        let text = std::fs::read_to_string(qgroup?.join(file)).ok()?;
+        text.trim().parse::<u64>().ok()
+    };
+    let mut resources = cg.limits;
+    resources.storage_bytes = qgroup_bytes("max_referenced").filter(|&b| b > 0);
     ContainerStats {
         id: c.id.clone(),
         name: c.name.clone(),
         image: c.image.clone(),
+        storage: StorageStats {
+            usage_bytes: qgroup_bytes("referenced"),
+        },
         cpu: cg.cpu,
         memory: cg.memory,
         blkio,
         network: traffic.into(),
         pids: cg.pids,
         limits: Limits {
-            resources: cg.limits,
+            resources,
             ..c.addresses()
                 .next()
                 .and_then(|ip| sources.caps.get(&ip))
@@ -288,6 +307,7 @@ mod tests {
             cgroup_id: Some(u64::from(ifindexes.first().copied().unwrap_or(0))),
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            storage: None,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::{Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use bollard::{
@@ -12,11 +12,12 @@ use bollard::{
 };
 use futures::{Stream, StreamExt as _};
 
-use super::{CgroupPaths, Container, HostInterface, Inventory, netns};
+use super::{CgroupPaths, Container, HostInterface, Inventory, WritableLayer, netns};
 
 /// What an inspect (and a visit to the network namespace) adds to a listed container.
 struct Inspected {
     pid: u32,
+    storage: Option<WritableLayer>,
     interfaces: Option<Vec<HostInterface>>,
     notes: Vec<String>,
     ipv4: Vec<Ipv4Addr>,
@@ -58,6 +59,8 @@ pub struct Docker {
     client: bollard::Docker,
     /// Mount point of the cgroup v2 hierarchy, to resolve cgroup ids.
     unified: Option<PathBuf>,
+    /// The engine's storage driver and root directory (`docker info`).
+    storage: Option<(String, PathBuf)>,
 }
 
 impl Docker {
@@ -74,7 +77,18 @@ impl Docker {
             .negotiate_version()
             .await
             .map_err(connect_err)?;
-        Ok(Self { client, unified })
+        let storage = match client.info().await {
+            Ok(info) => info.driver.zip(info.docker_root_dir.map(PathBuf::from)),
+            Err(error) => {
+                tracing::warn!("docker info failed ({error}): storage limits are unavailable");
+                None
+            }
+        };
+        Ok(Self {
+            client,
+            unified,
+            storage,
+        })
     }
 
     /// The API client, for the stages that act through Docker (limits).
@@ -137,6 +151,7 @@ impl Docker {
                     notes: found.notes,
                     ipv4: found.ipv4,
                     ipv6: found.ipv6,
+                    storage: found.storage,
                     ..Container::default()
                 }
             } else {
@@ -177,6 +192,13 @@ impl Docker {
             .collect();
         let pid = inspect.state.and_then(|s| s.pid).unwrap_or(0);
         let pid = u32::try_from(pid).ok().filter(|&p| p != 0)?;
+        let storage = self.storage.as_ref().map(|(driver, root)| {
+            let upper = inspect
+                .graph_driver
+                .as_ref()
+                .and_then(|g| g.data.get("UpperDir"));
+            writable_layer(driver, root, id, upper.map(String::as_str))
+        });
         let mode = inspect
             .host_config
             .and_then(|h| h.network_mode)
@@ -193,6 +215,7 @@ impl Docker {
         };
         Some(Inspected {
             pid,
+            storage,
             interfaces,
             notes,
             ipv4: endpoints
@@ -250,6 +273,30 @@ impl Docker {
                 time: message.time.unwrap_or_default(),
             })
         })
+    }
+}
+
+/// The writable layer of container `id` under the engine's `root`: btrfs keeps it in a
+/// subvolume named by the layer store's mount id, overlay2 names its upper directory.
+fn writable_layer(driver: &str, root: &Path, id: &str, upper: Option<&str>) -> WritableLayer {
+    let path = match driver {
+        "btrfs" => {
+            let mount_id = root.join(format!("image/btrfs/layerdb/mounts/{id}/mount-id"));
+            std::fs::read_to_string(mount_id)
+                .ok()
+                .map(|m| root.join("btrfs/subvolumes").join(m.trim()))
+        }
+        "overlay2" => upper.map(PathBuf::from),
+        _ => None,
+    };
+    let qgroup = path
+        .as_deref()
+        .filter(|_| driver == "btrfs")
+        .and_then(|p| crate::btrfs::qgroup_dir(p).ok());
+    WritableLayer {
+        driver: driver.to_owned(),
+        path,
+        qgroup,
     }
 }
 

@@ -11,6 +11,7 @@ pub use netns::{gso_max_size, interface_name};
 use std::{
     collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
 };
 
 /// What one pass of discovery found.
@@ -59,6 +60,21 @@ pub struct Container {
     pub ipv4: Vec<Ipv4Addr>,
     /// Its global IPv6 addresses, on networks with IPv6 enabled.
     pub ipv6: Vec<Ipv6Addr>,
+    /// Its writable layer; `None` when the engine's storage driver is unknown.
+    pub storage: Option<WritableLayer>,
+}
+
+/// Where a container's writes go, for storage limits and usage.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WritableLayer {
+    /// The engine's storage driver (`overlay2`, `btrfs`...).
+    pub driver: String,
+    /// The layer's directory (`btrfs`: its subvolume; `overlay2`: the upper directory);
+    /// `None` where the driver does not say.
+    pub path: Option<PathBuf>,
+    /// `btrfs`: the sysfs directory of the subvolume's qgroup (usage and limit once quota is
+    /// on).
+    pub qgroup: Option<PathBuf>,
 }
 
 /// The host end of a veth pair whose other end is inside a container.
@@ -110,6 +126,7 @@ mod tests {
             cgroup_id: None,
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            storage: None,
         }
     }
 

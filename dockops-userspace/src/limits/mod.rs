@@ -10,6 +10,7 @@
 
 mod docker;
 mod io;
+mod storage;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,8 @@ pub enum LimitError {
          cannot be limited"
     )]
     NoIoController { container: String },
+    #[error("{container}: --storage-size cannot be enforced: {why}")]
+    Storage { container: String, why: String },
 }
 
 impl LimitError {
@@ -66,7 +69,7 @@ impl LimitError {
     pub const fn is_input(&self) -> bool {
         matches!(
             self,
-            Self::Input(_) | Self::Device { .. } | Self::Refused { .. }
+            Self::Input(_) | Self::Device { .. } | Self::Refused { .. } | Self::Storage { .. }
         )
     }
 }
@@ -93,12 +96,15 @@ pub struct Plan {
     io: Vec<IoWrite>,
     /// The throttles asked for, resolved to their disks (for the durable state).
     pub throttles: Vec<Throttle>,
+    storage: Option<StorageWrite>,
 }
 
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.update.is_empty() && self.io.is_empty()
-    }
+/// A writable-layer limit to set (`None` removes it), and the one before.
+#[derive(Clone, Debug)]
+struct StorageWrite {
+    subvolume: PathBuf,
+    value: Option<u64>,
+    before: Option<u64>,
 }
 
 /// Applies limits through Docker and the cgroup files.
@@ -172,6 +178,21 @@ impl Limiter {
                 }
             }
         }
+        let storage = if request.storage.is_some() || unset.storage {
+            let before = storage::current(container);
+            match storage::target(container) {
+                Ok(subvolume) => Some(StorageWrite {
+                    subvolume,
+                    value: request.storage,
+                    before,
+                }),
+                // Nothing to remove where nothing can be set.
+                Err(_) if request.storage.is_none() => None,
+                Err(error) => return Err(error),
+            }
+        } else {
+            None
+        };
         Ok(Plan {
             id: container.id.clone(),
             name: container.name.clone(),
@@ -180,6 +201,7 @@ impl Limiter {
             restore,
             io,
             throttles,
+            storage,
         })
     }
 
@@ -192,11 +214,29 @@ impl Limiter {
                 return Err(error);
             }
         }
+        if let Some(s) = &plan.storage
+            && let Err(error) = storage::set(&plan.name, &s.subvolume, s.value)
+        {
+            self.put_back_io(plan, &plan.io);
+            return Err(error);
+        }
         if let Err(error) = docker::update(&self.client, &plan.id, &plan.name, &plan.update).await {
+            Self::put_back_storage(plan);
             self.put_back_io(plan, &plan.io);
             return Err(error);
         }
         Ok(())
+    }
+
+    fn put_back_storage(plan: &Plan) {
+        if let Some(s) = &plan.storage
+            && let Err(error) = storage::set(&plan.name, &s.subvolume, s.before)
+        {
+            tracing::warn!(
+                container = plan.name,
+                "putting back the storage limit: {error}"
+            );
+        }
     }
 
     /// Puts back what an applied `plan` changed (another container's failure undoes this
@@ -204,6 +244,11 @@ impl Limiter {
     pub async fn undo(&self, plan: &Plan) -> Vec<LimitError> {
         let mut failed = Vec::new();
         if let Err(error) = docker::update(&self.client, &plan.id, &plan.name, &plan.restore).await
+        {
+            failed.push(error);
+        }
+        if let Some(s) = &plan.storage
+            && let Err(error) = storage::set(&plan.name, &s.subvolume, s.before)
         {
             failed.push(error);
         }

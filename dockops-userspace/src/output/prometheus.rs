@@ -213,12 +213,23 @@ pub fn encode(snapshot: &Snapshot) -> String {
         }
         registry.register(name, help, family);
     }
-    // Only capped containers have a limit series: an absent series means "no cap".
+    // Only capped containers have a limit series: an absent series means "no cap"; only
+    // containers whose storage driver counts it have a filesystem series.
     for (name, help, get) in [
+        (
+            "container_fs_usage_bytes",
+            "What the writable layer references, bytes (btrfs with quota on)",
+            (|c| c.storage.usage_bytes) as Get<Option<u64>>,
+        ),
+        (
+            "container_fs_limit_bytes",
+            "Size limit of the writable layer, bytes",
+            |c| c.limits.resources.storage_bytes,
+        ),
         (
             "dockops_network_egress_limit_bits",
             "Bandwidth cap on what the container sends, bit/s",
-            (|c| c.limits.egress_bps) as Get<Option<u64>>,
+            |c| c.limits.egress_bps,
         ),
         (
             "dockops_network_ingress_limit_bits",
@@ -262,7 +273,7 @@ mod tests {
     use super::*;
     use crate::collection::{
         BlkioStats, CpuStats, Limits, MemoryStats, NetworkStats, PidsStats, ResourceLimits,
-        ShapingMode,
+        ShapingMode, StorageStats,
     };
 
     #[test]
@@ -296,6 +307,9 @@ mod tests {
                     current: 3,
                     limit: None,
                 },
+                storage: StorageStats {
+                    usage_bytes: Some(4096),
+                },
                 limits: Limits {
                     egress_bps: Some(50_000_000),
                     ingress_bps: None,
@@ -320,6 +334,7 @@ mod tests {
             format!("container_memory_usage_bytes{labels} 4096"),
             format!("container_spec_memory_limit_bytes{labels} 0"),
             format!("container_spec_cpu_quota{labels} 50000"),
+            format!("container_fs_usage_bytes{labels} 4096"),
             format!("container_spec_cpu_period{labels} 100000"),
             format!("container_spec_cpu_shares{labels} 512"),
             format!("container_spec_memory_swap_limit_bytes{labels} 67108864"),

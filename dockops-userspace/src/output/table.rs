@@ -202,6 +202,7 @@ mod tests {
                 current: pids,
                 limit: None,
             },
+            storage: crate::collection::StorageStats::default(),
             limits: crate::collection::Limits::default(),
             notes: Vec::new(),
         }

@@ -117,9 +117,9 @@ impl Resources {
         *self == Self::default()
     }
 
-    /// The names (as `show` and the state file spell them) of the limits Docker holds that
-    /// this request sets.
-    pub fn docker_names(&self) -> Vec<&'static str> {
+    /// The names (as `show` and the state file spell them) of the limits Docker or the
+    /// storage driver keep that this request sets.
+    pub fn held_names(&self) -> Vec<&'static str> {
         let cpus =
             self.nano_cpus.is_some() || self.cpu_quota.is_some() || self.cpu_period.is_some();
         [
@@ -134,6 +134,7 @@ impl Resources {
             ),
             (self.memory_reservation.is_some(), "memory_reservation"),
             (self.pids_limit.is_some(), "pids"),
+            (self.storage.is_some(), "storage"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
@@ -183,9 +184,9 @@ impl Unset {
         *self == Self::default()
     }
 
-    /// The names of the limits Docker holds that this takes away (lifting the memory limit
-    /// lifts the swap limit with it).
-    pub fn docker_names(&self) -> Vec<&'static str> {
+    /// The names of the held limits this takes away (lifting the memory limit lifts the swap
+    /// limit with it).
+    pub fn held_names(&self) -> Vec<&'static str> {
         [
             (self.cpus, "cpus"),
             (self.cpu_shares, "cpu_shares"),
@@ -195,6 +196,7 @@ impl Unset {
             (self.memory || self.memory_swap, "memory_swap"),
             (self.memory_reservation, "memory_reservation"),
             (self.pids_limit, "pids"),
+            (self.storage, "storage"),
         ]
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
