@@ -30,6 +30,8 @@ struct Private {
     pidfile: PathBuf,
     /// dockerd leaves mounts here (the default network namespace's bind mount).
     exec_root: PathBuf,
+    /// A filesystem mounted for its data root, unmounted (and its image deleted) after it.
+    loop_fs: Option<(PathBuf, PathBuf)>,
     /// Set when this run started it (to reap it); `None` when adopted from an interrupted run.
     child: Option<Child>,
 }
@@ -53,11 +55,11 @@ impl Engine {
             );
         }
         if let Some(dir) = private_dir {
-            return start_private(dir);
+            return start_private(dir, &dir.join("data"), &[], false);
         }
         let log = crate::workspace().join("target/dockerd.log");
         fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
-        let child = spawn_dockerd(&[], &log)?;
+        let child = spawn_dockerd(&[], &log, false)?;
         eprintln!(
             "docker: no engine was running; started dockerd (pid {}, log {}). It keeps running.",
             child.id(),
@@ -139,7 +141,8 @@ fn exec_root(dir: &Path) -> String {
     if exec.len() <= 50 {
         exec
     } else {
-        "/run/dockops-test-dockerd".to_owned()
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        format!("/run/dockops-test-{name}")
     }
 }
 
@@ -156,8 +159,52 @@ fn unmount_under(root: &Path) {
     }
 }
 
-/// A dockerd whose state, socket, pidfile and log live under `dir`; stopped on drop.
-fn start_private(dir: &Path) -> anyhow::Result<Engine> {
+impl Engine {
+    /// A private dockerd with the btrfs storage driver, its data root on a btrfs filesystem
+    /// in a 2 GiB sparse file under `dir`, loop-mounted (for storage limits). It runs in a
+    /// network namespace of its own: a second dockerd in the host's would take over (or,
+    /// with `--bridge none`, delete) the other engine's docker0 and rewrite iptables.
+    pub fn private_btrfs(dir: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let dir = fs::canonicalize(dir)?;
+        let (image, mount) = (dir.join("btrfs.img"), dir.join("mnt"));
+        let mounted = fs::read_to_string("/proc/self/mounts")?
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(&*mount.to_string_lossy()));
+        if !mounted {
+            fs::File::create(&image)?.set_len(2 << 30)?;
+            sh::run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image))
+                .context("mkfs.btrfs (btrfs-progs; run `cargo xtask setup`)")?;
+            fs::create_dir_all(&mount)?;
+            sh::run(
+                Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&image)
+                    .arg(&mount),
+            )
+            .context("loop-mounting the btrfs image")?;
+        }
+        let mut engine = start_private(
+            &dir,
+            &mount.join("data"),
+            &["--storage-driver", "btrfs"],
+            true,
+        )?;
+        if let Some(private) = &mut engine.private {
+            private.loop_fs = Some((mount, image));
+        }
+        Ok(engine)
+    }
+}
+
+/// A dockerd whose socket, pidfile and log live under `dir`, its state in `data`, with
+/// `extra` options (in a new network namespace with `own_netns`); stopped on drop.
+fn start_private(
+    dir: &Path,
+    data: &Path,
+    extra: &[&str],
+    own_netns: bool,
+) -> anyhow::Result<Engine> {
     fs::create_dir_all(dir)?;
     let dir = fs::canonicalize(dir)?;
     let host = format!("unix://{}", dir.join("docker.sock").display());
@@ -167,6 +214,7 @@ fn start_private(dir: &Path) -> anyhow::Result<Engine> {
         let private = Private {
             pidfile: dir.join("dockerd.pid"),
             exec_root: exec_root(&dir).into(),
+            loop_fs: None,
             child: None,
         };
         return Ok(Engine {
@@ -176,19 +224,18 @@ fn start_private(dir: &Path) -> anyhow::Result<Engine> {
     }
     let path = |name: &str| dir.join(name).display().to_string();
     let exec_root = exec_root(&dir);
-    let child = spawn_dockerd(
-        &[
-            "--data-root".into(),
-            path("data"),
-            "--exec-root".into(),
-            exec_root.clone(),
-            "--pidfile".into(),
-            path("dockerd.pid"),
-            "-H".into(),
-            host.clone(),
-        ],
-        &dir.join("dockerd.log"),
-    )?;
+    let mut args = vec![
+        "--data-root".into(),
+        data.display().to_string(),
+        "--exec-root".into(),
+        exec_root.clone(),
+        "--pidfile".into(),
+        path("dockerd.pid"),
+        "-H".into(),
+        host.clone(),
+    ];
+    args.extend(extra.iter().map(|&a| a.to_owned()));
+    let child = spawn_dockerd(&args, &dir.join("dockerd.log"), own_netns)?;
     eprintln!(
         "docker: started a private dockerd at {host} (log: {})",
         path("dockerd.log")
@@ -196,6 +243,7 @@ fn start_private(dir: &Path) -> anyhow::Result<Engine> {
     let private = Private {
         pidfile: dir.join("dockerd.pid"),
         exec_root: exec_root.into(),
+        loop_fs: None,
         child: Some(child),
     };
     let engine = Engine {
@@ -238,6 +286,10 @@ impl Drop for Engine {
             }
         }
         unmount_under(&private.exec_root);
+        if let Some((mount, image)) = &private.loop_fs {
+            unmount_under(mount);
+            let _ = fs::remove_file(image);
+        }
     }
 }
 
@@ -249,10 +301,17 @@ fn answers(host: &str) -> bool {
     ]))
 }
 
-fn spawn_dockerd(args: &[String], log: &Path) -> anyhow::Result<Child> {
+fn spawn_dockerd(args: &[String], log: &Path, own_netns: bool) -> anyhow::Result<Child> {
     let log = fs::File::create(log)?;
-    Command::new("dockerd")
-        .args(args)
+    // unshare execs dockerd: the child's pid is dockerd's.
+    let mut cmd = if own_netns {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--net", "--", "dockerd"]);
+        cmd
+    } else {
+        Command::new("dockerd")
+    };
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -10,6 +10,7 @@ use crate::{sh, toolchain};
 const PACKAGES: &[&str] = &[
     "docker.io",
     "busybox-static",
+    "btrfs-progs",
     "iperf3",
     "bpftool",
     "iproute2",

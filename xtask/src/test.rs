@@ -2,6 +2,8 @@
 //! (except those that need the build), and every test binary runs (`--no-fail-fast`); the
 //! failures are listed at the end.
 
+use anyhow::Context as _;
+
 use crate::{docker::Engine, sh};
 
 #[derive(clap::Args)]
@@ -83,6 +85,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 fn integration(args: &Args) -> anyhow::Result<()> {
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
     engine.ensure_test_image()?;
+    // Storage limits need the btrfs storage driver: a second, private engine.
+    let btrfs = Engine::private_btrfs(&crate::workspace().join("target/dockerd-btrfs"))
+        .context("starting the btrfs engine the storage tests need")?;
+    btrfs.ensure_test_image()?;
     let cargo_test = |selection: &[&str]| {
         let mut cmd = sh::cargo();
         cmd.args(["test", "--no-fail-fast", "--package", "dockops-integration"])
@@ -92,7 +98,8 @@ fn integration(args: &Args) -> anyhow::Result<()> {
             .args(["--test-threads=1"])
             .env("DOCKER_HOST", &engine.host)
             .env("DOCKOPS_BIN", crate::binary())
-            .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE);
+            .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE)
+            .env("DOCKOPS_BTRFS_HOST", &btrfs.host);
         for variant in crate::VARIANTS {
             let var = format!("DOCKOPS_BIN_{}", variant.to_uppercase().replace('-', "_"));
             cmd.env(var, crate::variant_binary(variant));
