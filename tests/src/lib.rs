@@ -407,7 +407,8 @@ pub struct Pair {
 impl Pair {
     pub fn start(name: &str) -> Self {
         Self {
-            server: Container::start(&format!("{name}-srv"), "iperf3 -s"),
+            // JSON, so that a client's --get-server-output carries the receiver's intervals.
+            server: Container::start(&format!("{name}-srv"), "iperf3 -s -J"),
             client: Container::start(&format!("{name}-cli"), "sleep 600"),
         }
     }
@@ -421,7 +422,8 @@ impl Pair {
     }
 
     /// Runs iperf3 for `seconds` in the client (`reverse`: the server sends) while `during`
-    /// runs; returns bits per second of each second and the bytes received.
+    /// runs; returns bits per second of each second as the receiver saw them (a sender's
+    /// first second also counts what filled its socket buffer) and the bytes received.
     pub fn iperf_while(
         &self,
         seconds: u32,
@@ -429,7 +431,7 @@ impl Pair {
         during: impl FnOnce(),
     ) -> (Vec<f64>, u64) {
         let t = seconds.to_string();
-        let mut args = vec!["-t", &t, "-i", "1"];
+        let mut args = vec!["-t", &t, "-i", "1", "--get-server-output"];
         if reverse {
             args.push("-R");
         }
@@ -438,7 +440,12 @@ impl Pair {
             during();
             run.join().expect("iperf3 thread")
         });
-        let per_second = v["intervals"]
+        let receiver = if reverse {
+            &v
+        } else {
+            &v["server_output_json"]
+        };
+        let per_second = receiver["intervals"]
             .as_array()
             .expect("intervals")
             .iter()

@@ -1,6 +1,7 @@
 //! Benchmarks, each side by side with its baseline in one run; results go to
 //! docs/BENCHMARKS.md.
 
+mod limits;
 mod shaping;
 mod stats;
 
@@ -64,6 +65,13 @@ enum Which {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Applying CPU, memory, pids (and block IO) limits to 1, 10 and 100 containers: one
+    /// `dockops-bpf limit` against one `docker update`.
+    Limits {
+        /// Containers to run (the largest row).
+        #[arg(long, default_value_t = 100)]
+        containers: usize,
+    },
     /// Bandwidth caps: dockops against tc tbf and no cap, egress and ingress, at 10, 100 and
     /// 1000 Mbit/s: goodput, first second, retransmits, ping under load, overhead.
     Shaping {
@@ -80,6 +88,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             seconds,
         } => stats::run(containers, seconds),
         Which::Shaping { seconds } => shaping::run(seconds),
+        Which::Limits { containers } => limits::run(containers),
     }
 }
 

@@ -72,7 +72,7 @@ pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
 }
 
 /// Starts `count` idle containers; the returned guard removes them.
-fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Containers<'_>> {
+pub(super) fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Containers<'_>> {
     let fleet = Containers { engine };
     fleet.remove();
     eprintln!("bench: starting {count} containers");
@@ -97,7 +97,7 @@ fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Containers<'_>> 
 }
 
 /// Wall time of `cmd` in milliseconds; fails if it fails.
-fn time(cmd: &mut Command) -> anyhow::Result<f64> {
+pub(super) fn time(cmd: &mut Command) -> anyhow::Result<f64> {
     let start = Instant::now();
     let status = cmd.status()?;
     if !status.success() {
@@ -106,7 +106,10 @@ fn time(cmd: &mut Command) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1000.0)
 }
 
-fn median(runs: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+pub(super) fn median(
+    runs: usize,
+    mut f: impl FnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<f64> {
     let mut samples = (0..runs).map(|_| f()).collect::<anyhow::Result<Vec<_>>>()?;
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
