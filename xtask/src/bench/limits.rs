@@ -2,7 +2,10 @@
 //! containers with one `dockops-bpf limit`, against one `docker update` of the same
 //! containers, in one run.
 
-use std::process::{Command, Stdio};
+use std::{
+    fmt::Write as _,
+    process::{Command, Stdio},
+};
 
 use super::stats::{median, start_fleet, time};
 use crate::{docker::Engine, sh};
@@ -37,9 +40,11 @@ pub fn run(max: usize) -> anyhow::Result<()> {
         // The same CPU, memory and pids values for both; dockops also throttles the disk,
         // which `docker update` cannot do on a running container.
         let values = |run: usize| {
-            let cpus = if run % 2 == 0 { "0.5" } else { "0.6" };
-            let memory = if run % 2 == 0 { "64m" } else { "96m" };
-            (cpus, memory)
+            if run.is_multiple_of(2) {
+                ("0.5", "64m")
+            } else {
+                ("0.6", "96m")
+            }
         };
         let mut run = 0;
         let ours = median(RUNS, || {
@@ -82,10 +87,11 @@ pub fn run(max: usize) -> anyhow::Result<()> {
             .stdout(Stdio::null());
             time(&mut cmd)
         })?;
-        rows.push_str(&format!(
-            "| {count} | {ours:.0} ms | {theirs:.0} ms | {:.2}× |\n",
+        let _ = writeln!(
+            rows,
+            "| {count} | {ours:.0} ms | {theirs:.0} ms | {:.2}× |",
             ours / theirs
-        ));
+        );
     }
     drop(fleet);
     sh::run(&mut dockops(&["reset".into()]))?;
