@@ -1,7 +1,10 @@
 //! `dockops-bpf limit` and `unlimit`: bandwidth caps in the pinned datapath, and CPU, memory,
 //! pids and block IO limits, set live on running containers, all or nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use anyhow::Context as _;
 use dockops::{
@@ -14,6 +17,7 @@ use dockops::{
     },
 };
 use dockops_common::Caps;
+use futures::{StreamExt as _, stream};
 
 use super::{Agent, InputError, TcAttach, select::Selection};
 
@@ -305,30 +309,15 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
             ..old
         }
     };
-    let mut changes = Vec::new();
-    for container in targets {
-        let plan = agent
-            .limiter
-            .plan(
-                &container,
-                &request,
-                &Unset::default(),
-                usage.get(&container.id).copied(),
-                args.force,
-            )
-            .await
-            .map_err(|e| limit_error(&container, e))?;
-        let caps = if network {
-            Some(plan_caps(&agent, &container, &caps_change)?)
-        } else {
-            None
-        };
-        changes.push(Change {
-            container,
-            plan,
-            caps,
-        });
-    }
+    let changes = prepare(
+        &agent,
+        targets,
+        (&request, &Unset::default()),
+        &usage,
+        args.force,
+        network.then_some(&caps_change as &dyn Fn(Caps, u64) -> Caps),
+    )
+    .await?;
     apply(&mut agent, &changes).await?;
     let set = request.held_names();
     agent.datapath.update_state(|desired| {
@@ -363,25 +352,18 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
         ingress_bits: if ingress { 0 } else { old.ingress_bits },
         ..old
     };
-    let mut changes = Vec::new();
-    for container in targets {
-        let plan = agent
-            .limiter
-            .plan(&container, &Resources::default(), &unset, None, false)
-            .await
-            .map_err(|e| limit_error(&container, e))?;
-        let caps = if egress || ingress {
-            Some(plan_caps(&agent, &container, &caps_change)?)
-                // A container without caps has none to remove (and may have no address).
-                .filter(|(old, new)| old != new)
-        } else {
-            None
-        };
-        changes.push(Change {
-            container,
-            plan,
-            caps,
-        });
+    let mut changes = prepare(
+        &agent,
+        targets,
+        (&Resources::default(), &unset),
+        &HashMap::new(),
+        false,
+        (egress || ingress).then_some(&caps_change as &dyn Fn(Caps, u64) -> Caps),
+    )
+    .await?;
+    for change in &mut changes {
+        // A container without caps has none to remove.
+        change.caps = change.caps.filter(|(old, new)| old != new);
     }
     apply(&mut agent, &changes).await?;
     let cleared = unset.held_names();
@@ -407,17 +389,60 @@ fn memory_usage(agent: &mut Agent, targets: &[Container]) -> anyhow::Result<Hash
         .collect())
 }
 
-/// The container's caps now and after `change` (given them and the largest packet its
-/// veths pass), checked.
+/// Containers planned, or updated, at once: each plan asks Docker, each update runs runc.
+const PARALLEL: usize = 4;
+
+/// Plans every container's change (`what`: limits to set and to remove; `caps`: how the
+/// bandwidth caps change), several at a time. Changes nothing.
+async fn prepare(
+    agent: &Agent,
+    targets: Vec<Container>,
+    (request, unset): (&Resources, &Unset),
+    usage: &HashMap<String, u64>,
+    force: bool,
+    caps: Option<&dyn Fn(Caps, u64) -> Caps>,
+) -> anyhow::Result<Vec<Change>> {
+    let plans: Vec<Result<Plan, LimitError>> = stream::iter(&targets)
+        .map(|c| {
+            agent
+                .limiter
+                .plan(c, request, unset, usage.get(&c.id).copied(), force)
+        })
+        .buffered(PARALLEL)
+        .collect()
+        .await;
+    let caps_now = if caps.is_some() {
+        agent.datapath.caps()?
+    } else {
+        HashMap::new()
+    };
+    let mut changes = Vec::with_capacity(targets.len());
+    for (container, plan) in targets.into_iter().zip(plans) {
+        let plan = plan.map_err(|e| limit_error(&container, e))?;
+        let caps = caps
+            .map(|change| plan_caps(agent, &caps_now, &container, change))
+            .transpose()?;
+        changes.push(Change {
+            container,
+            plan,
+            caps,
+        });
+    }
+    Ok(changes)
+}
+
+/// The container's caps now (in `caps_now`, by address) and after `change` (given them and
+/// the largest packet its veths pass), checked.
 fn plan_caps(
     agent: &Agent,
+    caps_now: &HashMap<IpAddr, Caps>,
     container: &Container,
-    change: &impl Fn(Caps, u64) -> Caps,
+    change: &dyn Fn(Caps, u64) -> Caps,
 ) -> anyhow::Result<(Caps, Caps)> {
     let old = container
         .addresses()
         .next()
-        .and_then(|ip| agent.datapath.caps().ok()?.get(&ip).copied())
+        .and_then(|ip| caps_now.get(&ip).copied())
         .unwrap_or_default();
     let largest = container
         .interfaces
@@ -447,57 +472,77 @@ fn plan_caps(
     Ok((old, new))
 }
 
-/// Applies every change, or none: when one container fails, those already changed are put
-/// back (in reverse order) and the error says so.
+/// Applies every change, or none: resource limits several containers at a time, then the
+/// caps; when anything fails, what was changed is put back and the error says so.
 async fn apply(agent: &mut Agent, changes: &[Change]) -> anyhow::Result<()> {
-    for (done, change) in changes.iter().enumerate() {
-        let result = apply_one(agent, change).await;
-        if let Err(error) = result {
-            let mut failed = Vec::new();
-            for earlier in changes[..done].iter().rev() {
-                if let Some((old, _)) = earlier.caps
-                    && let Err(e) = agent.datapath.set_caps(&earlier.container, old)
-                {
-                    failed.push(format!("{}: caps: {e}", earlier.container.name));
-                }
-                for e in agent.limiter.undo(&earlier.plan).await {
-                    failed.push(format!("{}: {e}", earlier.container.name));
-                }
+    let results: Vec<Result<(), LimitError>> = stream::iter(changes)
+        .map(|c| agent.limiter.apply(&c.plan))
+        .buffered(PARALLEL)
+        .collect()
+        .await;
+    let mut error = None;
+    let mut applied = Vec::new();
+    for (change, result) in changes.iter().zip(results) {
+        match result {
+            Ok(()) => applied.push(change),
+            Err(e) => {
+                error.get_or_insert_with(|| limit_error(&change.container, e));
             }
-            let context = if failed.is_empty() {
-                "nothing was changed".to_owned()
-            } else {
-                format!("and putting back failed too: {}", failed.join("; "))
-            };
-            return Err(error.context(context));
         }
     }
-    Ok(())
-}
-
-/// One container's limits, then its caps; its limits are put back if the caps fail.
-async fn apply_one(agent: &mut Agent, change: &Change) -> anyhow::Result<()> {
-    let container = &change.container;
-    agent
-        .limiter
-        .apply(&change.plan)
-        .await
-        .map_err(|e| limit_error(container, e))?;
-    let Some((_, new)) = change.caps else {
+    let mut capped = Vec::new();
+    if error.is_none() {
+        for change in changes {
+            let Some((_, new)) = change.caps else {
+                continue;
+            };
+            match set_caps(agent, &change.container, new) {
+                Ok(()) => capped.push(change),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    let Some(error) = error else {
         return Ok(());
     };
-    let result = match agent.datapath.set_caps(container, new) {
+    let mut failed = Vec::new();
+    for change in capped.iter().rev() {
+        if let Some((old, _)) = change.caps
+            && let Err(e) = agent.datapath.set_caps(&change.container, old)
+        {
+            failed.push(format!("{}: caps: {e}", change.container.name));
+        }
+    }
+    let undone: Vec<Vec<LimitError>> = stream::iter(&applied)
+        .map(|c| agent.limiter.undo(&c.plan))
+        .buffered(PARALLEL)
+        .collect()
+        .await;
+    for (change, errors) in applied.iter().zip(undone) {
+        failed.extend(
+            errors
+                .iter()
+                .map(|e| format!("{}: {e}", change.container.name)),
+        );
+    }
+    let context = if failed.is_empty() {
+        "nothing was changed".to_owned()
+    } else {
+        format!("and putting back failed too: {}", failed.join("; "))
+    };
+    Err(error.context(context))
+}
+
+fn set_caps(agent: &mut Agent, container: &Container, caps: Caps) -> anyhow::Result<()> {
+    match agent.datapath.set_caps(container, caps) {
         Err(DatapathError::Queue(e @ QueueError::Occupied { .. })) => {
             Err(InputError(e.to_string()).into())
         }
         other => other.with_context(|| format!("capping {}", container.name)),
-    };
-    if result.is_err() {
-        for e in agent.limiter.undo(&change.plan).await {
-            tracing::warn!(container = container.name, "putting back limits: {e}");
-        }
     }
-    result
 }
 
 /// A limit error as the user sees it: bad input exits 2.

@@ -20,7 +20,7 @@ pub fn run(max: usize) -> anyhow::Result<()> {
     engine.ensure_test_image()?;
     let fleet = start_fleet(&engine, max)?;
     let root = sh::output(engine.docker().args(["info", "-f", "{{.DockerRootDir}}"]))
-        .unwrap_or_else(|| "/var/lib/docker".to_owned());
+        .map_or_else(|| "/var/lib/docker".to_owned(), |s| s.trim().to_owned());
     let dockops = |args: &[String]| {
         let mut cmd = Command::new(crate::binary());
         cmd.env("DOCKER_HOST", &engine.host)
