@@ -83,6 +83,7 @@ impl Agent {
     /// once); the others are reconciled all the same.
     pub async fn refresh(&mut self, changed: &HashSet<String>) -> anyhow::Result<()> {
         let found = self.docker.running(&self.containers, changed).await?;
+        self.dirs.reread_limits();
         let report = self.datapath.reconcile(&found.running, &found.existing)?;
         tracing::debug!(?report, containers = found.running.len(), "reconciled");
         for container in &found.running {

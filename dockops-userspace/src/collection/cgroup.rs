@@ -130,15 +130,41 @@ pub struct CgroupStats {
 }
 
 pub fn read(dirs: &mut Dirs, mode: &CgroupMode, paths: &CgroupPaths) -> CgroupStats {
-    match mode {
-        CgroupMode::V2 { root } => paths
-            .v2
-            .as_deref()
-            .and_then(|p| dirs.get(join(root, p)))
-            .map(|dir| read_v2(&dir))
-            .unwrap_or_default(),
+    let v2_dir = |dirs: &mut Dirs| match mode {
+        CgroupMode::V2 { root } => paths.v2.as_deref().and_then(|p| dirs.get(join(root, p))),
+        CgroupMode::V1 { .. } => None,
+    };
+    let mut stats = match mode {
+        CgroupMode::V2 { .. } => v2_dir(dirs).map(|dir| read_v2(&dir)).unwrap_or_default(),
         CgroupMode::V1 { .. } => read_v1(dirs, Path::new(V1_ROOT), paths),
-    }
+    };
+    // Limits change on events (`limit`, `docker update`, a restart), not every tick: they
+    // are read again only after `Dirs::reread_limits`.
+    let key = paths
+        .v2
+        .clone()
+        .or_else(|| paths.v1.get("cpu").cloned())
+        .unwrap_or_default();
+    let cached = if dirs.reread {
+        None
+    } else {
+        dirs.limits.get_mut(&key).map(|(limits, used)| {
+            *used = true;
+            limits.clone()
+        })
+    };
+    stats.limits = cached.unwrap_or_else(|| {
+        let limits = match mode {
+            CgroupMode::V2 { .. } => v2_dir(dirs).map(|dir| limits_v2(&dir)).unwrap_or_default(),
+            CgroupMode::V1 { .. } => limits_v1(dirs, Path::new(V1_ROOT), paths),
+        };
+        dirs.limits.insert(key, (limits.clone(), true));
+        limits
+    });
+    // These two are read every tick anyway.
+    stats.limits.memory_bytes = stats.memory.limit_bytes;
+    stats.limits.pids = stats.pids.limit;
+    stats
 }
 
 /// Cgroup directories kept open across snapshots. Opening `memory.stat` relative to an open
@@ -148,6 +174,10 @@ pub fn read(dirs: &mut Dirs, mode: &CgroupMode, paths: &CgroupPaths) -> CgroupSt
 pub struct Dirs {
     /// Directory → its descriptor, and whether this round used it.
     open: HashMap<PathBuf, (Rc<OwnedFd>, bool)>,
+    /// Limits read back, by cgroup path, and whether this round used them.
+    limits: HashMap<String, (ResourceLimits, bool)>,
+    /// Read the limits again at the next snapshot.
+    reread: bool,
 }
 
 impl Dirs {
@@ -162,9 +192,18 @@ impl Dirs {
         Some(fd)
     }
 
-    /// Closes the directories no reading used since the last sweep (containers gone).
+    /// Closes the directories no reading used since the last sweep (containers gone), and
+    /// forgets their limits.
     pub fn sweep(&mut self) {
         self.open.retain(|_, (_, used)| std::mem::take(used));
+        self.limits.retain(|_, (_, used)| std::mem::take(used));
+        self.reread = false;
+    }
+
+    /// Makes the next snapshot read every container's limits again (after discovery saw
+    /// something change).
+    pub fn reread_limits(&mut self) {
+        self.reread = true;
     }
 }
 
@@ -223,25 +262,6 @@ fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
         let stat = text(&d, "cpu.stat");
         stats.cpu.throttled_periods_total = value(&stat, "nr_throttled");
         stats.cpu.throttled_seconds_total = seconds_from_ns(value(&stat, "throttled_time"));
-        // -1 for no quota.
-        let quota = text(&d, "cpu.cfs_quota_us").trim().parse::<u64>().ok();
-        let period = Some(number(&d, "cpu.cfs_period_us")).filter(|&p| p > 0);
-        stats.limits.cpus = cpus(quota, period);
-        (stats.limits.cpu_quota_us, stats.limits.cpu_period_us) = (quota, period);
-        stats.limits.cpu_shares = Some(number(&d, "cpu.shares")).filter(|&s| s > 0);
-    }
-    if let Some(d) = dir("cpuset") {
-        stats.limits.cpuset_cpus = list(&d, "cpuset.cpus");
-        stats.limits.cpuset_mems = list(&d, "cpuset.mems");
-    }
-    if let Some(d) = dir("blkio") {
-        for kind in IoKind::ALL {
-            parse_v1_throttle(
-                kind,
-                &text(&d, v1_throttle_file(kind)),
-                &mut stats.limits.io,
-            );
-        }
     }
     if let Some(d) = dir("memory") {
         let usage = number(&d, "memory.usage_in_bytes");
@@ -254,18 +274,45 @@ fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
             swap_bytes: value(&stat, "total_swap"),
             oom_events_total: value(&text(&d, "memory.oom_control"), "oom_kill"),
         };
-        stats.limits.memory_bytes = stats.memory.limit_bytes;
-        stats.limits.memory_swap_bytes = v1_limit(number(&d, "memory.memsw.limit_in_bytes"));
-        stats.limits.memory_reservation_bytes = v1_limit(number(&d, "memory.soft_limit_in_bytes"));
     }
     if let Some(d) = dir("pids") {
         stats.pids = PidsStats {
             current: number(&d, "pids.current"),
             limit: max_or(&text(&d, "pids.max")),
         };
-        stats.limits.pids = stats.pids.limit;
     }
     stats
+}
+
+/// v1 limits other than memory and pids (which [`read_v1`] reads).
+fn limits_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> ResourceLimits {
+    let mut dir = |controller: &str| {
+        let path = paths.v1.get(controller)?;
+        dirs.get(join(&root.join(controller), path))
+    };
+    let mut limits = ResourceLimits::default();
+    if let Some(d) = dir("cpu") {
+        // -1 for no quota.
+        let quota = text(&d, "cpu.cfs_quota_us").trim().parse::<u64>().ok();
+        let period = Some(number(&d, "cpu.cfs_period_us")).filter(|&p| p > 0);
+        limits.cpus = cpus(quota, period);
+        (limits.cpu_quota_us, limits.cpu_period_us) = (quota, period);
+        limits.cpu_shares = Some(number(&d, "cpu.shares")).filter(|&s| s > 0);
+    }
+    if let Some(d) = dir("cpuset") {
+        limits.cpuset_cpus = list(&d, "cpuset.cpus");
+        limits.cpuset_mems = list(&d, "cpuset.mems");
+    }
+    if let Some(d) = dir("blkio") {
+        for kind in IoKind::ALL {
+            parse_v1_throttle(kind, &text(&d, v1_throttle_file(kind)), &mut limits.io);
+        }
+    }
+    if let Some(d) = dir("memory") {
+        limits.memory_swap_bytes = v1_limit(number(&d, "memory.memsw.limit_in_bytes"));
+        limits.memory_reservation_bytes = v1_limit(number(&d, "memory.soft_limit_in_bytes"));
+    }
+    limits
 }
 
 /// A v1 memory limit: absent (0) or `PAGE_COUNTER_MAX` pages mean none.
@@ -288,25 +335,6 @@ fn read_v2(dir: &OwnedFd) -> CgroupStats {
     let memory = text(dir, "memory.stat");
     let usage = number(dir, "memory.current");
     let limit = max_or(&text(dir, "memory.max"));
-    let (quota, period) = parse_cpu_max(&text(dir, "cpu.max"));
-    let limits = ResourceLimits {
-        cpus: cpus(quota, period),
-        cpu_quota_us: quota,
-        cpu_period_us: period,
-        cpu_shares: max_or(&text(dir, "cpu.weight")).map(shares_from_weight),
-        // Empty when the container was not given a cpuset: then it has what its parent has.
-        cpuset_cpus: list(dir, "cpuset.cpus").or_else(|| list(dir, "cpuset.cpus.effective")),
-        cpuset_mems: list(dir, "cpuset.mems").or_else(|| list(dir, "cpuset.mems.effective")),
-        memory_bytes: limit,
-        // v2 limits swap alone; Docker's figure is memory plus swap.
-        memory_swap_bytes: limit
-            .zip(max_or(&text(dir, "memory.swap.max")))
-            .map(|(m, s)| m.saturating_add(s)),
-        memory_reservation_bytes: max_or(&text(dir, "memory.low")).filter(|&low| low > 0),
-        pids: max_or(&text(dir, "pids.max")),
-        io: parse_io_max(&text(dir, "io.max")),
-        storage_bytes: None,
-    };
     CgroupStats {
         cpu: CpuStats {
             usage_seconds_total: seconds_from_us(value(&cpu, "usage_usec")),
@@ -325,11 +353,33 @@ fn read_v2(dir: &OwnedFd) -> CgroupStats {
         },
         pids: PidsStats {
             current: number(dir, "pids.current"),
-            limit: limits.pids,
+            limit: max_or(&text(dir, "pids.max")),
         },
-        limits,
+        limits: ResourceLimits::default(),
         // Without the io controller enabled for the cgroup there is no io.stat at all.
         blkio: read_file(dir, "io.stat").map(|io| BlkioStats::from_devices(io_stat(&io))),
+    }
+}
+
+/// v2 limits other than memory and pids (which [`read_v2`] reads).
+fn limits_v2(dir: &OwnedFd) -> ResourceLimits {
+    let (quota, period) = parse_cpu_max(&text(dir, "cpu.max"));
+    let memory = max_or(&text(dir, "memory.max"));
+    ResourceLimits {
+        cpus: cpus(quota, period),
+        cpu_quota_us: quota,
+        cpu_period_us: period,
+        cpu_shares: max_or(&text(dir, "cpu.weight")).map(shares_from_weight),
+        // Empty when the container was not given a cpuset: then it has what its parent has.
+        cpuset_cpus: list(dir, "cpuset.cpus").or_else(|| list(dir, "cpuset.cpus.effective")),
+        cpuset_mems: list(dir, "cpuset.mems").or_else(|| list(dir, "cpuset.mems.effective")),
+        // v2 limits swap alone; Docker's figure is memory plus swap.
+        memory_swap_bytes: memory
+            .zip(max_or(&text(dir, "memory.swap.max")))
+            .map(|(m, s)| m.saturating_add(s)),
+        memory_reservation_bytes: max_or(&text(dir, "memory.low")).filter(|&low| low > 0),
+        io: parse_io_max(&text(dir, "io.max")),
+        ..ResourceLimits::default()
     }
 }
 
@@ -459,6 +509,50 @@ mod tests {
         );
         assert_eq!(io.write_bytes_total, 314_773_504 + 299_008_000);
         assert_eq!(io.reads_total, 192 + 8950);
+    }
+
+    #[test]
+    fn v2_limits_read_back_and_are_kept_until_asked_again() {
+        let root = std::env::temp_dir().join(format!("dockops-v2-lim-{}", std::process::id()));
+        let dir = root.join("docker/abc");
+        fs::create_dir_all(&dir).unwrap();
+        for (file, body) in [
+            ("cpu.max", "50000 100000\n"),
+            ("cpu.weight", "39\n"),
+            ("cpuset.cpus", "\n"),
+            ("cpuset.cpus.effective", "0-1\n"),
+            ("cpuset.mems", "0\n"),
+            ("memory.max", "33554432\n"),
+            ("memory.swap.max", "33554432\n"),
+            ("memory.low", "0\n"),
+            ("pids.max", "10\n"),
+            ("io.max", "254:0 rbps=max wbps=5242880 riops=max wiops=max\n"),
+        ] {
+            fs::write(dir.join(file), body).unwrap();
+        }
+        let mode = CgroupMode::V2 { root: root.clone() };
+        let paths = CgroupPaths::parse("0::/docker/abc\n");
+        let mut dirs = Dirs::default();
+        let l = read(&mut dirs, &mode, &paths).limits;
+        assert_eq!(l.cpus, Some(0.5));
+        assert_eq!(l.cpu_shares, Some(999), "weight 39 as runc converts 1024");
+        assert_eq!(l.cpuset_cpus.as_deref(), Some("0-1"), "effective when unset");
+        assert_eq!(l.cpuset_mems.as_deref(), Some("0"));
+        assert_eq!(l.memory_bytes, Some(32 << 20));
+        assert_eq!(l.memory_swap_bytes, Some(64 << 20), "memory plus swap");
+        assert_eq!(l.memory_reservation_bytes, None);
+        assert_eq!(l.pids, Some(10));
+        assert_eq!(l.io[0].write_bps, Some(5_242_880));
+        dirs.sweep();
+        fs::write(dir.join("cpu.max"), "max 100000\n").unwrap();
+        fs::write(dir.join("pids.max"), "max\n").unwrap();
+        let l = read(&mut dirs, &mode, &paths).limits;
+        assert_eq!(l.cpus, Some(0.5), "kept between events");
+        assert_eq!(l.pids, None, "read every tick");
+        dirs.sweep();
+        dirs.reread_limits();
+        assert_eq!(read(&mut dirs, &mode, &paths).limits.cpus, None);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -242,7 +242,8 @@ impl Docker {
             ),
             (
                 "event".to_owned(),
-                ["start", "die", "destroy", "connect", "disconnect"]
+                // `update`: `docker update` changed its limits.
+                ["start", "die", "destroy", "update", "connect", "disconnect"]
                     .map(str::to_owned)
                     .to_vec(),
             ),
