@@ -384,3 +384,24 @@ fn show_reads_back_what_was_set_and_unlimit_all_takes_it_away() {
     assert_eq!(field(&stats, &c.name, "/limits/cpu_shares"), 1024);
     assert_eq!(field(&stats, &c.name, "/limits/io"), Value::Array(vec![]));
 }
+
+#[test]
+fn watch_reads_limits_again_after_docker_update() {
+    let c = Container::start("watch-update", "sleep 600");
+    let watch = Background::start(&["watch", "--format", "json", "--interval", "300ms"]);
+    let cpus_seen = |want: f64| {
+        watch.output().lines().rev().any(|line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|v| {
+                v["name"] == c.name.as_str() && v["limits"]["cpus"].as_f64() == Some(want)
+            })
+        })
+    };
+    wait_for(Duration::from_secs(10), "the container in watch", || {
+        watch.output().contains(&c.name)
+    });
+    // Limits are read again on events, not every tick: docker update is one.
+    docker(&["update", "--cpus", "0.3", &c.id]);
+    wait_for(Duration::from_secs(5), "cpus 0.3 in watch's JSON", || {
+        cpus_seen(0.3)
+    });
+}

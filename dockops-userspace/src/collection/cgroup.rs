@@ -526,7 +526,10 @@ mod tests {
             ("memory.swap.max", "33554432\n"),
             ("memory.low", "0\n"),
             ("pids.max", "10\n"),
-            ("io.max", "254:0 rbps=max wbps=5242880 riops=max wiops=max\n"),
+            (
+                "io.max",
+                "254:0 rbps=max wbps=5242880 riops=max wiops=max\n",
+            ),
         ] {
             fs::write(dir.join(file), body).unwrap();
         }
@@ -536,7 +539,11 @@ mod tests {
         let l = read(&mut dirs, &mode, &paths).limits;
         assert_eq!(l.cpus, Some(0.5));
         assert_eq!(l.cpu_shares, Some(999), "weight 39 as runc converts 1024");
-        assert_eq!(l.cpuset_cpus.as_deref(), Some("0-1"), "effective when unset");
+        assert_eq!(
+            l.cpuset_cpus.as_deref(),
+            Some("0-1"),
+            "effective when unset"
+        );
         assert_eq!(l.cpuset_mems.as_deref(), Some("0"));
         assert_eq!(l.memory_bytes, Some(32 << 20));
         assert_eq!(l.memory_swap_bytes, Some(64 << 20), "memory plus swap");
