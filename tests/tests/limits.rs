@@ -396,9 +396,12 @@ fn watch_reads_limits_again_after_docker_update() {
             })
         })
     };
+    // Three batches in: the replayed start event has been handled, so only an event after
+    // the update can make watch read the limits again.
     wait_for(Duration::from_secs(10), "the container in watch", || {
-        watch.output().contains(&c.name)
+        watch.output().matches(c.name.as_str()).count() >= 3
     });
+    assert!(!cpus_seen(0.3));
     // Limits are read again on events, not every tick: docker update is one.
     docker(&["update", "--cpus", "0.3", &c.id]);
     wait_for(Duration::from_secs(5), "cpus 0.3 in watch's JSON", || {
