@@ -568,10 +568,13 @@ fn report(change: &Change, set: Option<&Resources>, unset: Option<&Unset>) {
     if let Some(r) = set {
         parts.extend(describe(r, &change.plan));
     }
-    if let Some(u) = unset {
-        let names = u.held_names();
-        parts.extend(names.iter().map(|n| format!("{n} unlimited")));
-        parts.extend(u.io.iter().map(|k| format!("{} unlimited", k.flag())));
+    if unset.is_some_and(|u| !u.is_empty()) {
+        let removed = change.plan.removed();
+        if removed.is_empty() {
+            println!("{name}: no limits to remove");
+        } else {
+            println!("{name}: removed {}", removed.join(", "));
+        }
     }
     if !parts.is_empty() {
         println!("{name}: {}", parts.join(", "));
@@ -617,13 +620,11 @@ fn describe(r: &Resources, plan: &Plan) -> Vec<String> {
         parts.push(format!("pids-limit {p}"));
     }
     for t in &plan.throttles {
-        parts.push(format!(
-            "{} {}:{} {}",
-            t.kind.flag(),
-            t.major,
-            t.minor,
-            t.value
-        ));
+        let value = match t.kind {
+            IoKind::ReadBps | IoKind::WriteBps => format!("{}/s", mib(t.value)),
+            IoKind::ReadIops | IoKind::WriteIops => format!("{}/s", t.value),
+        };
+        parts.push(format!("{} {}:{} {value}", t.kind.flag(), t.major, t.minor));
     }
     if let Some(bytes) = r.storage {
         parts.push(format!("storage-size {}", mib(bytes)));

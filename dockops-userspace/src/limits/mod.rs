@@ -60,7 +60,7 @@ pub enum LimitError {
          cannot be limited"
     )]
     NoIoController { container: String },
-    #[error("{container}: --storage-size cannot be enforced: {why}")]
+    #[error("--storage-size cannot be enforced: {why}")]
     Storage { container: String, why: String },
 }
 
@@ -97,6 +97,39 @@ pub struct Plan {
     /// The throttles asked for, resolved to their disks (for the durable state).
     pub throttles: Vec<Throttle>,
     storage: Option<StorageWrite>,
+}
+
+impl Plan {
+    /// The limits (as `limit`'s flags name them) this plan removes or resets.
+    pub fn removed(&self) -> Vec<&'static str> {
+        let u = &self.update;
+        let mut names: Vec<&'static str> = [
+            (u.nano_cpus.is_some() || u.cpu_quota.is_some(), "cpus"),
+            (u.cpu_shares.is_some(), "cpu-shares"),
+            (u.cpuset_cpus.is_some(), "cpuset-cpus"),
+            (u.cpuset_mems.is_some(), "cpuset-mems"),
+            (u.memory.is_some(), "memory"),
+            (u.memory_swap.is_some(), "memory-swap"),
+            (u.memory_reservation.is_some(), "memory-reservation"),
+            (u.pids_limit.is_some(), "pids-limit"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect();
+        for kind in IoKind::ALL {
+            if self.io.iter().any(|w| w.kind == kind && w.value.is_none()) {
+                names.push(kind.flag());
+            }
+        }
+        if self
+            .storage
+            .as_ref()
+            .is_some_and(|s| s.value.is_none() && s.before.is_some())
+        {
+            names.push("storage-size");
+        }
+        names
+    }
 }
 
 /// A writable-layer limit to set (`None` removes it), and the one before.

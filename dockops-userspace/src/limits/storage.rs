@@ -100,7 +100,7 @@ mod tests {
         };
         let err = target(&container).unwrap_err().to_string();
         assert!(err.contains("overlay2") && err.contains("btrfs"), "{err}");
-        assert!(err.starts_with("web"), "{err}");
+        assert!(err.starts_with("--storage-size"), "{err}");
         assert_eq!(read_limit("0\n"), None);
         assert_eq!(read_limit("52428800\n"), Some(52_428_800));
     }
