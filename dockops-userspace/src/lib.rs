@@ -6,8 +6,8 @@
 //! enforcement: [`datapath`] (load, attach, pin, adopt eBPF: keeps the kernel in line with the
 //! containers) and [`limits`] (CPU, memory, pids, block IO through Docker and cgroup files) →
 //! [`collection`] (read counters into a [`collection::Snapshot`]) → [`output`] (table, JSON).
-//! [`capabilities`] is probed once at start-up and read by the others; [`cgroupfs`] holds the
-//! cgroup file formats the writers and readers share.
+//! [`capabilities`] is probed once at start-up and read by the others; [`cgroupfs`],
+//! [`btrfs`] and [`quota`] hold the kernel formats and calls the writers and readers share.
 
 pub mod btrfs;
 pub mod capabilities;
@@ -18,4 +18,5 @@ pub mod discovery;
 pub mod limits;
 pub mod output;
 pub mod policy;
+pub mod quota;
 pub mod state;

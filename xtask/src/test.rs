@@ -4,7 +4,10 @@
 
 use anyhow::Context as _;
 
-use crate::{docker::Engine, sh};
+use crate::{
+    docker::{Engine, LoopFs},
+    sh,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -85,10 +88,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 fn integration(args: &Args) -> anyhow::Result<()> {
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
     engine.ensure_test_image()?;
-    // Storage limits need the btrfs storage driver: a second, private engine.
-    let btrfs = Engine::private_btrfs(&crate::workspace().join("target/dockerd-btrfs"))
+    // Storage limits need btrfs, or overlay2 on a filesystem with project quotas: two more
+    // private engines.
+    let target = crate::workspace().join("target");
+    let btrfs = Engine::private_on(&target.join("dockerd-btrfs"), LoopFs::Btrfs)
         .context("starting the btrfs engine the storage tests need")?;
     btrfs.ensure_test_image()?;
+    let prjquota = Engine::private_on(&target.join("dockerd-ext4"), LoopFs::Ext4ProjectQuota)
+        .context("starting the ext4 (project quota) engine the storage tests need")?;
+    prjquota.ensure_test_image()?;
     let cargo_test = |selection: &[&str]| {
         let mut cmd = sh::cargo();
         cmd.args(["test", "--no-fail-fast", "--package", "dockops-integration"])
@@ -99,7 +107,8 @@ fn integration(args: &Args) -> anyhow::Result<()> {
             .env("DOCKER_HOST", &engine.host)
             .env("DOCKOPS_BIN", crate::binary())
             .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE)
-            .env("DOCKOPS_BTRFS_HOST", &btrfs.host);
+            .env("DOCKOPS_BTRFS_HOST", &btrfs.host)
+            .env("DOCKOPS_PRJQUOTA_HOST", &prjquota.host);
         for variant in crate::VARIANTS {
             let var = format!("DOCKOPS_BIN_{}", variant.to_uppercase().replace('-', "_"));
             cmd.env(var, crate::variant_binary(variant));

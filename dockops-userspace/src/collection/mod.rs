@@ -9,7 +9,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use self::cgroup::{BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats, ResourceLimits};
-use crate::{capabilities::CgroupMode, datapath::BlockByCgroup, discovery::Container};
+use crate::{
+    capabilities::CgroupMode,
+    datapath::BlockByCgroup,
+    discovery::{Container, WritableLayer},
+};
 
 /// Network counters since dockops attached to the container's interfaces. `rx` is traffic
 /// delivered into the container, `tx` traffic it sent.
@@ -190,20 +194,14 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
             .unwrap_or_default();
         BlkioStats::from_devices(devices)
     });
-    let qgroup = c.storage.as_ref().and_then(|s| s.qgroup.as_deref());
-    let qgroup_bytes = |file: &str| {
-        let text = std::fs::read_to_string(qgroup?.join(file)).ok()?;
-        text.trim().parse::<u64>().ok()
-    };
+    let (usage_bytes, storage_limit) = c.storage.as_ref().map_or((None, None), storage);
     let mut resources = cg.limits;
-    resources.storage_bytes = qgroup_bytes("max_referenced").filter(|&b| b > 0);
+    resources.storage_bytes = storage_limit;
     ContainerStats {
         id: c.id.clone(),
         name: c.name.clone(),
         image: c.image.clone(),
-        storage: StorageStats {
-            usage_bytes: qgroup_bytes("referenced"),
-        },
+        storage: StorageStats { usage_bytes },
         cpu: cg.cpu,
         memory: cg.memory,
         blkio,
@@ -220,6 +218,29 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         },
         notes: c.notes.clone(),
     }
+}
+
+/// What the writable layer uses, and its limit: a btrfs qgroup's sysfs files, or an
+/// overlay2 layer's project quota; `None` where neither is set up.
+fn storage(layer: &WritableLayer) -> (Option<u64>, Option<u64>) {
+    if let Some(dir) = &layer.qgroup {
+        let bytes = |file: &str| -> Option<u64> {
+            std::fs::read_to_string(dir.join(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        return (
+            bytes("referenced"),
+            bytes("max_referenced").filter(|&b| b > 0),
+        );
+    }
+    layer
+        .project
+        .as_ref()
+        .and_then(|(device, id)| crate::quota::usage(device, *id).ok())
+        .map_or((None, None), |(used, limit)| (Some(used), limit))
 }
 
 fn device(key: &BlockKey, c: &BlockCounters) -> DeviceIo {

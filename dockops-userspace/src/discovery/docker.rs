@@ -294,10 +294,19 @@ fn writable_layer(driver: &str, root: &Path, id: &str, upper: Option<&str>) -> W
         .as_deref()
         .filter(|_| driver == "btrfs")
         .and_then(|p| crate::btrfs::qgroup_dir(p).ok());
+    let project = path
+        .as_deref()
+        .filter(|_| driver == "overlay2")
+        .and_then(|upper| {
+            let id = crate::quota::project(upper).ok().filter(|&id| id != 0)?;
+            let device = crate::quota::mount_source(upper).filter(|d| crate::quota::enabled(d))?;
+            Some((device, id))
+        });
     WritableLayer {
         driver: driver.to_owned(),
         path,
         qgroup,
+        project,
     }
 }
 

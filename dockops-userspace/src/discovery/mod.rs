@@ -75,6 +75,9 @@ pub struct WritableLayer {
     /// `btrfs`: the sysfs directory of the subvolume's qgroup (usage and limit once quota is
     /// on).
     pub qgroup: Option<PathBuf>,
+    /// `overlay2` with project quotas: the filesystem's block device and the upper
+    /// directory's project id, once it has one.
+    pub project: Option<(PathBuf, u32)>,
 }
 
 /// The host end of a veth pair whose other end is inside a container.

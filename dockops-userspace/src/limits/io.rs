@@ -39,7 +39,7 @@ pub fn resolve(path: &Path) -> Result<(u32, u32), String> {
     } else if major(meta.dev()) == 0 {
         // btrfs, overlay, tmpfs: an anonymous device number. The mount's source may name a
         // block device.
-        mount_source(path)
+        crate::quota::mount_source(path)
             .and_then(|source| fs::metadata(source).ok())
             .filter(|m| m.file_type().is_block_device())
             .map(|m| m.rdev())
@@ -77,22 +77,6 @@ pub fn resolve(path: &Path) -> Result<(u32, u32), String> {
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
         .ok_or_else(|| bad(format!("the disk of partition {maj}:{min} is unreadable")))?;
     Ok((dmaj, dmin))
-}
-
-/// The source of the mount `path` is on (`/proc/self/mountinfo`, longest mount point).
-fn mount_source(path: &Path) -> Option<PathBuf> {
-    let path = fs::canonicalize(path).ok()?;
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let source = right.split(' ').nth(1)?;
-            path.starts_with(point)
-                .then(|| (point.len(), PathBuf::from(source)))
-        })
-        .max_by_key(|(len, _)| *len)
-        .map(|(_, source)| source)
 }
 
 /// The cgroup directory holding the container's throttles.

@@ -135,7 +135,7 @@ impl Plan {
 /// A writable-layer limit to set (`None` removes it), and the one before.
 #[derive(Clone, Debug)]
 struct StorageWrite {
-    subvolume: PathBuf,
+    target: storage::Target,
     value: Option<u64>,
     before: Option<u64>,
 }
@@ -214,8 +214,8 @@ impl Limiter {
         let storage = if request.storage.is_some() || unset.storage {
             let before = storage::current(container);
             match storage::target(container) {
-                Ok(subvolume) => Some(StorageWrite {
-                    subvolume,
+                Ok(target) => Some(StorageWrite {
+                    target,
                     value: request.storage,
                     before,
                 }),
@@ -248,7 +248,7 @@ impl Limiter {
             }
         }
         if let Some(s) = &plan.storage
-            && let Err(error) = storage::set(&plan.name, &s.subvolume, s.value)
+            && let Err(error) = storage::set(&plan.name, &s.target, s.value)
         {
             self.put_back_io(plan, &plan.io);
             return Err(error);
@@ -263,7 +263,7 @@ impl Limiter {
 
     fn put_back_storage(plan: &Plan) {
         if let Some(s) = &plan.storage
-            && let Err(error) = storage::set(&plan.name, &s.subvolume, s.before)
+            && let Err(error) = storage::set(&plan.name, &s.target, s.before)
         {
             tracing::warn!(
                 container = plan.name,
@@ -281,7 +281,7 @@ impl Limiter {
             failed.push(error);
         }
         if let Some(s) = &plan.storage
-            && let Err(error) = storage::set(&plan.name, &s.subvolume, s.before)
+            && let Err(error) = storage::set(&plan.name, &s.target, s.before)
         {
             failed.push(error);
         }

@@ -218,7 +218,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
     for (name, help, get) in [
         (
             "container_fs_usage_bytes",
-            "What the writable layer references, bytes (btrfs with quota on)",
+            "Writable layer usage, bytes (btrfs qgroup or overlay2 project quota)",
             (|c| c.storage.usage_bytes) as Get<Option<u64>>,
         ),
         (
