@@ -445,10 +445,13 @@ impl Pair {
         } else {
             &v["server_output_json"]
         };
+        // The receiver may log a last sliver of an interval (a few ms, a huge rate): whole
+        // seconds only.
         let per_second = receiver["intervals"]
             .as_array()
             .expect("intervals")
             .iter()
+            .filter(|i| i["sum"]["seconds"].as_f64().is_some_and(|s| s >= 0.5))
             .filter_map(|i| i["sum"]["bits_per_second"].as_f64())
             .collect();
         let bytes = v["end"]["sum_received"]["bytes"].as_u64().expect("bytes");
