@@ -1,7 +1,8 @@
-//! `--storage-size` on a running container, against the private engines `cargo xtask test`
-//! starts with their data roots on loop-mounted filesystems: btrfs (the btrfs driver, a
-//! qgroup) and ext4 with project quotas (overlay2, a project on the upper directory). The
-//! limit bites, raising it lets the write finish, and `stats` shows usage and limit.
+//! `--storage-size` on a running container, against the private engine `cargo xtask test`
+//! starts with its data root on a loop-mounted btrfs (the btrfs driver, a qgroup): the limit
+//! bites, raising it lets the write finish, and `stats` shows usage and limit. (overlay2 with
+//! project quotas cannot be tested on this project's kernel: ext4 with the quota feature
+//! does not mount without `CONFIG_QFMT_V2`.)
 
 use std::process::{Command, Output, Stdio};
 
@@ -127,11 +128,6 @@ fn limit_bites_and_can_be_raised(host: &str) {
 #[test]
 fn storage_size_on_btrfs_bites_and_can_be_raised_live() {
     limit_bites_and_can_be_raised(&host("DOCKOPS_BTRFS_HOST"));
-}
-
-#[test]
-fn storage_size_on_overlay2_with_project_quotas_bites_and_can_be_raised_live() {
-    limit_bites_and_can_be_raised(&host("DOCKOPS_PRJQUOTA_HOST"));
 }
 
 #[test]

@@ -160,42 +160,34 @@ fn unmount_under(root: &Path) {
 }
 
 impl Engine {
-    /// A private dockerd whose data root is on a filesystem of its own, in a 2 GiB sparse
-    /// file under `dir`, loop-mounted (for storage limits). It runs in a network namespace
+    /// A private dockerd with the btrfs storage driver, its data root on a btrfs filesystem
+    /// of its own, in a 2 GiB sparse file under `dir`, loop-mounted (for storage limits). It runs in a network namespace
     /// of its own: a second dockerd in the host's would take over (or, with `--bridge
     /// none`, delete) the other engine's docker0 and rewrite iptables.
-    pub fn private_on(dir: &Path, fs: LoopFs) -> anyhow::Result<Self> {
+    pub fn private_btrfs(dir: &Path) -> anyhow::Result<Self> {
         fs::create_dir_all(dir)?;
         let dir = fs::canonicalize(dir)?;
         let (image, mount) = (dir.join("fs.img"), dir.join("mnt"));
         let mounted = fs::read_to_string("/proc/self/mounts")?
             .lines()
             .any(|l| l.split(' ').nth(1) == Some(&*mount.to_string_lossy()));
-        let (mkfs, options, driver): (&[&str], _, _) = match fs {
-            LoopFs::Btrfs => (&["mkfs.btrfs", "-q", "-f"], "loop", "btrfs"),
-            LoopFs::Ext4ProjectQuota => (
-                &["mkfs.ext4", "-q", "-F", "-O", "quota,project"],
-                "loop,prjquota",
-                "overlay2",
-            ),
-        };
         if !mounted {
             fs::File::create(&image)?.set_len(2 << 30)?;
-            sh::run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image))
-                .with_context(|| format!("{} (run `cargo xtask setup`)", mkfs[0]))?;
+            sh::run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&image))
+                .context("mkfs.btrfs (btrfs-progs: run `cargo xtask setup`)")?;
             fs::create_dir_all(&mount)?;
             sh::run(
                 Command::new("mount")
-                    .args(["-o", options])
+                    .args(["-o", "loop"])
                     .arg(&image)
                     .arg(&mount),
             )
-            .context("loop-mounting the data root's filesystem")?;
+            .context("loop-mounting the btrfs image")?;
         }
         let mut engine = start_private(
             &dir,
             &mount.join("data"),
-            &["--storage-driver", driver],
+            &["--storage-driver", "btrfs"],
             true,
         )?;
         if let Some(private) = &mut engine.private {
@@ -203,15 +195,6 @@ impl Engine {
         }
         Ok(engine)
     }
-}
-
-/// The filesystem of a private engine's data root.
-#[derive(Clone, Copy)]
-pub enum LoopFs {
-    /// btrfs, with the btrfs storage driver.
-    Btrfs,
-    /// ext4 with project quotas (`-O quota,project`, mounted `prjquota`), with overlay2.
-    Ext4ProjectQuota,
 }
 
 /// A dockerd whose socket, pidfile and log live under `dir`, its state in `data`, with
