@@ -352,7 +352,7 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
         ingress_bits: if ingress { 0 } else { old.ingress_bits },
         ..old
     };
-    let mut changes = prepare(
+    let changes = prepare(
         &agent,
         targets,
         (&Resources::default(), &unset),
@@ -361,10 +361,6 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
         (egress || ingress).then_some(&caps_change as &dyn Fn(Caps, u64) -> Caps),
     )
     .await?;
-    for change in &mut changes {
-        // A container without caps has none to remove.
-        change.caps = change.caps.filter(|(old, new)| old != new);
-    }
     apply(&mut agent, &changes).await?;
     let cleared = unset.held_names();
     agent.datapath.update_state(|desired| {
@@ -493,7 +489,9 @@ async fn apply(agent: &mut Agent, changes: &[Change]) -> anyhow::Result<()> {
     let mut capped = Vec::new();
     if error.is_none() {
         for change in changes {
-            let Some((_, new)) = change.caps else {
+            // Nothing to change (unlimit of a container without caps, which may have no
+            // address to cap at all).
+            let Some((_, new)) = change.caps.filter(|(old, new)| old != new) else {
                 continue;
             };
             match set_caps(agent, &change.container, new) {
