@@ -98,10 +98,9 @@ impl Agent {
         self.warned
             .retain(|(id, _)| id.is_empty() || running.contains(id.as_str()));
         // Block IO throttles a restart dropped (Docker does not hold them) are put back.
-        let recorded = self.datapath.desired()?.limits;
         let limit_failures = self
             .limiter
-            .reconcile(&found.running, &recorded)
+            .reconcile(&found.running, &report.desired.limits)
             .into_iter()
             .map(|(id, error)| dockops::datapath::Failure {
                 id,

@@ -170,6 +170,9 @@ pub struct Report {
     pub removed: usize,
     /// Steps that failed (the others went on).
     pub failures: Vec<Failure>,
+    /// The durable desired state as this reconcile read it (containers that no longer exist
+    /// forgotten), for the other enforcement stages; empty if it could not be read.
+    pub desired: Desired,
 }
 
 /// The loaded (or adopted) programs and the counters map.

@@ -218,6 +218,7 @@ impl Datapath {
             .iter()
             .map(|(id, caps)| (id_bytes(id), caps.to_caps(id_bytes(id))))
             .collect();
+        report.desired = stored;
         if desired.is_empty() {
             return;
         }
