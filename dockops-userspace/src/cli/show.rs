@@ -5,6 +5,7 @@ use std::collections::HashSet;
 
 use dockops::{
     collection::Limits,
+    output,
     policy::resources::{Host, IoKind},
     state::{StoredCaps, StoredLimits},
 };
@@ -63,7 +64,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                     Value::Null => "-".to_owned(),
                     Value::String(s) => s.clone(),
                     Value::Number(n) if is_bytes(&row.limit) => {
-                        human(n.as_u64().unwrap_or_default())
+                        output::short_bytes(n.as_f64().unwrap_or_default())
                     }
                     other => other.to_string(),
                 };
@@ -77,18 +78,6 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
 /// Limits whose values are bytes (or bytes per second).
 fn is_bytes(limit: &str) -> bool {
     limit.starts_with("memory") || limit.starts_with("storage") || limit.contains("-bps ")
-}
-
-/// Bytes in binary units, as the flags take them: 256M, 1.5G.
-fn human(bytes: u64) -> String {
-    #[expect(clippy::cast_precision_loss, reason = "display")]
-    let b = bytes as f64;
-    match bytes {
-        0..1024 => format!("{bytes}"),
-        1024..1_048_576 => format!("{}K", (b / 1024.0 * 10.0).round() / 10.0),
-        1_048_576..1_073_741_824 => format!("{}M", (b / 1_048_576.0 * 10.0).round() / 10.0),
-        _ => format!("{}G", (b / 1_073_741_824.0 * 10.0).round() / 10.0),
-    }
 }
 
 fn rows(

@@ -142,7 +142,7 @@ pub fn watch_table<S: std::hash::BuildHasher>(
 }
 
 /// Bytes in at most 6 characters: `512B`, `1.5K`, `10.2M`, `999G`.
-fn short(n: f64) -> String {
+pub fn short(n: f64) -> String {
     const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
     if n < 1024.0 {
         return format!("{n:.0}B");
