@@ -55,7 +55,8 @@ fn entry(devices: &mut Vec<DeviceThrottles>, major: u32, minor: u32) -> &mut Dev
     &mut devices[at]
 }
 
-fn device(text: &str) -> Option<(u32, u32)> {
+/// `MAJ:MIN` → the device numbers.
+pub fn device(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.split_once(':')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
 }

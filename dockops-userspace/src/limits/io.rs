@@ -14,7 +14,7 @@ use super::LimitError;
 use crate::{
     capabilities::CgroupMode,
     cgroupfs::{
-        DeviceThrottles, io_max_line, parse_io_max, parse_v1_throttle, v1_throttle_file,
+        self, DeviceThrottles, io_max_line, parse_io_max, parse_v1_throttle, v1_throttle_file,
         v1_throttle_line,
     },
     discovery::CgroupPaths,
@@ -26,16 +26,15 @@ const V1_BLKIO: &str = "/sys/fs/cgroup/blkio";
 /// The disk (`major`, `minor`) behind `path`: a block device itself, or the filesystem a path
 /// lives on. Partitions resolve to their disk, which is what blk-throttle takes.
 pub fn resolve(path: &Path) -> Result<(u32, u32), String> {
-    let bad = |why: String| why;
-    let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    let meta = fs::metadata(path).map_err(|e| e.to_string())?;
     let dev = if meta.file_type().is_block_device() {
         meta.rdev()
     } else if meta.file_type().is_char_device() {
-        return Err(bad(
+        return Err(
             "is a character device, not a block device (give a disk such as /dev/vda, or a \
              path on a filesystem)"
                 .into(),
-        ));
+        );
     } else if major(meta.dev()) == 0 {
         // btrfs, overlay, tmpfs: an anonymous device number. The mount's source may name a
         // block device.
@@ -43,13 +42,10 @@ pub fn resolve(path: &Path) -> Result<(u32, u32), String> {
             .and_then(|source| fs::metadata(source).ok())
             .filter(|m| m.file_type().is_block_device())
             .map(|m| m.rdev())
-            .ok_or_else(|| {
-                bad(
-                    "is on a filesystem without a block device of its own (overlay, tmpfs?): \
-                     give the disk, e.g. /dev/vda"
-                        .into(),
-                )
-            })?
+            .ok_or(
+                "is on a filesystem without a block device of its own (overlay, tmpfs?): give \
+                 the disk, e.g. /dev/vda",
+            )?
     } else {
         meta.dev()
     };
@@ -58,11 +54,8 @@ pub fn resolve(path: &Path) -> Result<(u32, u32), String> {
         u32::try_from(minor(dev)).unwrap_or(u32::MAX),
     );
     let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
-    let sys = fs::canonicalize(&sys).map_err(|_| {
-        bad(format!(
-            "device {maj}:{min} is not a block device the kernel lists"
-        ))
-    })?;
+    let sys = fs::canonicalize(&sys)
+        .map_err(|_| format!("device {maj}:{min} is not a block device the kernel lists"))?;
     if !sys.join("partition").exists() {
         return Ok((maj, min));
     }
@@ -70,13 +63,9 @@ pub fn resolve(path: &Path) -> Result<(u32, u32), String> {
         .parent()
         .map_or_else(|| sys.join("dev"), |disk| disk.join("dev"));
     let disk = fs::read_to_string(disk_dev)
-        .map_err(|e| bad(format!("the disk of partition {maj}:{min}: {e}")))?;
-    let (dmaj, dmin) = disk
-        .trim()
-        .split_once(':')
-        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| bad(format!("the disk of partition {maj}:{min} is unreadable")))?;
-    Ok((dmaj, dmin))
+        .map_err(|e| format!("the disk of partition {maj}:{min}: {e}"))?;
+    cgroupfs::device(disk.trim())
+        .ok_or_else(|| format!("the disk of partition {maj}:{min} is unreadable"))
 }
 
 /// The cgroup directory holding the container's throttles.
