@@ -243,33 +243,21 @@ impl Limiter {
     pub async fn apply(&self, plan: &Plan) -> Result<(), LimitError> {
         for (done, write) in plan.io.iter().enumerate() {
             if let Err(error) = self.write_io(plan, write, write.value) {
-                self.put_back_io(plan, &plan.io[..done]);
+                warn_all(plan, self.put_back(plan, &plan.io[..done], false));
                 return Err(error);
             }
         }
         if let Some(s) = &plan.storage
             && let Err(error) = storage::set(&plan.name, &s.target, s.value)
         {
-            self.put_back_io(plan, &plan.io);
+            warn_all(plan, self.put_back(plan, &plan.io, false));
             return Err(error);
         }
         if let Err(error) = docker::update(&self.client, &plan.id, &plan.name, &plan.update).await {
-            Self::put_back_storage(plan);
-            self.put_back_io(plan, &plan.io);
+            warn_all(plan, self.put_back(plan, &plan.io, true));
             return Err(error);
         }
         Ok(())
-    }
-
-    fn put_back_storage(plan: &Plan) {
-        if let Some(s) = &plan.storage
-            && let Err(error) = storage::set(&plan.name, &s.target, s.before)
-        {
-            tracing::warn!(
-                container = plan.name,
-                "putting back the storage limit: {error}"
-            );
-        }
     }
 
     /// Puts back what an applied `plan` changed (another container's failure undoes this
@@ -280,13 +268,22 @@ impl Limiter {
         {
             failed.push(error);
         }
-        if let Some(s) = &plan.storage
+        failed.extend(self.put_back(plan, &plan.io, true));
+        failed
+    }
+
+    /// Puts back the throttles `written` and, with `storage`, the storage limit, in reverse
+    /// order; returns what could not be put back.
+    fn put_back(&self, plan: &Plan, written: &[IoWrite], storage: bool) -> Vec<LimitError> {
+        let mut failed = Vec::new();
+        if storage
+            && let Some(s) = &plan.storage
             && let Err(error) = storage::set(&plan.name, &s.target, s.before)
         {
             failed.push(error);
         }
         failed.extend(
-            plan.io
+            written
                 .iter()
                 .rev()
                 .filter_map(|w| self.write_io(plan, w, w.before).err()),
@@ -303,17 +300,6 @@ impl Limiter {
             write.kind,
             value,
         )
-    }
-
-    fn put_back_io(&self, plan: &Plan, written: &[IoWrite]) {
-        for write in written.iter().rev() {
-            if let Err(error) = self.write_io(plan, write, write.before) {
-                tracing::warn!(
-                    container = plan.name,
-                    "putting back a block IO throttle: {error}"
-                );
-            }
-        }
     }
 
     /// Re-applies the recorded throttles of each running container where the kernel lost
@@ -353,5 +339,15 @@ impl Limiter {
             }
         }
         failures
+    }
+}
+
+/// What a failed apply could not put back: the apply's own error is what the caller sees.
+fn warn_all(plan: &Plan, errors: Vec<LimitError>) {
+    for error in errors {
+        tracing::warn!(
+            container = plan.name,
+            "putting a limit back failed: {error}"
+        );
     }
 }
