@@ -104,8 +104,14 @@ fn watch_follows_a_restart_to_the_new_veth() {
 fn reset_leaves_nothing_behind() {
     let c = Container::start("reset", "sleep 600");
     dockops_ok(&["stats"]);
-    let links = link_ids(&c);
-    assert_eq!(links.len(), 2);
+    let pins = list(&c.pin_dir());
+    assert_eq!(pins.len(), 2, "{pins:?}");
+    // tcx links (>= 6.6), or records of netlink filters, which the tc checks below cover.
+    let links = if pins.iter().any(|p| p.contains("-netlink")) {
+        Vec::new()
+    } else {
+        link_ids(&c)
+    };
     assert!(!dockops_programs().is_empty());
     let out = dockops_ok(&["reset"]);
     assert!(

@@ -95,22 +95,23 @@ fn half_a_cpu_holds_and_survives_a_restart() {
     let c = Container::start("cpus", "while :; do :; done");
     dockops_ok(&["limit", &c.name, "--cpus", "0.5"]);
     assert_eq!(inspect(&c, "{{.HostConfig.NanoCpus}}"), "500000000");
+    // From 0.35: in the emulated guest of `cargo xtask vm-test` half a CPU measured 0.399
+    // once (0.50 here).
+    let half = 0.35..=0.6;
     let cores = cores_over(&c.name, 3);
-    assert!(
-        (0.4..=0.6).contains(&cores),
-        "--cpus 0.5 gave {cores:.3} cores"
-    );
+    assert!(half.contains(&cores), "--cpus 0.5 gave {cores:.3} cores");
     docker(&["restart", "-t", "0", &c.id]);
-    let cores = cores_over(&c.name, 3);
+    let capped = cores_over(&c.name, 3);
     assert!(
-        (0.4..=0.6).contains(&cores),
-        "after docker restart --cpus 0.5 gave {cores:.3} cores"
+        half.contains(&capped),
+        "after docker restart --cpus 0.5 gave {capped:.3} cores"
     );
     dockops_ok(&["unlimit", &c.name, "--cpus"]);
     let cores = cores_over(&c.name, 2);
+    // A whole core here (~1.0); an emulated guest's vCPU gets less of its host core (~0.7).
     assert!(
-        cores > 0.8,
-        "unlimited, the loop gets a whole core: {cores:.3}"
+        cores > 1.25 * capped,
+        "unlimited, the loop gets more than the cap: {cores:.3} cores, {capped:.3} capped"
     );
 }
 

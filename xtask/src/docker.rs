@@ -330,6 +330,21 @@ fn wait_until_answers(host: &str) -> anyhow::Result<()> {
     bail!("dockerd did not answer at {host} within 60 s (see its log)")
 }
 
+/// The test image's root as a tar file, for `docker import` where this engine is not (the
+/// vm-test guest).
+pub fn busybox_tar(to: &Path) -> anyhow::Result<()> {
+    let root = crate::workspace().join("target/images/busybox");
+    make_busybox_root(&root)?;
+    sh::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(to)
+            .arg("."),
+    )
+}
+
 /// A root folder with busybox and a symlink per applet.
 fn make_busybox_root(root: &Path) -> anyhow::Result<()> {
     let busybox = PathBuf::from("/bin/busybox");

@@ -8,6 +8,7 @@ mod sh;
 mod test;
 #[path = "../../dockops-ebpf/toolchain.rs"]
 mod toolchain;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -30,9 +31,14 @@ enum Command {
     /// Set up, build, and run `dockops-bpf ARGS` as root (default: `watch`). Starts a Docker
     /// engine when none answers but dockerd is installed.
     Run(run::Args),
-    /// Set up, then fmt check, clippy, unit tests, and the integration tests against a real
-    /// dockerd (the running one, or a private one under target/ that is stopped afterwards).
+    /// Set up, then fmt check, clippy, unit tests, the integration tests against a real
+    /// dockerd (the running one, or a private one under target/ that is stopped afterwards),
+    /// and the cgroup v2-only guest tier (`vm-test`; `--no-vm` skips it).
     Test(test::Args),
+    /// Build, then run the portability tests in a QEMU guest: Debian's 6.1 kernel, cgroup v2
+    /// only, netlink attach, `sch_fq`. The guest is built once (about 2 minutes) and cached in
+    /// ~/.cache/dockops/vm.
+    VmTest(vm::Args),
     /// Benchmarks, side by side with their baselines; results go to docs/BENCHMARKS.md.
     Bench(bench::Args),
 }
@@ -43,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build(),
         Command::Run(args) => run::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::VmTest(args) => crate::setup::run().and_then(|()| vm::run(&args)),
         Command::Bench(args) => bench::run(&args),
     }
 }

@@ -21,7 +21,7 @@ const PACKAGES: &[&str] = &[
 pub fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
-    packages()?;
+    ensure_packages(PACKAGES)?;
     mounts()?;
     Ok(())
 }
@@ -132,8 +132,10 @@ fn llvm_major(file: &str) -> Option<u32> {
         .ok()
 }
 
-fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// Installs those of `packages` that are missing (Debian/Ubuntu as root; otherwise says what
+/// to install).
+pub fn ensure_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -142,7 +144,7 @@ fn packages() -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        step("packages", &format!("{} present", PACKAGES.join(", ")));
+        step("packages", &format!("{} present", packages.join(", ")));
         return Ok(());
     }
     let debian = fs::read_to_string("/etc/os-release").is_ok_and(|s| {

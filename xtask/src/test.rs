@@ -1,4 +1,4 @@
-//! `cargo xtask test`: everything CI checks. Every stage runs even when an earlier one failed
+//! `cargo xtask test`: everything CI checks, the cgroup v2-only guest tier last. Every stage runs even when an earlier one failed
 //! (except those that need the build), and every test binary runs (`--no-fail-fast`); the
 //! failures are listed at the end.
 
@@ -13,6 +13,9 @@ pub struct Args {
     /// Skip fmt, clippy and unit tests.
     #[arg(long)]
     integration_only: bool,
+    /// Skip the cgroup v2-only guest tier (`cargo xtask vm-test`), for quick local runs.
+    #[arg(long)]
+    no_vm: bool,
 }
 
 /// Packages with host-buildable code (the eBPF crate builds only for bpfel).
@@ -71,6 +74,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         stage("build", Err(error));
     } else {
         stage("integration tests", integration(args));
+        if !args.no_vm {
+            let vm = crate::vm::Args {
+                filter: args.filter.clone(),
+                timeout_minutes: crate::vm::TIMEOUT_MINUTES,
+            };
+            stage("cgroup v2 guest tier", crate::vm::run(&vm));
+        }
     }
     if failed.is_empty() {
         eprintln!("xtask test: every stage passed");
