@@ -70,10 +70,57 @@ impl CgroupMode {
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// Whether the kernel has a piece, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Loaded now (or built in with a sysfs entry).
+    Loaded,
+    /// Built into the kernel.
+    BuiltIn,
+    /// A module the kernel loads on first use.
+    Module,
+    Absent,
+}
+
+impl Presence {
+    pub fn usable(self) -> bool {
+        self != Self::Absent
+    }
+}
+
+impl fmt::Display for Presence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Loaded => "loaded",
+            Self::BuiltIn => "built in",
+            Self::Module => "module (loaded on first use)",
+            Self::Absent => "absent",
+        })
+    }
+}
+
+/// One BPF helper probed for a program type.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Helper {
+    pub program: &'static str,
+    pub name: String,
+    /// None: the probe itself could not run (loading decides).
+    pub present: Option<bool>,
+}
+
 /// Host features the other modules consult instead of probing themselves.
 #[derive(Clone, Debug)]
 pub struct Capabilities {
+    /// `uname -r`.
+    pub kernel: String,
     pub tc_mode: TcMode,
+    /// Whether tc programs are attached by version (tcx needs 6.6) or were asked for.
+    pub tc_mode_reason: &'static str,
+    /// The `fq` qdisc, which honours `skb->tstamp` (earliest departure time).
+    pub fq: Presence,
+    /// The helpers the programs need, as probed.
+    pub helpers: Vec<Helper>,
     pub cgroup: CgroupMode,
     /// Resolution of the coarse monotonic clock the tc hard cap refills by (one jiffy).
     pub clock_tick_ns: u64,
@@ -115,24 +162,26 @@ impl Capabilities {
         if kernel.is_none_or(|v| v < KernelVersion::new(5, 11, 0)) {
             raise_memlock();
         }
-        probe_helpers()?;
+        let helpers = probe_helpers()?;
         if kernel.is_some_and(|v| v < KernelVersion::new(5, 15, 0)) {
             tracing::warn!(
                 "kernel older than 5.15: no BPF perf links, so block IO per container is \
                  unavailable (dockops needs Linux >= {MIN_KERNEL})"
             );
         }
-        let tc_mode = tc_mode.unwrap_or_else(|| {
-            let tcx = kernel.is_some_and(|v| v >= KernelVersion::new(6, 6, 0));
-            if tcx {
-                TcMode::Tcx
-            } else {
-                tracing::warn!(
-                    "kernel older than 6.6: attaching with netlink clsact instead of tcx"
-                );
-                TcMode::Netlink
-            }
-        });
+        let (tc_mode, tc_mode_reason) = tc_mode.map_or_else(
+            || {
+                if kernel.is_some_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+                    (TcMode::Tcx, "kernel >= 6.6")
+                } else {
+                    tracing::warn!(
+                        "kernel older than 6.6: attaching with netlink clsact instead of tcx"
+                    );
+                    (TcMode::Netlink, "kernel < 6.6 has no tcx")
+                }
+            },
+            |mode| (mode, "--tc-attach"),
+        );
         let cgroup = CgroupMode::detect();
         if cgroup.unified().is_none() {
             tracing::warn!("no cgroup v2 hierarchy: block IO per container is not available");
@@ -144,8 +193,15 @@ impl Capabilities {
             .filter(|&ns| ns > 0)
             .unwrap_or(10_000_000);
         let host = probe_host(&cgroup);
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Self {
+            fq: module_presence(&release, "net/sched/sch_fq"),
+            kernel: release,
             tc_mode,
+            tc_mode_reason,
+            helpers,
             cgroup,
             clock_tick_ns,
             host,
@@ -206,18 +262,34 @@ fn raise_memlock() {
 
 /// Loads a one-call program per helper the programs need (libbpf's probe, through aya).
 /// The tc helpers are required; without the `sock_ops` ones caps are unavailable (warned).
-fn probe_helpers() -> Result<(), ProbeError> {
+fn probe_helpers() -> Result<Vec<Helper>, ProbeError> {
     use aya::{
         programs::ProgramType,
         sys::{BpfHelper, is_helper_supported},
     };
-    let missing = |program: ProgramType, helpers: &[BpfHelper]| -> Vec<String> {
-        helpers
-            .iter()
+    let mut probed = Vec::new();
+    let mut missing = |program: ProgramType, helpers: &[BpfHelper]| -> Vec<String> {
+        let name = match program {
+            ProgramType::SchedClassifier => "tc",
+            _ => "sock_ops",
+        };
+        let mut missing = Vec::new();
+        for &helper in helpers {
             // An error means the probe itself could not run: leave the verdict to loading.
-            .filter(|&&h| matches!(is_helper_supported(program, h), Ok(false)))
-            .map(|h| format!("{h:?}").trim_start_matches("BPF_FUNC_").to_owned())
-            .collect()
+            let present = is_helper_supported(program, helper).ok();
+            let helper = format!("{helper:?}")
+                .trim_start_matches("BPF_FUNC_")
+                .to_owned();
+            if present == Some(false) {
+                missing.push(helper.clone());
+            }
+            probed.push(Helper {
+                program: name,
+                name: helper,
+                present,
+            });
+        }
+        missing
     };
     let tc = missing(
         ProgramType::SchedClassifier,
@@ -247,5 +319,106 @@ fn probe_helpers() -> Result<(), ProbeError> {
             sock.join(", ")
         );
     }
-    Ok(())
+    Ok(probed)
+}
+
+/// Whether the module at `path` (under `kernel/`, without `.ko`) is loaded, built in, or
+/// can be loaded, from sysfs and the module lists of the running kernel.
+fn module_presence(release: &str, path: &str) -> Presence {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if Path::new("/sys/module").join(name).exists() {
+        return Presence::Loaded;
+    }
+    let modules = Path::new("/lib/modules").join(release);
+    let listed = |file: &str| {
+        std::fs::read_to_string(modules.join(file)).is_ok_and(|text| {
+            text.lines().any(|l| {
+                l.split(':')
+                    .next()
+                    .is_some_and(|m| m.starts_with(&format!("kernel/{path}.ko")))
+            })
+        })
+    };
+    if listed("modules.builtin") {
+        Presence::BuiltIn
+    } else if listed("modules.dep") {
+        Presence::Module
+    } else {
+        Presence::Absent
+    }
+}
+
+/// Everything `dockops-bpf probe` prints: what was probed at start-up and the kernel
+/// features dockops uses or will use, found on this host.
+#[derive(Debug, serde::Serialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "a report of yes/no findings, printed as such"
+)]
+pub struct Report {
+    pub kernel: String,
+    /// `v2` or `v1` (hybrid when a v2 hierarchy sits beside: `unified` names it).
+    pub cgroup: &'static str,
+    pub cgroup_v2_root: Option<PathBuf>,
+    /// Controllers enabled in the v2 hierarchy's root.
+    pub cgroup_v2_controllers: Vec<String>,
+    pub tc_attach: String,
+    pub tc_attach_reason: &'static str,
+    pub fq: Presence,
+    pub btf: bool,
+    /// Pressure stall information (`/proc/pressure`).
+    pub psi: bool,
+    pub kprobes: bool,
+    pub swap_accounting: bool,
+    pub helpers: Vec<Helper>,
+    /// `category:name` → present.
+    pub tracepoints: Vec<(String, bool)>,
+}
+
+/// Tracepoints dockops attaches to (`block_bio_queue`) or may, by kernel.
+const TRACEPOINTS: &[&str] = &[
+    "block:block_bio_queue",
+    "block:block_io_start",
+    "block:block_io_done",
+    "block:block_rq_issue",
+    "block:block_rq_complete",
+    "sched:sched_switch",
+    "sched:sched_wakeup",
+    "sched:sched_wakeup_new",
+];
+
+impl Capabilities {
+    /// Looks up the rest of the report; `tracefs` is where tracefs is mounted.
+    pub fn report(&self, tracefs: &Path) -> Report {
+        let (cgroup, v2) = match &self.cgroup {
+            CgroupMode::V2 { root } => ("v2", Some(root.clone())),
+            CgroupMode::V1 { unified } => ("v1", unified.clone()),
+        };
+        let controllers = v2
+            .as_ref()
+            .and_then(|root| std::fs::read_to_string(root.join("cgroup.controllers")).ok())
+            .map(|text| text.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Report {
+            kernel: self.kernel.clone(),
+            cgroup,
+            cgroup_v2_root: v2,
+            cgroup_v2_controllers: controllers,
+            tc_attach: self.tc_mode.to_string(),
+            tc_attach_reason: self.tc_mode_reason,
+            fq: self.fq,
+            btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+            psi: Path::new("/proc/pressure/cpu").exists(),
+            kprobes: tracefs.join("kprobe_events").exists(),
+            swap_accounting: self.host.swap_accounting,
+            helpers: self.helpers.clone(),
+            tracepoints: TRACEPOINTS
+                .iter()
+                .map(|tp| {
+                    let dir = tp.replace(':', "/");
+                    ((*tp).to_owned(), tracefs.join("events").join(dir).exists())
+                })
+                .collect(),
+        }
+    }
 }

@@ -64,6 +64,9 @@ enum Command {
     /// for stay recorded in /var/lib/dockops/state.json, and the next command applies them
     /// again (as after a reboot), unless --all.
     Reset(cli::reset::Args),
+    /// Say what this kernel offers dockops: cgroup mode, tc attach mode, fq, BTF, PSI, the
+    /// BPF helpers and tracepoints dockops uses.
+    Probe(cli::probe::Args),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
             Command::Unlimit(args) => cli::limit::unlimit(args, cli.tc_attach).await,
             Command::Show(args) => cli::show::run(args, cli.tc_attach).await,
             Command::Reset(args) => cli::reset::run(&args),
+            Command::Probe(args) => cli::probe::run(&args, cli.tc_attach),
         }
     });
     match result {

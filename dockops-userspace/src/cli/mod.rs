@@ -2,6 +2,7 @@
 
 pub mod limit;
 pub mod metrics;
+pub mod probe;
 pub mod reset;
 pub mod select;
 pub mod show;
@@ -53,14 +54,20 @@ pub struct Agent {
     insert_failures: HashMap<&'static str, u64>,
 }
 
+impl TcAttach {
+    /// The attach mode asked for; None: decide by kernel.
+    pub fn mode(self) -> Option<TcMode> {
+        match self {
+            Self::Auto => None,
+            Self::Tcx => Some(TcMode::Tcx),
+            Self::Netlink => Some(TcMode::Netlink),
+        }
+    }
+}
+
 impl Agent {
     pub async fn start(tc_attach: TcAttach) -> anyhow::Result<Self> {
-        let tc_mode = match tc_attach {
-            TcAttach::Auto => None,
-            TcAttach::Tcx => Some(TcMode::Tcx),
-            TcAttach::Netlink => Some(TcMode::Netlink),
-        };
-        let caps = Capabilities::probe(tc_mode)?;
+        let caps = Capabilities::probe(tc_attach.mode())?;
         let docker = Docker::connect(caps.cgroup.unified().map(Into::into)).await?;
         let datapath = Datapath::open(caps.tc_mode, caps.cgroup.unified())
             .context("preparing the eBPF datapath")?;

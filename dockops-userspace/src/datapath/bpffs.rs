@@ -44,6 +44,12 @@ pub(super) fn prepare(layout: &Layout) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Where tracefs is, mounted first if absent (root only).
+pub fn tracefs() -> Result<&'static Path, DatapathError> {
+    mount_if_absent("tracefs", TRACEFS, TRACEFS_MAGIC)?;
+    Ok(Path::new(TRACEFS))
+}
+
 fn mount_if_absent(fstype: &str, target: &str, magic: FsType) -> Result<(), DatapathError> {
     if statfs(target).is_ok_and(|s| s.filesystem_type() == magic) {
         return Ok(());

@@ -28,6 +28,7 @@ use aya::{
     maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{ProgramError, SchedClassifier},
 };
+pub use bpffs::tracefs;
 use dockops_common::{
     BlockCounters, BlockKey, Caps, InsertFailures, TcCap, TrafficCounters, names,
 };
