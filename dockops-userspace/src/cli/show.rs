@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 
 use dockops::{
+    capabilities::CgroupMode,
+    cgroupfs::weight_from_shares,
     collection::Limits,
     output,
     policy::resources::{Host, IoKind},
@@ -46,6 +48,17 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         .map(|c| c.limits.clone())
         .unwrap_or_default();
     let desired = agent.datapath.desired()?;
+    let mut limits = limits;
+    if matches!(agent.caps.cgroup, CgroupMode::V2 { .. }) {
+        let docker = agent
+            .limiter
+            .docker_resources(&container.id, &container.name)
+            .await?;
+        limits.resources.cpu_shares = limits
+            .resources
+            .cpu_shares
+            .map(|read| shares_as_asked(read, docker.cpu_shares));
+    }
     let rows = rows(
         &limits,
         desired.caps.get(&container.id),
@@ -73,6 +86,21 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// On v2 the kernel keeps a weight, and runc's conversion from shares loses their last
+/// digits (512 → weight 20 → read back as 501): what Docker holds, when it converts to the
+/// weight the kernel has (Docker's 0 is the default, 1024).
+fn shares_as_asked(read: u64, docker: i64) -> u64 {
+    let asked = u64::try_from(docker)
+        .ok()
+        .filter(|&s| s > 0)
+        .unwrap_or(1024);
+    if weight_from_shares(asked) == weight_from_shares(read) {
+        asked
+    } else {
+        read
+    }
 }
 
 /// Limits whose values are bytes (or bytes per second).
@@ -185,4 +213,18 @@ fn rows(
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shares_read_back_as_docker_holds_them_when_the_weight_agrees() {
+        // 512 → weight 20, which reads back as 501.
+        assert_eq!(super::shares_as_asked(501, 512), 512);
+        // Docker's default (0, or 1024): weight 39, read back as 999.
+        assert_eq!(super::shares_as_asked(999, 0), 1024);
+        assert_eq!(super::shares_as_asked(999, 1024), 1024);
+        // Someone wrote another weight to the cgroup: what the kernel has.
+        assert_eq!(super::shares_as_asked(5000, 512), 5000);
+    }
 }

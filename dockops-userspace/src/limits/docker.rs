@@ -38,8 +38,9 @@ pub async fn update(
     id: &str,
     name: &str,
     update: &Update,
+    cgroup_v1: bool,
 ) -> Result<(), LimitError> {
-    for step in update.steps() {
+    for step in update.steps(cgroup_v1) {
         send(client, id, name, &step).await?;
     }
     Ok(())

@@ -159,6 +159,19 @@ impl Limiter {
     /// Checks `request` and `unset` for `container` (whose memory use is `usage`) against
     /// the host and Docker's settings, resolves devices, and says what would change. Changes
     /// nothing.
+    const fn v1(&self) -> bool {
+        matches!(self.cgroup, CgroupMode::V1 { .. })
+    }
+
+    /// The container's resource settings as Docker holds them (`docker inspect`).
+    pub async fn docker_resources(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<crate::policy::update::DockerResources, LimitError> {
+        docker::inspect(&self.client, id, name).await
+    }
+
     pub async fn plan(
         &self,
         container: &Container,
@@ -253,7 +266,9 @@ impl Limiter {
             warn_all(plan, self.put_back(plan, &plan.io, false));
             return Err(error);
         }
-        if let Err(error) = docker::update(&self.client, &plan.id, &plan.name, &plan.update).await {
+        if let Err(error) =
+            docker::update(&self.client, &plan.id, &plan.name, &plan.update, self.v1()).await
+        {
             warn_all(plan, self.put_back(plan, &plan.io, true));
             return Err(error);
         }
@@ -264,7 +279,8 @@ impl Limiter {
     /// one); returns what could not be put back.
     pub async fn undo(&self, plan: &Plan) -> Vec<LimitError> {
         let mut failed = Vec::new();
-        if let Err(error) = docker::update(&self.client, &plan.id, &plan.name, &plan.restore).await
+        if let Err(error) =
+            docker::update(&self.client, &plan.id, &plan.name, &plan.restore, self.v1()).await
         {
             failed.push(error);
         }

@@ -62,11 +62,13 @@ impl Update {
     }
 
     /// The requests that make this update. runc (1.1, cgroup v1) does not write a swap limit
-    /// of -1, and then refuses a memory limit above the old memory+swap limit: unlimited
-    /// swap is first raised to the largest limit, in a request of its own.
-    pub fn steps(&self) -> Vec<Self> {
+    /// of -1, and then refuses a memory limit above the old memory+swap limit: on v1,
+    /// unlimited swap is first raised to the largest limit, in a request of its own. On v2
+    /// runc writes -1 as `max`, and refuses a swap limit in a request without a memory
+    /// limit ("unable to set swap limit without memory limit"): one request.
+    pub fn steps(&self, cgroup_v1: bool) -> Vec<Self> {
         let mut steps = Vec::new();
-        if self.memory_swap == Some(-1) {
+        if cgroup_v1 && self.memory_swap == Some(-1) {
             steps.push(Self {
                 memory_swap: Some(NO_MEMORY_LIMIT),
                 ..Self::default()
@@ -560,23 +562,28 @@ mod tests {
     }
 
     #[test]
-    fn unlimited_swap_is_raised_first() {
+    fn unlimited_swap_is_raised_first_on_v1() {
         let update = Update {
             memory: Some(NO_MEMORY_LIMIT),
             memory_swap: Some(-1),
             ..Update::default()
         };
-        let steps = update.steps();
+        let steps = update.steps(true);
         assert_eq!(steps.len(), 2);
         assert_eq!(steps[0].memory_swap, Some(NO_MEMORY_LIMIT));
         assert_eq!(steps[0].memory, None);
         assert_eq!(steps[1], update);
+        assert_eq!(
+            update.steps(false),
+            std::slice::from_ref(&update),
+            "v2: one request"
+        );
         let cpus = Update {
             nano_cpus: Some(1),
             ..Update::default()
         };
-        assert_eq!(cpus.steps(), std::slice::from_ref(&cpus));
-        assert!(Update::default().steps().is_empty());
+        assert_eq!(cpus.steps(true), std::slice::from_ref(&cpus));
+        assert!(Update::default().steps(true).is_empty());
     }
 
     #[test]
