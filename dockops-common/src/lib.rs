@@ -89,7 +89,7 @@ pub struct Caps {
     /// The container that set these caps (its id's 32 bytes): addresses are reused, so a
     /// later container with the same address must not inherit them. Unused by eBPF.
     pub owner: [u8; 32],
-    /// [`Caps::NO_PACING`], [`Caps::QUEUE`] or 0.
+    /// [`Caps::NO_PACING`], [`Caps::QUEUE`], [`Caps::EDT`] or 0.
     pub flags: u64,
 }
 
@@ -103,6 +103,11 @@ impl Caps {
     /// Used by userspace only.
     pub const QUEUE: u64 = 2;
 
+    /// The ingress cap is an earliest-departure-time schedule (the tc program stamps
+    /// `skb->tstamp`, an fq qdisc at the root of the host veth holds each packet until then)
+    /// instead of the token bucket. Used by userspace only.
+    pub const EDT: u64 = 4;
+
     /// Whether the `sock_ops` program paces sockets toward these caps.
     pub const fn paced(&self) -> bool {
         self.flags & Self::NO_PACING == 0
@@ -111,6 +116,11 @@ impl Caps {
     /// Whether the ingress cap is held by a queue rather than the tc token bucket.
     pub const fn queued(&self) -> bool {
         self.flags & Self::QUEUE != 0 && self.ingress_bits != 0
+    }
+
+    /// Whether the ingress cap is an EDT schedule held by fq rather than the token bucket.
+    pub const fn edt(&self) -> bool {
+        self.flags & Self::EDT != 0 && self.ingress_bits != 0
     }
 }
 
@@ -134,10 +144,16 @@ pub struct TcCap {
     pub burst_bytes: u64,
     /// Below zero after retransmissions passed on credit (at most one burst of debt).
     pub tokens: i64,
+    /// Token bucket: when it was last refilled. EDT: when the last packet scheduled has
+    /// left, on the monotonic clock `skb->tstamp` uses.
     pub last_ns: u64,
+    /// 0: a token bucket. Otherwise an EDT schedule at `rate_bytes`: packets are stamped with
+    /// their departure time, marked when they would wait more than half of this, dropped
+    /// beyond it (the burst's worth of time at the rate).
+    pub horizon_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TcCap>() == 40);
+const _: () = assert!(core::mem::size_of::<TcCap>() == 48);
 
 /// Room for this many capped hooks.
 pub const MAX_TC_CAPS: u32 = 16384;

@@ -5,8 +5,8 @@
 //! enforce the hard cap of a capped container: a token bucket on wire bytes, behind the
 //! sender pacing of `sock.rs`, for what pacing cannot reach (UDP, sockets opened before the
 //! cap, senders beyond the host). A low bucket marks ECN-capable packets, an empty one drops
-//! (`tc/ecn.rs`). Everything else returns `TC_ACT_UNSPEC`, so later programs in the chain
-//! still run.
+//! (`tc/ecn.rs`). An ingress cap in EDT mode is a departure schedule instead (`tc/edt.rs`).
+//! Everything else returns `TC_ACT_UNSPEC`, so later programs in the chain still run.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_spin_lock},
@@ -19,6 +19,7 @@ use aya_ebpf::{
 use dockops_common::{MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
 
 mod ecn;
+mod edt;
 
 /// Host veth ifindex → counters. Userspace inserts the entry when it attaches and removes it
 /// when the container goes, so the datapath never allocates and ignores unknown interfaces.
@@ -41,6 +42,7 @@ struct CapBucket {
     burst_bytes: u64,
     tokens: i64,
     last_ns: u64,
+    horizon_ns: u64,
 }
 
 const _: () = assert!(size_of::<CapBucket>() == size_of::<dockops_common::TcCap>());
@@ -76,6 +78,8 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
         Level::Empty(slot) => ecn::when_empty(ctx, key, slot, bytes),
+        Level::Later { at, low, slot } => edt::stamp(ctx, at, low.then_some(slot)),
+        Level::Beyond => edt::beyond(bytes),
     };
     if let Some(c) = counters(ifindex) {
         let (p, b) = match (into, verdict == Verdict::Drop) {
@@ -127,6 +131,10 @@ enum Level {
     Low(u32),
     /// Not enough tokens: nothing was taken. With the hook's ECN slot.
     Empty(u32),
+    /// EDT: leaves at `at` (monotonic ns); `low` when it waits more than half the horizon.
+    Later { at: u64, low: bool, slot: u32 },
+    /// EDT: would wait beyond the horizon; not scheduled.
+    Beyond,
 }
 
 /// Takes `bytes` from the hook's bucket. The bucket is shared by all CPUs, so it is updated
@@ -140,10 +148,14 @@ fn take(key: u64, bytes: u64) -> Level {
     let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
         return Level::Plenty;
     };
+    // SAFETY: a map value, valid for the program run; mutated only under its lock (the
+    // horizon only by userspace, which rewrites the whole value).
+    let b = unsafe { &mut *bucket };
+    if b.horizon_ns != 0 {
+        return edt::schedule(b, bytes);
+    }
     // SAFETY: reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: a map value, valid for the program run; mutated only under its lock.
-    let b = unsafe { &mut *bucket };
     unsafe { lock(&raw mut b.lock) };
     // At most one second of refill: keeps `elapsed * rate` below 2^63 at any rate.
     let elapsed = now.saturating_sub(b.last_ns).min(1_000_000_000);

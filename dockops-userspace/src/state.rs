@@ -55,6 +55,8 @@ pub struct StoredCaps {
     pub no_pacing: bool,
     #[serde(default)]
     pub queue: bool,
+    #[serde(default)]
+    pub edt: bool,
 }
 
 impl StoredCaps {
@@ -65,6 +67,7 @@ impl StoredCaps {
             burst_bytes: caps.burst_bytes,
             no_pacing: caps.flags & Caps::NO_PACING != 0,
             queue: caps.flags & Caps::QUEUE != 0,
+            edt: caps.flags & Caps::EDT != 0,
         }
     }
 
@@ -76,7 +79,8 @@ impl StoredCaps {
             burst_bytes: self.burst_bytes,
             owner,
             flags: if self.no_pacing { Caps::NO_PACING } else { 0 }
-                | if self.queue { Caps::QUEUE } else { 0 },
+                | if self.queue { Caps::QUEUE } else { 0 }
+                | if self.edt { Caps::EDT } else { 0 },
         }
     }
 
@@ -283,6 +287,7 @@ mod tests {
         burst_bytes: 131_072,
         no_pacing: false,
         queue: true,
+        edt: false,
     };
 
     #[test]
@@ -309,6 +314,13 @@ mod tests {
         assert_eq!(caps.flags, Caps::QUEUE);
         assert_eq!(caps.owner, owner);
         assert_eq!(StoredCaps::from_caps(caps), CAPS);
+        let edt = StoredCaps {
+            queue: false,
+            edt: true,
+            ..CAPS
+        };
+        assert_eq!(edt.to_caps(owner).flags, Caps::EDT);
+        assert_eq!(StoredCaps::from_caps(edt.to_caps(owner)), edt);
     }
 
     #[test]

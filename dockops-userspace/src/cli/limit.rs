@@ -33,6 +33,10 @@ fn why<T>(result: Result<T, ResourceError>) -> Result<T, String> {
 }
 
 #[derive(clap::Args)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "command-line switches, each a flag of its own"
+)]
 pub struct LimitArgs {
     #[command(flatten)]
     select: Selection,
@@ -57,6 +61,13 @@ pub struct LimitArgs {
     /// 128 KiB, ~100 ms at 10 Mbit/s).
     #[arg(long, help_heading = "Network")]
     queue: bool,
+    /// Hold the ingress cap with an earliest-departure-time schedule instead of the token
+    /// bucket: the tc program stamps each packet's departure time at the cap and an fq qdisc
+    /// on the host veth holds it until then. Packets wait rather than drop (up to --burst's
+    /// worth of time; ECN-capable ones are marked past half of it), with fq's per-flow
+    /// fairness. Needs `sch_fq` (`dockops-bpf probe`).
+    #[arg(long, help_heading = "Network", conflicts_with = "queue")]
+    edt: bool,
     #[command(flatten)]
     resources: ResourceArgs,
     /// Set --memory even at or below what the container uses now (it is then reclaimed, or
@@ -268,20 +279,31 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
         )
         .into());
     }
-    if !network && (args.burst.is_some() || args.no_pacing || args.queue) {
+    if !network && (args.burst.is_some() || args.no_pacing || args.queue || args.edt) {
         return Err(InputError(
-            "--burst, --no-pacing and --queue shape a bandwidth cap: give --egress or --ingress"
+            "--burst, --no-pacing, --queue and --edt shape a bandwidth cap: give --egress or \
+             --ingress"
                 .into(),
         )
         .into());
     }
-    if args.queue && args.ingress.is_none() {
-        return Err(InputError(
-            "--queue holds the ingress cap: give --ingress RATE with it".into(),
-        )
-        .into());
+    for (flag, given) in [("--queue", args.queue), ("--edt", args.edt)] {
+        if given && args.ingress.is_none() {
+            return Err(InputError(format!(
+                "{flag} holds the ingress cap: give --ingress RATE with it"
+            ))
+            .into());
+        }
     }
     let mut agent = Agent::start(tc_attach).await?;
+    if args.edt && !agent.caps.fq.usable() {
+        return Err(InputError(format!(
+            "--edt needs the fq qdisc (sch_fq), which kernel {} lacks (see `dockops-bpf \
+             probe`): cap without --edt, or with --queue",
+            agent.caps.kernel
+        ))
+        .into());
+    }
     agent.refresh(&HashSet::new()).await?;
     let targets: Vec<Container> = args
         .select
@@ -305,7 +327,8 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
             ingress_bits,
             burst_bytes,
             flags: if args.no_pacing { Caps::NO_PACING } else { 0 }
-                | if args.queue { Caps::QUEUE } else { 0 },
+                | if args.queue { Caps::QUEUE } else { 0 }
+                | if args.edt { Caps::EDT } else { 0 },
             ..old
         }
     };

@@ -103,6 +103,9 @@ pub enum ShapingMode {
     /// The ingress cap is an HTB queue on the host veth (`limit --queue`); same-host
     /// senders are paced unless `--no-pacing`.
     Queued,
+    /// The ingress cap is an EDT schedule held by fq on the host veth (`limit --edt`);
+    /// same-host senders are paced unless `--no-pacing`.
+    Edt,
 }
 
 impl From<Caps> for Limits {
@@ -113,6 +116,8 @@ impl From<Caps> for Limits {
             ingress_bps: (c.ingress_bits > 0).then_some(c.ingress_bits),
             mode: capped.then_some(if c.queued() {
                 ShapingMode::Queued
+            } else if c.edt() {
+                ShapingMode::Edt
             } else if c.paced() {
                 ShapingMode::Paced
             } else {
@@ -431,6 +436,8 @@ mod tests {
             Some(ShapingMode::Policed)
         );
         assert_eq!(mode(caps(0, 10, Caps::QUEUE)), Some(ShapingMode::Queued));
+        assert_eq!(mode(caps(0, 10, Caps::EDT)), Some(ShapingMode::Edt));
+        assert_eq!(mode(caps(10, 0, Caps::EDT)), Some(ShapingMode::Paced));
         // A queue needs an ingress cap: egress alone is held by pacing and the bucket.
         assert_eq!(mode(caps(10, 0, Caps::QUEUE)), Some(ShapingMode::Paced));
         assert_eq!(

@@ -147,12 +147,27 @@ pub enum DatapathError {
     },
 }
 
-/// Puts the ingress queue on a host veth, or takes it away, as `caps` say.
-fn set_queue(ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
+/// The root qdisc an ingress cap needs on its host veth, if any.
+fn discipline(caps: Caps) -> Option<queue::Discipline> {
     if caps.queued() {
-        queue::set(ifindex, caps.ingress_bits / 8)?;
+        Some(queue::Discipline::Queue {
+            rate_bytes: caps.ingress_bits / 8,
+        })
+    } else if caps.edt() {
+        Some(queue::Discipline::Fq)
     } else {
-        queue::remove(ifindex)?;
+        None
+    }
+}
+
+/// Puts the ingress queue (HTB, or fq for EDT) on a host veth, or takes it away, as `caps`
+/// say.
+fn set_queue(ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
+    match discipline(caps) {
+        Some(discipline) => queue::set(ifindex, discipline)?,
+        None => {
+            queue::remove(ifindex)?;
+        }
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! The queue mode of an ingress cap (`limit --queue`): an HTB qdisc at the root of the
-//! container's host veth, one class at the cap that every packet falls into, and a byte FIFO
-//! under it. Packets wait instead of being dropped or marked: smoother rates for senders that
-//! cannot be paced, at the cost of queueing delay.
+//! The root qdisc dockops puts on a container's host veth for an ingress cap that queues:
+//! - queue mode (`limit --queue`): an HTB qdisc, one class at the cap that every packet falls
+//!   into, and a byte FIFO under it. Packets wait instead of being dropped or marked:
+//!   smoother rates for senders that cannot be paced, at the cost of queueing delay.
+//! - EDT mode (`limit --edt`): an fq qdisc, which holds each packet until the departure time
+//!   the tc program stamped (`tc/edt.rs` in the eBPF crate); per-flow queues, no shaper of
+//!   its own.
 //!
-//! dockops' qdiscs carry their own handles ([`ROOT`], [`LEAF`]), so they are told apart from
-//! the host's and never replace a root qdisc someone else configured.
+//! dockops' qdiscs carry their own handles ([`ROOT`], [`LEAF`], [`FQ`]), so they are told
+//! apart from the host's and never replace a root qdisc someone else configured.
 
 use std::{io, num::NonZeroI32};
 
@@ -24,6 +27,8 @@ use rtnetlink::{
 const ROOT: u16 = 0xd0c5;
 /// Major of the FIFO under the class.
 const LEAF: u16 = 0xd0c6;
+/// Major of dockops' fq root qdisc (EDT mode).
+const FQ: u16 = 0xd0c7;
 const CLASS: TcHandle = TcHandle {
     major: ROOT,
     minor: 1,
@@ -43,38 +48,53 @@ pub enum QueueError {
     Netlink(#[from] io::Error),
     #[error(
         "interface {ifindex} already has a root qdisc ({kind}) that dockops did not create: \
-         remove it, or cap without --queue"
+         remove it, or cap without --queue or --edt"
     )]
     Occupied { ifindex: u32, kind: String },
 }
 
-/// Queues the interface's egress (what its container receives) at `rate_bytes` per second.
-/// Idempotent: an existing dockops queue is updated in place.
-pub fn set(ifindex: u32, rate_bytes: u64) -> Result<(), QueueError> {
+/// What holds an ingress cap at the root of a host veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discipline {
+    /// HTB at `rate_bytes` per second over a byte FIFO.
+    Queue { rate_bytes: u64 },
+    /// fq, releasing packets at the times the tc program stamped.
+    Fq,
+}
+
+/// Puts `discipline` at the root of the interface's egress (what its container receives).
+/// Idempotent: an existing dockops queue is updated in place, one of the other kind replaced.
+pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
+    let (major, kind) = match discipline {
+        Discipline::Queue { .. } => (ROOT, "htb"),
+        Discipline::Fq => (FQ, "fq"),
+    };
     match root_qdisc(ifindex)? {
-        Some((handle, _)) if handle.major == ROOT => {}
-        Some((handle, kind)) if handle != TcHandle::UNSPEC => {
+        Some((handle, _)) if handle.major == major => {}
+        Some((handle, kind)) if handle != TcHandle::UNSPEC && !is_ours(handle) => {
             return Err(QueueError::Occupied { ifindex, kind });
         }
-        // The default (noqueue, pfifo_fast...) has handle 0: replaced.
-        _ => {
-            let glob = [3_u32, 10, u32::from(CLASS.minor), 0, 0]; // version, r2q, default class
-            let mut msg = tc_message(
-                ifindex,
-                TcHandle::ROOT,
-                TcHandle {
-                    major: ROOT,
-                    minor: 0,
-                },
-            );
-            msg.attributes.push(TcAttribute::Kind("htb".into()));
-            msg.attributes
-                .push(TcAttribute::Options(vec![TcOption::Other(
-                    DefaultNla::new(TCA_HTB_INIT, words(&glob)),
-                )]));
+        // The default (noqueue, pfifo_fast...) has handle 0: replaced, as is dockops' other
+        // kind.
+        found => {
+            if found.is_some_and(|(h, _)| is_ours(h)) {
+                remove(ifindex)?;
+            }
+            let mut msg = tc_message(ifindex, TcHandle::ROOT, TcHandle { major, minor: 0 });
+            msg.attributes.push(TcAttribute::Kind(kind.into()));
+            if major == ROOT {
+                let glob = [3_u32, 10, u32::from(CLASS.minor), 0, 0]; // version, r2q, default class
+                msg.attributes
+                    .push(TcAttribute::Options(vec![TcOption::Other(
+                        DefaultNla::new(TCA_HTB_INIT, words(&glob)),
+                    )]));
+            }
             request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE)?;
         }
     }
+    let Discipline::Queue { rate_bytes } = discipline else {
+        return Ok(());
+    };
     let mut class = tc_message(
         ifindex,
         TcHandle {
@@ -115,19 +135,16 @@ pub fn set(ifindex: u32, rate_bytes: u64) -> Result<(), QueueError> {
     Ok(())
 }
 
-/// Removes dockops' queue from the interface, if it has one. True if it did.
+fn is_ours(handle: TcHandle) -> bool {
+    handle.major == ROOT || handle.major == FQ
+}
+
+/// Removes dockops' root qdisc from the interface, if it has one. True if it did.
 pub fn remove(ifindex: u32) -> Result<bool, QueueError> {
-    if root_qdisc(ifindex)?.is_none_or(|(h, _)| h.major != ROOT) {
+    let Some((handle, _)) = root_qdisc(ifindex)?.filter(|(h, _)| is_ours(*h)) else {
         return Ok(false);
-    }
-    let msg = tc_message(
-        ifindex,
-        TcHandle::ROOT,
-        TcHandle {
-            major: ROOT,
-            minor: 0,
-        },
-    );
+    };
+    let msg = tc_message(ifindex, TcHandle::ROOT, handle);
     match request(RouteNetlinkMessage::DelQueueDiscipline(msg), 0) {
         // Gone in between (the interface went with its container).
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENODEV | libc::ENOENT)) => Ok(false),
@@ -136,12 +153,20 @@ pub fn remove(ifindex: u32) -> Result<bool, QueueError> {
     }
 }
 
-/// Interfaces that carry a dockops queue.
-pub fn interfaces() -> Result<Vec<u32>, QueueError> {
+/// Interfaces that carry a dockops root qdisc, and which.
+pub fn interfaces() -> Result<Vec<(u32, Discipline)>, QueueError> {
     Ok(roots()?
         .into_iter()
-        .filter(|(_, handle, _)| handle.major == ROOT)
-        .map(|(ifindex, _, _)| ifindex)
+        .filter(|(_, handle, _)| is_ours(*handle))
+        .map(|(ifindex, handle, _)| {
+            let discipline = if handle.major == FQ {
+                Discipline::Fq
+            } else {
+                // The rate is the class's; a reconcile compares kinds only.
+                Discipline::Queue { rate_bytes: 0 }
+            };
+            (ifindex, discipline)
+        })
         .collect())
 }
 

@@ -12,8 +12,8 @@ use std::{
 use dockops_common::{Caps, tc_cap_key};
 
 use super::{
-    Datapath, DatapathError, Direction, Report, attach, bpffs, chain, pins::PinName, remove_dir,
-    scan,
+    Datapath, DatapathError, Direction, Report, attach, bpffs, chain, pins::PinName,
+    queue::Discipline, remove_dir, scan,
 };
 use crate::discovery::{Container, id_bytes};
 
@@ -270,10 +270,10 @@ impl Datapath {
             .filter(|(_, bucket)| bucket.ecn_slot != 0)
             .map(|(key, _)| key)
             .collect();
-        let queues = if desired.values().any(Caps::queued) {
+        let queues = if desired.values().any(|c| c.queued() || c.edt()) {
             super::queue::interfaces()?.into_iter().collect()
         } else {
-            HashSet::new()
+            HashMap::new()
         };
         Ok((current, present, queues))
     }
@@ -284,7 +284,7 @@ impl Datapath {
         container: &Container,
         want: Caps,
         present: &HashSet<u64>,
-        queues: &HashSet<u32>,
+        queues: &HashMap<u32, Discipline>,
     ) -> Result<(), DatapathError> {
         for iface in container.interfaces.iter().flatten() {
             let missing =
@@ -293,7 +293,10 @@ impl Datapath {
             if missing(false, want.egress_bits) || missing(true, ingress_bucket) {
                 self.set_tc_caps(iface.ifindex, want)?;
             }
-            if want.queued() && !queues.contains(&iface.ifindex) {
+            let kind = |d: &Discipline| std::mem::discriminant(d);
+            if let Some(needed) = super::discipline(want)
+                && queues.get(&iface.ifindex).map(kind) != Some(kind(&needed))
+            {
                 super::set_queue(iface.ifindex, want)?;
             }
         }
@@ -301,4 +304,8 @@ impl Datapath {
     }
 }
 
-type CapsState = (HashMap<std::net::IpAddr, Caps>, HashSet<u64>, HashSet<u32>);
+type CapsState = (
+    HashMap<std::net::IpAddr, Caps>,
+    HashSet<u64>,
+    HashMap<u32, Discipline>,
+);

@@ -38,11 +38,15 @@ pub fn reset() -> Result<Cleared, DatapathError> {
     let _lock = bpffs::lock()?;
     match queue::interfaces() {
         Ok(queues) => {
-            for ifindex in queues {
+            for (ifindex, discipline) in queues {
+                let what = match discipline {
+                    queue::Discipline::Queue { .. } => "ingress queue (htb qdisc)",
+                    queue::Discipline::Fq => "EDT ingress queue (fq qdisc)",
+                };
                 out.record(
                     queue::remove(ifindex)
                         .map_err(Into::into)
-                        .map(|_| format!("interface {ifindex}: ingress queue (htb qdisc) removed")),
+                        .map(|_| format!("interface {ifindex}: {what} removed")),
                 );
             }
         }

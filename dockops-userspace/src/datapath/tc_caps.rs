@@ -11,12 +11,19 @@ use super::{Datapath, DatapathError, not_found};
 /// pacing it runs at the cap, on wire bytes, as tc's shapers do.
 const WIRE_HEADROOM_PERCENT: u64 = 105;
 
+/// How long a packet may wait in EDT mode: the burst's worth of time at the rate (at least
+/// 1 ns: 0 means a token bucket).
+fn edt_horizon_ns(burst_bytes: u64, rate_bytes: u64) -> u64 {
+    let ns = u128::from(burst_bytes) * 1_000_000_000 / u128::from(rate_bytes.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX).max(1)
+}
+
 impl Datapath {
     /// Writes (or removes) both hard caps of one host veth, with a full bucket. Each hook
     /// keeps its ECN slot, or gets a free one (emptied first).
     pub(super) fn set_tc_caps(&mut self, ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
         let mut used: Option<HashSet<u32>> = None;
-        // A queued ingress cap has no bucket.
+        // A queued ingress cap has no bucket (an EDT one has a schedule in its place).
         let ingress_bits = if caps.queued() { 0 } else { caps.ingress_bits };
         for (ingress, bits) in [(false, caps.egress_bits), (true, ingress_bits)] {
             let key = tc_cap_key(ifindex, ingress);
@@ -46,11 +53,17 @@ impl Datapath {
                         slot
                     }
                 };
+                let rate_bytes = bits / 8 * headroom / 100;
                 let cap = TcCap {
                     ecn_slot,
-                    rate_bytes: bits / 8 * headroom / 100,
+                    rate_bytes,
                     burst_bytes: caps.burst_bytes,
                     tokens: i64::try_from(caps.burst_bytes).unwrap_or(i64::MAX),
+                    horizon_ns: if ingress && caps.edt() {
+                        edt_horizon_ns(caps.burst_bytes, rate_bytes)
+                    } else {
+                        0
+                    },
                     ..TcCap::default()
                 };
                 self.tc_caps.insert(key, cap, 0)?;
@@ -68,5 +81,16 @@ impl Datapath {
             self.ecn_flows.set(index, 0, 0)?;
         }
         Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_edt_horizon_is_the_burst_in_time() {
+        // 250 KB at 10 Mbit/s (1.25 MB/s): 200 ms.
+        assert_eq!(super::edt_horizon_ns(250_000, 1_250_000), 200_000_000);
+        assert_eq!(super::edt_horizon_ns(0, 1_250_000), 1);
+        assert_eq!(super::edt_horizon_ns(u64::MAX, 1), u64::MAX);
     }
 }

@@ -29,8 +29,9 @@ pub const TIMEOUT_MINUTES: u64 = 30;
 
 /// The tests the guest runs: (test binary, test names; empty: all of them). What differs
 /// on a cgroup v2-only host without tcx: loading and the netlink attach, the v2 readers
-/// (cpu.stat, memory.current, io.stat), pacing from the v2 root and the tc bucket, the v2
-/// limit files (cpu.max, memory.max, io.max, pids.max), and cleaning up.
+/// (cpu.stat, memory.current, io.stat), pacing from the v2 root and the tc bucket, EDT
+/// caps with fq, the v2 limit files (cpu.max, memory.max, io.max, pids.max), and cleaning
+/// up.
 const SUITE: &[(&str, &[&str])] = &[
     ("programs", &[]),
     ("prog_test_run", &[]),
@@ -49,6 +50,7 @@ const SUITE: &[(&str, &[&str])] = &[
             "egress_cap_holds_for_one_and_four_flows_and_unlimit_lifts_it",
             "ingress_cap_paces_the_sender_even_a_server_on_an_ipv6_socket",
             "udp_flood_is_held_by_the_hard_cap_and_its_drops_counted",
+            "edt_mode_holds_ingress_with_fq_where_the_kernel_has_it",
         ],
     ),
     (
