@@ -81,6 +81,9 @@ pub enum Presence {
     /// A module the kernel loads on first use.
     Module,
     Absent,
+    /// Not loaded, and the kernel's module lists are not there to say (a container without
+    /// `/lib/modules`): using it will tell.
+    Unknown,
 }
 
 impl Presence {
@@ -96,6 +99,7 @@ impl fmt::Display for Presence {
             Self::BuiltIn => "built in",
             Self::Module => "module (loaded on first use)",
             Self::Absent => "absent",
+            Self::Unknown => "unknown (not loaded; no /lib/modules to look in)",
         })
     }
 }
@@ -330,13 +334,15 @@ fn module_presence(release: &str, path: &str) -> Presence {
         return Presence::Loaded;
     }
     let modules = Path::new("/lib/modules").join(release);
-    let listed = |file: &str| {
-        std::fs::read_to_string(modules.join(file)).is_ok_and(|text| {
-            text.lines().any(|l| {
-                l.split(':')
-                    .next()
-                    .is_some_and(|m| m.starts_with(&format!("kernel/{path}.ko")))
-            })
+    if !modules.is_dir() {
+        return Presence::Unknown;
+    }
+    // `kernel/net/sched/sch_fq.ko`, `.ko.xz`, `.ko.zst`...
+    let file = format!("kernel/{path}.ko");
+    let listed = |list: &str| {
+        std::fs::read_to_string(modules.join(list)).is_ok_and(|text| {
+            text.lines()
+                .any(|l| l.split(':').next().is_some_and(|m| m.starts_with(&file)))
         })
     };
     if listed("modules.builtin") {

@@ -475,3 +475,20 @@ impl Pair {
         })
     }
 }
+
+/// Whether this kernel can make an fq qdisc: tried on the loopback of a namespace of its own.
+pub fn fq_works() -> bool {
+    let ns = format!("dockops-it-fq-{}", std::process::id());
+    let run = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .expect(program)
+            .status
+            .success()
+    };
+    assert!(run("ip", &["netns", "add", &ns]), "ip netns add {ns}");
+    let works = run("tc", &["-n", &ns, "qdisc", "add", "dev", "lo", "root", "fq"]);
+    assert!(run("ip", &["netns", "del", &ns]), "ip netns del {ns}");
+    works
+}

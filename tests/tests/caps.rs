@@ -4,7 +4,7 @@
 use std::{process::Command, thread, time::Duration};
 
 use dockops_integration::{
-    Container, Pair, counter, docker, dockops, dockops_ok, field, stats_json, tc,
+    Container, Pair, counter, docker, dockops, dockops_ok, field, fq_works, stats_json, tc,
 };
 use serde_json::Value;
 
@@ -164,8 +164,6 @@ fn edt_mode_holds_ingress_with_fq_where_the_kernel_has_it() {
     const EDT_CAP: u64 = 10_000_000;
     let pair = Pair::start("edt");
     let (_, veth) = pair.client.host_veth();
-    let probe: Value =
-        serde_json::from_str(&dockops_ok(&["probe", "--format", "json"])).expect("probe JSON");
     // Pacing off: the schedule alone holds the rate.
     let args = [
         "limit",
@@ -175,8 +173,8 @@ fn edt_mode_holds_ingress_with_fq_where_the_kernel_has_it() {
         "--edt",
         "--no-pacing",
     ];
-    if probe["fq"] == "absent" {
-        // This host (6.18 without sch_fq): refused before anything changes.
+    if !fq_works() {
+        // This host (6.18 without sch_fq): refused, and nothing changes.
         let out = dockops(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");

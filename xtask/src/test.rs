@@ -2,6 +2,8 @@
 //! (except those that need the build), and every test binary runs (`--no-fail-fast`); the
 //! failures are listed at the end.
 
+use std::process::Command;
+
 use anyhow::Context as _;
 
 use crate::{docker::Engine, sh};
@@ -117,6 +119,8 @@ fn integration(args: &Args) -> anyhow::Result<()> {
         }
         cmd
     };
+    // What this kernel offers, for the log (the guest tier prints its own).
+    let _ = sh::run(Command::new(crate::binary()).arg("probe"));
     let loads = if args.filter.is_none() {
         sh::run(&mut cargo_test(&["--test", PROGRAMS_TEST]))
     } else {
@@ -125,7 +129,7 @@ fn integration(args: &Args) -> anyhow::Result<()> {
     let others = sh::run(&mut cargo_test(&[]));
     // Tests leave pins for the containers they removed; leave the host as it was.
     let cleanup = sh::run(
-        std::process::Command::new(crate::binary())
+        Command::new(crate::binary())
             .args(["reset", "--all"])
             .env("DOCKER_HOST", &engine.host),
     );

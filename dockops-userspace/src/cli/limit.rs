@@ -559,9 +559,9 @@ async fn apply(agent: &mut Agent, changes: &[Change]) -> anyhow::Result<()> {
 
 fn set_caps(agent: &mut Agent, container: &Container, caps: Caps) -> anyhow::Result<()> {
     match agent.datapath.set_caps(container, caps) {
-        Err(DatapathError::Queue(e @ QueueError::Occupied { .. })) => {
-            Err(InputError(e.to_string()).into())
-        }
+        Err(DatapathError::Queue(
+            e @ (QueueError::Occupied { .. } | QueueError::Unsupported { .. }),
+        )) => Err(InputError(e.to_string()).into()),
         other => other.with_context(|| format!("capping {}", container.name)),
     }
 }

@@ -51,6 +51,14 @@ pub enum QueueError {
          remove it, or cap without --queue or --edt"
     )]
     Occupied { ifindex: u32, kind: String },
+    #[error(
+        "this kernel has no {kind} qdisc (sch_{kind}), which {flag} needs (see `dockops-bpf \
+         probe`): cap without {flag}"
+    )]
+    Unsupported {
+        kind: &'static str,
+        flag: &'static str,
+    },
 }
 
 /// What holds an ingress cap at the root of a host veth.
@@ -89,7 +97,14 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
                         DefaultNla::new(TCA_HTB_INIT, words(&glob)),
                     )]));
             }
-            request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE)?;
+            match request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE) {
+                // "Specified qdisc kind is unknown": not built, and no module to load.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let flag = if major == FQ { "--edt" } else { "--queue" };
+                    return Err(QueueError::Unsupported { kind, flag });
+                }
+                other => other?,
+            };
         }
     }
     let Discipline::Queue { rate_bytes } = discipline else {

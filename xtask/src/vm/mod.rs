@@ -35,6 +35,7 @@ pub const TIMEOUT_MINUTES: u64 = 30;
 const SUITE: &[(&str, &[&str])] = &[
     ("programs", &[]),
     ("prog_test_run", &[]),
+    ("probe", &[]),
     (
         "monitoring",
         &[
