@@ -270,7 +270,8 @@ fn check_qemu_runs(qemu: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install_script(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Writes an executable script, with its directory.
+pub fn install_script(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     fs::create_dir_all(path.parent().unwrap_or(path))?;
     fs::write(path, text)?;

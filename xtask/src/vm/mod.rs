@@ -111,7 +111,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         writeln!(script, "run {binary} {}", selected.join(" "))?;
     }
     script.push_str(RUN_FOOTER);
-    install(&share.join("run.sh"), &script)?;
+    image::install_script(&share.join("run.sh"), &script)?;
     crate::docker::busybox_tar(&share.join("busybox.tar"))?;
     let prepared = started.elapsed();
     let status = boot(
@@ -152,13 +152,6 @@ const RUN_FOOTER: &str = r#"/share/dockops-bpf reset --all || failed="$failed re
 if [ -n "$failed" ]; then echo "guest: FAILED:$failed"; exit 1; fi
 echo "guest: every test passed"
 "#;
-
-fn install(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::write(path, text)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
-    Ok(())
-}
 
 /// Builds the integration test binaries; returns (target name, executable).
 fn build_tests() -> anyhow::Result<Vec<(String, PathBuf)>> {
