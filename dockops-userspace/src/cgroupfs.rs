@@ -143,9 +143,14 @@ pub const fn weight_from_shares(shares: u64) -> u64 {
     1 + (shares - 2) * 9999 / 262_142
 }
 
-/// The smallest shares value whose weight is `weight`: what `cpu_shares` reads back as on v2
-/// (weight 39 → 999, the conversion loses the last digits of 1024).
+/// What `cpu_shares` reads back as on v2: the conversion loses the last digits of the shares
+/// (999 to 1024 all become weight 39), so the default's weight reads back as the default,
+/// 1024, and any other as the smallest shares value with that weight.
 pub const fn shares_from_weight(weight: u64) -> u64 {
+    const DEFAULT: u64 = 1024;
+    if weight == weight_from_shares(DEFAULT) {
+        return DEFAULT;
+    }
     if weight <= 1 {
         return 2;
     }
@@ -228,8 +233,13 @@ mod tests {
         for weight in [1, 20, 39, 100, 5000, 10_000] {
             let shares = shares_from_weight(weight);
             assert_eq!(weight_from_shares(shares), weight, "weight {weight}");
-            assert!(shares == 2 || weight_from_shares(shares - 1) < weight);
+            assert!(shares == 2 || shares == 1024 || weight_from_shares(shares - 1) < weight);
         }
-        assert_eq!(shares_from_weight(39), 999);
+        assert_eq!(
+            shares_from_weight(39),
+            1024,
+            "the default reads back as itself"
+        );
+        assert_eq!(shares_from_weight(20), 501);
     }
 }

@@ -488,7 +488,10 @@ pub fn fq_works() -> bool {
             .success()
     };
     assert!(run("ip", &["netns", "add", &ns]), "ip netns add {ns}");
-    let works = run("tc", &["-n", &ns, "qdisc", "add", "dev", "lo", "root", "fq"]);
+    let works = run(
+        "tc",
+        &["-n", &ns, "qdisc", "add", "dev", "lo", "root", "fq"],
+    );
     assert!(run("ip", &["netns", "del", &ns]), "ip netns del {ns}");
     works
 }

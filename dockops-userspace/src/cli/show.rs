@@ -221,9 +221,9 @@ mod tests {
     fn shares_read_back_as_docker_holds_them_when_the_weight_agrees() {
         // 512 → weight 20, which reads back as 501.
         assert_eq!(super::shares_as_asked(501, 512), 512);
-        // Docker's default (0, or 1024): weight 39, read back as 999.
-        assert_eq!(super::shares_as_asked(999, 0), 1024);
-        assert_eq!(super::shares_as_asked(999, 1024), 1024);
+        // Docker's default (0, or 1024) reads back as itself; 1000 has the same weight.
+        assert_eq!(super::shares_as_asked(1024, 0), 1024);
+        assert_eq!(super::shares_as_asked(1024, 1000), 1000);
         // Someone wrote another weight to the cgroup: what the kernel has.
         assert_eq!(super::shares_as_asked(5000, 512), 5000);
     }

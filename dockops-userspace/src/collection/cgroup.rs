@@ -101,7 +101,8 @@ pub struct ResourceLimits {
     pub cpus: Option<f64>,
     pub cpu_quota_us: Option<u64>,
     pub cpu_period_us: Option<u64>,
-    /// v1 `cpu.shares`; on v2 the smallest shares value runc converts to the `cpu.weight`.
+    /// v1 `cpu.shares`; on v2 the shares value `cpu.weight` stands for
+    /// ([`shares_from_weight`]).
     pub cpu_shares: Option<u64>,
     pub cpuset_cpus: Option<String>,
     pub cpuset_mems: Option<String>,
@@ -538,7 +539,11 @@ mod tests {
         let mut dirs = Dirs::default();
         let l = read(&mut dirs, &mode, &paths).limits;
         assert_eq!(l.cpus, Some(0.5));
-        assert_eq!(l.cpu_shares, Some(999), "weight 39 as runc converts 1024");
+        assert_eq!(
+            l.cpu_shares,
+            Some(1024),
+            "weight 39: the default, as runc converts it"
+        );
         assert_eq!(
             l.cpuset_cpus.as_deref(),
             Some("0-1"),
