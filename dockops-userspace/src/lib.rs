@@ -6,9 +6,12 @@
 //! enforcement: [`datapath`] (load, attach, pin, adopt eBPF: keeps the kernel in line with the
 //! containers) and [`limits`] (CPU, memory, pids, block IO through Docker and cgroup files) →
 //! [`collection`] (read counters into a [`collection::Snapshot`]) → [`output`] (table, JSON).
-//! [`capabilities`] is probed once at start-up and read by the others; [`cgroupfs`],
+//! [`agent`] holds the stages together for every command: it refreshes (discovery, then
+//! enforcement) and snapshots (collection). [`capabilities`] is probed once at start-up and
+//! read by the others; [`cgroupfs`],
 //! [`btrfs`] and [`quota`] hold the kernel formats and calls the writers and readers share.
 
+pub mod agent;
 pub mod btrfs;
 pub mod capabilities;
 pub mod cgroupfs;

@@ -295,7 +295,7 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
             .into());
         }
     }
-    let mut agent = Agent::start(tc_attach).await?;
+    let mut agent = Agent::start(tc_attach.mode()).await?;
     if args.edt && !agent.caps.fq.usable() {
         return Err(InputError(format!(
             "--edt needs the fq qdisc (sch_fq), which kernel {} lacks (see `dockops-bpf \
@@ -362,7 +362,7 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
         args.all || bare || args.egress,
         args.all || bare || args.ingress,
     );
-    let mut agent = Agent::start(tc_attach).await?;
+    let mut agent = Agent::start(tc_attach.mode()).await?;
     agent.refresh(&HashSet::new()).await?;
     let targets: Vec<Container> = args
         .select

@@ -9,17 +9,9 @@ pub mod show;
 pub mod stats;
 pub mod watch;
 
-use std::collections::{HashMap, HashSet};
-
-use anyhow::Context as _;
 use clap::ValueEnum;
-use dockops::{
-    capabilities::{Capabilities, TcMode},
-    collection::{Snapshot, Sources, cgroup},
-    datapath::Datapath,
-    discovery::{Container, Docker},
-    limits::Limiter,
-};
+pub use dockops::agent::Agent;
+use dockops::capabilities::TcMode;
 
 /// A mistake in what the user asked for (exit status 2), as opposed to a failure.
 #[derive(Debug, thiserror::Error)]
@@ -36,24 +28,6 @@ pub enum TcAttach {
     Netlink,
 }
 
-/// Discovery and datapath, ready to reconcile and read.
-pub struct Agent {
-    pub docker: Docker,
-    pub datapath: Datapath,
-    pub limiter: Limiter,
-    pub caps: Capabilities,
-    /// Cgroup directories kept open between snapshots.
-    dirs: cgroup::Dirs,
-    /// What the last refresh found.
-    pub containers: Vec<Container>,
-    /// What the last reconcile could not do, by container id (empty id: host-wide).
-    failures: HashMap<String, Vec<String>>,
-    /// Failures already warned about, so a container failing at every refresh warns once.
-    warned: HashSet<(String, String)>,
-    /// Failed map inserts at the last snapshot, to warn when they grow.
-    insert_failures: HashMap<&'static str, u64>,
-}
-
 impl TcAttach {
     /// The attach mode asked for; None: decide by kernel.
     pub fn mode(self) -> Option<TcMode> {
@@ -62,110 +36,5 @@ impl TcAttach {
             Self::Tcx => Some(TcMode::Tcx),
             Self::Netlink => Some(TcMode::Netlink),
         }
-    }
-}
-
-impl Agent {
-    pub async fn start(tc_attach: TcAttach) -> anyhow::Result<Self> {
-        let caps = Capabilities::probe(tc_attach.mode())?;
-        let docker = Docker::connect(caps.cgroup.unified().map(Into::into)).await?;
-        let datapath = Datapath::open(caps.tc_mode, caps.cgroup.unified())
-            .context("preparing the eBPF datapath")?;
-        let limiter = Limiter::new(docker.client(), caps.cgroup.clone(), caps.host.clone());
-        Ok(Self {
-            docker,
-            datapath,
-            limiter,
-            caps,
-            dirs: cgroup::Dirs::default(),
-            containers: Vec::new(),
-            failures: HashMap::new(),
-            warned: HashSet::new(),
-            insert_failures: HashMap::new(),
-        })
-    }
-
-    /// Discovers running containers (re-reading those in `changed`) and brings the datapath
-    /// in line with them. One container's failure is kept for its notes (and warned about
-    /// once); the others are reconciled all the same.
-    pub async fn refresh(&mut self, changed: &HashSet<String>) -> anyhow::Result<()> {
-        let found = self.docker.running(&self.containers, changed).await?;
-        self.dirs.reread_limits();
-        let report = self.datapath.reconcile(&found.running, &found.existing)?;
-        tracing::debug!(?report, containers = found.running.len(), "reconciled");
-        for container in &found.running {
-            for note in &container.notes {
-                if self.warned.insert((container.id.clone(), note.clone())) {
-                    tracing::warn!(container = container.name, "{note}");
-                }
-            }
-        }
-        // Forget what was warned about containers that are gone.
-        let running: HashSet<&str> = found.running.iter().map(|c| c.id.as_str()).collect();
-        self.warned
-            .retain(|(id, _)| id.is_empty() || running.contains(id.as_str()));
-        // Block IO throttles a restart dropped (Docker does not hold them) are put back.
-        let limit_failures = self
-            .limiter
-            .reconcile(&found.running, &report.desired.limits)
-            .into_iter()
-            .map(|(id, error)| dockops::datapath::Failure {
-                id,
-                error: format!("re-applying block IO limits: {error}"),
-            });
-        self.failures.clear();
-        for failure in report.failures.into_iter().chain(limit_failures) {
-            if self
-                .warned
-                .insert((failure.id.clone(), failure.error.clone()))
-            {
-                let name = found
-                    .running
-                    .iter()
-                    .find(|c| c.id == failure.id)
-                    .map_or(failure.id.as_str(), |c| c.name.as_str());
-                tracing::warn!(container = name, "{}", failure.error);
-            }
-            self.failures
-                .entry(failure.id)
-                .or_default()
-                .push(failure.error);
-        }
-        self.containers = found.running;
-        Ok(())
-    }
-
-    /// Counters of the containers `keep` selects.
-    pub fn snapshot(&mut self, keep: impl Fn(&Container) -> bool) -> anyhow::Result<Snapshot> {
-        let traffic = self.datapath.counters()?;
-        let block = self.datapath.block_counters()?;
-        let caps = self.datapath.caps()?;
-        let mut sources = Sources {
-            cgroup: &self.caps.cgroup,
-            dirs: &mut self.dirs,
-            traffic: &traffic,
-            block: block.as_ref(),
-            caps: &caps,
-        };
-        let mut snapshot = Snapshot::take(self.containers.iter().filter(|c| keep(c)), &mut sources);
-        snapshot.insert_failures = self.datapath.insert_failures()?;
-        for &(map, count) in &snapshot.insert_failures {
-            let before = self.insert_failures.insert(map, count).unwrap_or(0);
-            if count > before {
-                tracing::warn!(
-                    "map {map} is full: {} insert(s) failed ({count} in all); what they \
-                     would have recorded is missing (docs/OPERATIONS.md)",
-                    count - before
-                );
-            }
-        }
-        for stats in &mut snapshot.containers {
-            if let Some(failed) = self.failures.get(&stats.id) {
-                stats
-                    .notes
-                    .extend(failed.iter().map(|e| format!("failed: {e}")));
-            }
-        }
-        Ok(snapshot)
     }
 }

@@ -38,7 +38,7 @@ struct Row {
 }
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
-    let mut agent = Agent::start(tc_attach).await?;
+    let mut agent = Agent::start(tc_attach.mode()).await?;
     agent.refresh(&HashSet::new()).await?;
     let container = select::find(&agent.containers, &args.container)?.clone();
     let snapshot = agent.snapshot(|c| c.id == container.id)?;

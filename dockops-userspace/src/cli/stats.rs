@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
-    let mut agent = Agent::start(tc_attach).await?;
+    let mut agent = Agent::start(tc_attach.mode()).await?;
     agent.refresh(&HashSet::new()).await?;
     let wanted =
         |c: &Container| args.containers.is_empty() || args.containers.iter().any(|q| c.matches(q));

@@ -15,6 +15,7 @@ use crossterm::{
     execute, terminal,
 };
 use dockops::{
+    agent::AgentError,
     collection::{self, Rates, Snapshot},
     datapath::DatapathError,
     output::{self, SortKey},
@@ -60,7 +61,7 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
-    let mut agent = Agent::start(tc_attach).await?;
+    let mut agent = Agent::start(tc_attach.mode()).await?;
     // Subscribed from before the listing: a container starting in between is replayed.
     let mut since = now();
     let mut events = Box::pin(agent.docker.events(Some(since)));
@@ -179,14 +180,14 @@ impl View {
     }
 }
 
-/// Refreshes; an engine restarting is no reason to stop watching: the last view stays.
-/// Refreshes; a failure is warned about and retried at the next event or resync, except
-/// when another build took the datapath over: then this process must stop.
+/// Refreshes; a failure (an engine restarting...) is warned about and retried at the next
+/// event or resync, with the last view kept, except when another build took the datapath
+/// over: then this process must stop.
 async fn refresh(agent: &mut Agent, changed: &HashSet<String>) -> anyhow::Result<()> {
     match agent.refresh(changed).await {
-        Err(error) if matches!(error.downcast_ref(), Some(DatapathError::Superseded)) => Err(error),
+        Err(error @ AgentError::Datapath(DatapathError::Superseded)) => Err(error.into()),
         Err(error) => {
-            tracing::warn!("{error:#}");
+            tracing::warn!("{:#}", anyhow::Error::from(error));
             Ok(())
         }
         Ok(()) => Ok(()),
