@@ -1,0 +1,216 @@
+//! Limits declared in a container's labels: `dockops.<flag>=<value>`, with the `limit`
+//! command's flag names and values (`dockops.egress=50mbit`, `dockops.memory=512m`,
+//! `dockops.device-write-bps=/dev/vda:10mb,/dev/vdb:5mb`). Pure: each label is parsed on its
+//! own, so a bad value is reported without dropping the container's other limits. A label
+//! speaks only for the container that carries it.
+
+use std::collections::BTreeMap;
+
+use super::{
+    PolicyError, parse_burst, parse_rate,
+    resources::{self, IoKind, ResourceError, Resources},
+};
+
+/// The prefix of dockops' labels.
+pub const PREFIX: &str = "dockops.";
+
+/// The label names (after [`PREFIX`]) dockops reads, as the `limit` flags are named.
+pub const NAMES: &[&str] = &[
+    "egress",
+    "ingress",
+    "burst",
+    "cpus",
+    "cpu-shares",
+    "cpu-period",
+    "cpu-quota",
+    "cpuset-cpus",
+    "cpuset-mems",
+    "memory",
+    "memory-swap",
+    "memory-reservation",
+    "pids-limit",
+    "device-read-bps",
+    "device-write-bps",
+    "device-read-iops",
+    "device-write-iops",
+    "storage-size",
+];
+
+/// What a container's labels ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Declared {
+    pub egress_bits: Option<u64>,
+    pub ingress_bits: Option<u64>,
+    pub burst_bytes: Option<u64>,
+    pub resources: Resources,
+}
+
+impl Declared {
+    /// Whether the labels ask for nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One label dockops could not use, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("label {label}={value:?}: {reason}")]
+pub struct LabelError {
+    pub label: String,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Reads the `dockops.*` labels; returns what they declare and the ones that were refused.
+pub fn declared(labels: &BTreeMap<String, String>) -> (Declared, Vec<LabelError>) {
+    let mut out = Declared::default();
+    let mut errors = Vec::new();
+    for (label, value) in labels {
+        let Some(name) = label.strip_prefix(PREFIX) else {
+            continue;
+        };
+        if let Err(reason) = apply(&mut out, name, value.trim()) {
+            errors.push(LabelError {
+                label: label.clone(),
+                value: value.clone(),
+                reason,
+            });
+        }
+    }
+    (out, errors)
+}
+
+/// Sets one declared limit from a label's name and value.
+fn apply(out: &mut Declared, name: &str, value: &str) -> Result<(), String> {
+    let r = &mut out.resources;
+    match name {
+        "egress" => out.egress_bits = Some(policy(parse_rate(value))?),
+        "ingress" => out.ingress_bits = Some(policy(parse_rate(value))?),
+        "burst" => out.burst_bytes = Some(policy(parse_burst(value))?),
+        "cpus" => r.nano_cpus = Some(why(resources::parse_cpus(value))?),
+        "cpu-shares" => r.cpu_shares = Some(why(resources::parse_cpu_shares(value))?),
+        "cpu-period" => r.cpu_period = Some(why(resources::parse_cpu_period(value))?),
+        "cpu-quota" => r.cpu_quota = Some(why(resources::parse_cpu_quota(value))?),
+        "cpuset-cpus" => {
+            r.cpuset_cpus = Some(why(resources::parse_cpuset("cpuset-cpus", value))?);
+        }
+        "cpuset-mems" => {
+            r.cpuset_mems = Some(why(resources::parse_cpuset("cpuset-mems", value))?);
+        }
+        "memory" => r.memory = Some(why(resources::parse_memory(value))?),
+        "memory-swap" => r.memory_swap = Some(why(resources::parse_memory_swap(value))?),
+        "memory-reservation" => {
+            r.memory_reservation = Some(why(resources::parse_memory_reservation(value))?);
+        }
+        "pids-limit" => r.pids_limit = Some(why(resources::parse_pids_limit(value))?),
+        "storage-size" => r.storage = Some(why(resources::parse_storage_size(value))?),
+        _ => {
+            let kind = IoKind::ALL
+                .into_iter()
+                .find(|k| k.flag() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "not a dockops label; dockops reads {PREFIX}{{{}}}",
+                        NAMES.join(",")
+                    )
+                })?;
+            // Parsed whole before any is kept: a bad device drops the label, not half of it.
+            let devices = value
+                .split(',')
+                .map(|one| why(resources::parse_device(kind, one.trim())))
+                .collect::<Result<Vec<_>, _>>()?;
+            r.io.retain(|d| d.kind != kind);
+            r.io.extend(devices);
+        }
+    }
+    Ok(())
+}
+
+fn policy<T>(result: Result<T, PolicyError>) -> Result<T, String> {
+    result.map_err(|e| e.to_string())
+}
+
+fn why<T>(result: Result<T, ResourceError>) -> Result<T, String> {
+    result.map_err(|e| match e {
+        ResourceError::Value { why, .. } => why,
+        ResourceError::Conflict(text) => text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_every_limit_with_the_flags_values() {
+        let (d, errors) = declared(&labels(&[
+            ("dockops.egress", "50mbit"),
+            ("dockops.ingress", "1gbit"),
+            ("dockops.burst", "256kb"),
+            ("dockops.cpus", "0.5"),
+            ("dockops.memory", "512m"),
+            ("dockops.memory-swap", "-1"),
+            ("dockops.pids-limit", "100"),
+            ("dockops.cpuset-cpus", "0-1"),
+            ("dockops.device-write-bps", "/dev/vda:10mb, /dev/vdb:5mb"),
+            ("dockops.device-read-iops", "/dev/vda:100"),
+            ("com.docker.compose.project", "shop"),
+        ]));
+        assert_eq!(errors, []);
+        assert_eq!(d.egress_bits, Some(50_000_000));
+        assert_eq!(d.ingress_bits, Some(1_000_000_000));
+        assert_eq!(d.burst_bytes, Some(256 * 1024));
+        assert_eq!(d.resources.nano_cpus, Some(500_000_000));
+        assert_eq!(d.resources.memory, Some(512 << 20));
+        assert_eq!(d.resources.pids_limit, Some(100));
+        assert_eq!(d.resources.io.len(), 3);
+        assert_eq!(
+            d.resources
+                .io
+                .iter()
+                .filter(|l| l.kind == IoKind::WriteBps)
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_bad_label_is_reported_and_the_others_still_count() {
+        let (d, errors) = declared(&labels(&[
+            ("dockops.egress", "fast"),
+            ("dockops.memory", "256m"),
+            ("dockops.device-write-bps", "/dev/vda:10mb,/dev/vdb"),
+            ("dockops.colour", "blue"),
+        ]));
+        assert_eq!(d.egress_bits, None);
+        assert_eq!(d.resources.memory, Some(256 << 20));
+        assert!(
+            d.resources.io.is_empty(),
+            "a bad device drops its whole label"
+        );
+        let named: Vec<&str> = errors.iter().map(|e| e.label.as_str()).collect();
+        assert_eq!(
+            named,
+            [
+                "dockops.colour",
+                "dockops.device-write-bps",
+                "dockops.egress"
+            ]
+        );
+        assert!(errors[0].to_string().contains("not a dockops label"));
+    }
+
+    #[test]
+    fn no_dockops_labels_declare_nothing() {
+        let (d, errors) = declared(&labels(&[("maintainer", "someone")]));
+        assert!(d.is_empty());
+        assert!(errors.is_empty());
+    }
+}
