@@ -67,6 +67,10 @@ enum Command {
     /// Say what this kernel offers dockops: cgroup mode, tc attach mode, fq, BTF, PSI, the
     /// BPF helpers and tracepoints dockops uses.
     Probe(cli::probe::Args),
+    /// Policy files (TOML rules that give containers limits by name, image, label or compose
+    /// project, and caps shared by a group): `policy check FILE` validates one offline.
+    #[command(subcommand)]
+    Policy(cli::policy::Command),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
             Command::Show(args) => cli::show::run(args, cli.tc_attach).await,
             Command::Reset(args) => cli::reset::run(&args),
             Command::Probe(args) => cli::probe::run(&args, cli.tc_attach),
+            Command::Policy(command) => cli::policy::run(&command),
         }
     });
     match result {

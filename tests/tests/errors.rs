@@ -66,3 +66,47 @@ fn non_root_is_refused_before_touching_anything() {
         stderr(&out)
     );
 }
+
+#[test]
+fn policy_check_names_bad_rules_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("dockops-it-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[[rule]]\nname = \"web-*\"\negress = \"50mbit\"\n\n\
+         [[rule]]\ngroup = \"compose:shop\"\negress = \"100mbit\"\n",
+    )
+    .unwrap();
+    let out = dockops(&["policy", "check", good.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout.contains("2 rule(s) in force (1 shared"), "{stdout}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[rule]]\nname = \"db\"\nmemory = \"lots\"\n\n[[rule]]\nname = \"ok\"\ncpus = \"1\"\n",
+    )
+    .unwrap();
+    let out = dockops(&["policy", "check", bad.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stdout.contains("rule 1: memory = \"lots\""), "{stdout}");
+    assert!(
+        stderr(&out).contains("1 rule(s) in force"),
+        "{}",
+        stderr(&out)
+    );
+
+    for (name, text) in [("broken.toml", "[[rule]"), ("missing.toml", "")] {
+        let path = dir.join(name);
+        if !text.is_empty() {
+            std::fs::write(&path, text).unwrap();
+        }
+        let out = dockops(&["policy", "check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(name), "{}", stderr(&out));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,6 +2,7 @@
 
 pub mod limit;
 pub mod metrics;
+pub mod policy;
 pub mod probe;
 pub mod reset;
 pub mod select;

@@ -50,6 +50,37 @@ impl Declared {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Takes every limit `other` sets (block IO device limits by kind: a kind `other`
+    /// declares replaces this one's).
+    pub fn overlay(&mut self, other: &Self) {
+        fn take<T: Clone>(to: &mut Option<T>, from: Option<&T>) {
+            if let Some(v) = from {
+                *to = Some(v.clone());
+            }
+        }
+        take(&mut self.egress_bits, other.egress_bits.as_ref());
+        take(&mut self.ingress_bits, other.ingress_bits.as_ref());
+        take(&mut self.burst_bytes, other.burst_bytes.as_ref());
+        let (r, o) = (&mut self.resources, &other.resources);
+        take(&mut r.nano_cpus, o.nano_cpus.as_ref());
+        take(&mut r.cpu_shares, o.cpu_shares.as_ref());
+        take(&mut r.cpu_period, o.cpu_period.as_ref());
+        take(&mut r.cpu_quota, o.cpu_quota.as_ref());
+        take(&mut r.cpuset_cpus, o.cpuset_cpus.as_ref());
+        take(&mut r.cpuset_mems, o.cpuset_mems.as_ref());
+        take(&mut r.memory, o.memory.as_ref());
+        take(&mut r.memory_swap, o.memory_swap.as_ref());
+        take(&mut r.memory_reservation, o.memory_reservation.as_ref());
+        take(&mut r.pids_limit, o.pids_limit.as_ref());
+        take(&mut r.storage, o.storage.as_ref());
+        for kind in IoKind::ALL {
+            if o.io.iter().any(|d| d.kind == kind) {
+                r.io.retain(|d| d.kind != kind);
+                r.io.extend(o.io.iter().filter(|d| d.kind == kind).cloned());
+            }
+        }
+    }
 }
 
 /// One label dockops could not use, and why.
@@ -80,8 +111,9 @@ pub fn declared(labels: &BTreeMap<String, String>) -> (Declared, Vec<LabelError>
     (out, errors)
 }
 
-/// Sets one declared limit from a label's name and value.
-fn apply(out: &mut Declared, name: &str, value: &str) -> Result<(), String> {
+/// Sets one declared limit from a label's name (without [`PREFIX`]) and value; the policy
+/// file's rules use the same names.
+pub(super) fn apply(out: &mut Declared, name: &str, value: &str) -> Result<(), String> {
     let r = &mut out.resources;
     match name {
         "egress" => out.egress_bits = Some(policy(parse_rate(value))?),
