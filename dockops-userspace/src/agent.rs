@@ -7,9 +7,10 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     capabilities::{Capabilities, ProbeError, TcMode},
     collection::{Snapshot, Sources, cgroup},
-    datapath::{Datapath, DatapathError},
+    datapath::{Datapath, DatapathError, Failure},
     discovery::{Container, DiscoveryError, Docker},
     limits::Limiter,
+    policy::labels,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +89,28 @@ impl Agent {
             .limiter
             .reconcile(&found.running, &report.desired.limits)
             .into_iter()
-            .map(|(id, error)| crate::datapath::Failure {
+            .map(|(id, error)| Failure {
                 id,
                 error: format!("re-applying block IO limits: {error}"),
             });
+        // A bad label is reported (once, and in the container's notes); its others count.
+        let label_failures: Vec<Failure> = found
+            .running
+            .iter()
+            .flat_map(|c| {
+                labels::declared(&c.labels).1.into_iter().map(|e| Failure {
+                    id: c.id.clone(),
+                    error: format!("refused {e}"),
+                })
+            })
+            .collect();
         self.failures.clear();
-        for failure in report.failures.into_iter().chain(limit_failures) {
+        for failure in report
+            .failures
+            .into_iter()
+            .chain(limit_failures)
+            .chain(label_failures)
+        {
             if self
                 .warned
                 .insert((failure.id.clone(), failure.error.clone()))

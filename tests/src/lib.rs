@@ -406,10 +406,15 @@ pub struct Pair {
 
 impl Pair {
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, &[])
+    }
+
+    /// As [`Self::start`], with extra `docker run` options for the client (labels...).
+    pub fn start_with(name: &str, client_options: &[&str]) -> Self {
         Self {
             // JSON, so that a client's --get-server-output carries the receiver's intervals.
             server: Container::start(&format!("{name}-srv"), "iperf3 -s -J"),
-            client: Container::start(&format!("{name}-cli"), "sleep 600"),
+            client: Container::start_with(&format!("{name}-cli"), client_options, "sleep 600"),
         }
     }
 

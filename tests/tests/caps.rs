@@ -215,6 +215,64 @@ fn edt_mode_holds_ingress_with_fq_where_the_kernel_has_it() {
     );
 }
 
+#[test]
+fn labels_cap_their_container_and_limit_overrides_them() {
+    let pair = Pair::start_with(
+        "labelled",
+        &[
+            "--label",
+            "dockops.egress=20mbit",
+            "--label",
+            "dockops.colour=blue",
+        ],
+    );
+    let egress = || field(&stats_json(), &pair.client.name, "/limits/egress_bps");
+    assert_eq!(
+        egress(),
+        20_000_000,
+        "the label's cap, applied by the refresh"
+    );
+    assert_eq!(
+        field(&stats_json(), &pair.server.name, "/limits/egress_bps"),
+        Value::Null,
+        "the label caps only its own container"
+    );
+    let r = ratio(pair.iperf(&["-t", "3"]), 20_000_000);
+    assert!((0.8..=1.05).contains(&r), "label cap: goodput/cap = {r:.3}");
+    let show: Value = serde_json::from_str(&dockops_ok(&[
+        "show",
+        &pair.client.name,
+        "--format",
+        "json",
+    ]))
+    .expect("show JSON");
+    let source = show["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["limit"] == "egress-bps")
+        .map(|r| r["source"].clone());
+    assert_eq!(source, Some(Value::from("label")), "{show}");
+    assert!(
+        show["label_errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("dockops.colour")),
+        "{show}"
+    );
+    let notes = field(&stats_json(), &pair.client.name, "/notes");
+    assert!(
+        notes.to_string().contains("refused label dockops.colour"),
+        "{notes}"
+    );
+
+    // CLI over label; unlimit takes the CLI's away, and the label's cap is back.
+    dockops_ok(&["limit", &pair.client.name, "--egress", "40mbit"]);
+    assert_eq!(egress(), 40_000_000);
+    let out = dockops_ok(&["unlimit", &pair.client.name]);
+    assert!(out.contains("labels cap it again"), "{out}");
+    assert_eq!(egress(), 20_000_000);
+}
+
 /// A Docker network with IPv6, removed on drop (after the containers on it).
 struct Ipv6Network(&'static str);
 

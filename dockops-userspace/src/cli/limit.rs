@@ -9,10 +9,10 @@ use std::{
 use anyhow::Context as _;
 use dockops::{
     datapath::{DatapathError, QueueError},
-    discovery::{Container, gso_max_size},
+    discovery::{Container, GSO_MAX_SIZE, gso_max_size},
     limits::{LimitError, Plan},
     policy::{
-        check_burst, check_burst_packet, default_burst, parse_burst, parse_rate,
+        check_burst, check_burst_packet, default_burst, labels, parse_burst, parse_rate,
         resources::{self, CpuList, DeviceLimit, IoKind, ResourceError, Resources, Swap, Unset},
     },
 };
@@ -20,9 +20,6 @@ use dockops_common::Caps;
 use futures::{StreamExt as _, stream};
 
 use super::{Agent, InputError, TcAttach, select::Selection};
-
-/// Linux's default `gso_max_size` (64 KiB), when sysfs does not say.
-const GSO_MAX_SIZE: u64 = 65_536;
 
 /// A flag's parser for clap: its message without the flag name, which clap adds.
 fn why<T>(result: Result<T, ResourceError>) -> Result<T, String> {
@@ -393,6 +390,16 @@ pub async fn unlimit(args: UnlimitArgs, tc_attach: TcAttach) -> anyhow::Result<(
     })?;
     for change in &changes {
         report(change, None, Some(&unset));
+        let (declared, _) = labels::declared(&change.container.labels);
+        if change.caps.is_some()
+            && (declared.egress_bits.is_some() || declared.ingress_bits.is_some())
+        {
+            println!(
+                "{}: its dockops.egress/ingress labels cap it again at the next refresh (labels \
+                 apply where `limit` set no cap)",
+                change.container.name
+            );
+        }
     }
     Ok(())
 }

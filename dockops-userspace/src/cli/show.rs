@@ -8,6 +8,7 @@ use dockops::{
     cgroupfs::weight_from_shares,
     collection::Limits,
     output,
+    policy::labels,
     policy::resources::{Host, IoKind},
     state::{StoredCaps, StoredLimits},
 };
@@ -30,7 +31,8 @@ pub struct Args {
 struct Row {
     limit: String,
     value: Value,
-    /// `dockops` (recorded by `limit`), `docker` (set at create, by `docker update`, or for
+    /// `dockops` (recorded by `limit`), `label` (a `dockops.*` label; caps only, so far),
+    /// `docker` (set at create, by `docker update`, or for
     /// the storage size `--storage-opt`),
     /// `cgroup` (written to the cgroup by someone else), `default` (the kernel's or Docker's
     /// default), `none` (no limit).
@@ -59,16 +61,22 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
             .cpu_shares
             .map(|read| shares_as_asked(read, docker.cpu_shares));
     }
+    let (declared, label_errors) = labels::declared(&container.labels);
     let rows = rows(
         &limits,
-        desired.caps.get(&container.id),
+        (
+            desired.caps.get(&container.id),
+            declared.egress_bits.or(declared.ingress_bits).is_some(),
+        ),
         desired.limits.get(&container.id),
         &agent.caps.host,
     );
+    let label_errors: Vec<String> = label_errors.iter().map(ToString::to_string).collect();
     match args.format {
         Format::Json => println!(
             "{}",
-            json!({"id": container.id, "name": container.name, "limits": rows})
+            json!({"id": container.id, "name": container.name, "limits": rows,
+                   "label_errors": label_errors})
         ),
         Format::Table => {
             println!("{:<24} {:<20} SOURCE", "LIMIT", "VALUE");
@@ -82,6 +90,9 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                     other => other.to_string(),
                 };
                 println!("{:<24} {value:<20} {}", row.limit, row.source);
+            }
+            for error in &label_errors {
+                println!("refused: {error}");
             }
         }
     }
@@ -110,7 +121,7 @@ fn is_bytes(limit: &str) -> bool {
 
 fn rows(
     limits: &Limits,
-    caps: Option<&StoredCaps>,
+    (caps, labelled): (Option<&StoredCaps>, bool),
     recorded: Option<&StoredLimits>,
     host: &Host,
 ) -> Vec<Row> {
@@ -146,6 +157,7 @@ fn rows(
         let source = match (bits, caps) {
             (None, _) => "none",
             (Some(_), Some(_)) => "dockops",
+            (Some(_), None) if labelled => "label",
             (Some(_), None) => "dockops (not recorded)",
         };
         push(&format!("{limit}-bps"), (json!(bits), source));

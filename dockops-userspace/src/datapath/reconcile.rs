@@ -5,7 +5,7 @@
 //! the kernel refuses, is reported in [`Report::failures`] while the others are reconciled.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, hash_map::Entry},
     fs,
 };
 
@@ -15,7 +15,10 @@ use super::{
     Datapath, DatapathError, Direction, Report, attach, bpffs, chain, pins::PinName,
     queue::Discipline, remove_dir, scan,
 };
-use crate::discovery::{Container, id_bytes};
+use crate::{
+    discovery::{Container, GSO_MAX_SIZE, gso_max_size, id_bytes},
+    policy::labels,
+};
 
 /// One step of a reconcile that failed; the rest went on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,11 +216,26 @@ impl Datapath {
         {
             report.fail("", &error.into());
         }
-        let desired: HashMap<[u8; 32], Caps> = stored
+        let mut desired: HashMap<[u8; 32], Caps> = stored
             .caps
             .iter()
             .map(|(id, caps)| (id_bytes(id), caps.to_caps(id_bytes(id))))
             .collect();
+        // What `limit` recorded wins; otherwise the container's own labels.
+        for container in containers {
+            if let Entry::Vacant(slot) = desired.entry(container.id_bytes()) {
+                match label_caps(container) {
+                    Ok(Some(caps)) => {
+                        slot.insert(caps);
+                    }
+                    Ok(None) => {}
+                    Err(error) => report.failures.push(super::Failure {
+                        id: container.id.clone(),
+                        error: format!("caps from its labels: {error}"),
+                    }),
+                }
+            }
+        }
         report.desired = stored;
         if desired.is_empty() {
             return;
@@ -302,6 +320,23 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// The coarsest clock tick (HZ=100): a label's burst must hold one at its rate wherever it
+/// runs (`limit` checks against this host's tick).
+const COARSEST_TICK_NS: u64 = 10_000_000;
+
+/// The caps a container's `dockops.egress`/`dockops.ingress`/`dockops.burst` labels declare.
+fn label_caps(container: &Container) -> Result<Option<Caps>, crate::policy::PolicyError> {
+    let (declared, _) = labels::declared(&container.labels);
+    let largest = container
+        .interfaces
+        .iter()
+        .flatten()
+        .filter_map(|i| gso_max_size(&i.name))
+        .max()
+        .unwrap_or(GSO_MAX_SIZE);
+    labels::caps(&declared, container.id_bytes(), largest, COARSEST_TICK_NS)
 }
 
 type CapsState = (

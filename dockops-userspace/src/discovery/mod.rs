@@ -6,7 +6,7 @@ mod netns;
 
 pub use cgroup::CgroupPaths;
 pub use docker::{DiscoveryError, Docker, Event};
-pub use netns::{gso_max_size, interface_name};
+pub use netns::{GSO_MAX_SIZE, gso_max_size, interface_name};
 
 use std::{
     collections::{BTreeMap, HashSet},

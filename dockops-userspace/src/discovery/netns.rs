@@ -201,6 +201,9 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
+/// Linux's default `gso_max_size` (64 KiB), when sysfs does not say.
+pub const GSO_MAX_SIZE: u64 = 65_536;
+
 /// The largest aggregate (GSO) packet the host interface `name` passes, from sysfs.
 pub fn gso_max_size(name: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/sys/class/net/{name}/gso_max_size"))

@@ -6,8 +6,10 @@
 
 use std::collections::BTreeMap;
 
+use dockops_common::Caps;
+
 use super::{
-    PolicyError, parse_burst, parse_rate,
+    PolicyError, check_burst, check_burst_packet, default_burst, parse_burst, parse_rate,
     resources::{self, IoKind, ResourceError, Resources},
 };
 
@@ -81,6 +83,38 @@ impl Declared {
             }
         }
     }
+}
+
+/// The bandwidth caps labels declare, as the datapath holds them (paced, the bucket
+/// behind), for the container whose id bytes are `owner`: None without `dockops.egress` or
+/// `dockops.ingress`. The burst defaults as `limit`'s does, and is checked as `limit` checks
+/// it against the largest packet the container's veths pass and a clock tick of `tick_ns`.
+pub fn caps(
+    declared: &Declared,
+    owner: [u8; 32],
+    largest_packet: u64,
+    tick_ns: u64,
+) -> Result<Option<Caps>, PolicyError> {
+    let (egress_bits, ingress_bits) = (
+        declared.egress_bits.unwrap_or(0),
+        declared.ingress_bits.unwrap_or(0),
+    );
+    let fastest = egress_bits.max(ingress_bits);
+    if fastest == 0 {
+        return Ok(None);
+    }
+    let burst_bytes = declared
+        .burst_bytes
+        .unwrap_or_else(|| default_burst(fastest).max(largest_packet));
+    check_burst(burst_bytes, fastest, tick_ns)?;
+    check_burst_packet(burst_bytes, largest_packet)?;
+    Ok(Some(Caps {
+        egress_bits,
+        ingress_bits,
+        burst_bytes,
+        owner,
+        flags: 0,
+    }))
 }
 
 /// One label dockops could not use, and why.
@@ -237,6 +271,25 @@ mod tests {
             ]
         );
         assert!(errors[0].to_string().contains("not a dockops label"));
+    }
+
+    #[test]
+    fn caps_from_labels_get_limits_burst() {
+        let (d, _) = declared(&labels(&[("dockops.egress", "20mbit")]));
+        let caps = caps(&d, [1; 32], 65_536, 4_000_000).unwrap().unwrap();
+        assert_eq!((caps.egress_bits, caps.ingress_bits), (20_000_000, 0));
+        assert_eq!(caps.burst_bytes, 500_000, "200 ms at 20 Mbit/s");
+        assert!(caps.paced());
+        let (tiny, _) = declared(&labels(&[
+            ("dockops.ingress", "1gbit"),
+            ("dockops.burst", "2kb"),
+        ]));
+        assert!(super::caps(&tiny, [1; 32], 65_536, 4_000_000).is_err());
+        let (none, _) = declared(&labels(&[("dockops.memory", "1g")]));
+        assert_eq!(
+            super::caps(&none, [1; 32], 65_536, 4_000_000).unwrap(),
+            None
+        );
     }
 
     #[test]
