@@ -329,6 +329,9 @@ const COARSEST_TICK_NS: u64 = 10_000_000;
 /// The caps a container's `dockops.egress`/`dockops.ingress`/`dockops.burst` labels declare.
 fn label_caps(container: &Container) -> Result<Option<Caps>, crate::policy::PolicyError> {
     let (declared, _) = labels::declared(&container.labels);
+    if declared.egress_bits.is_none() && declared.ingress_bits.is_none() {
+        return Ok(None);
+    }
     let largest = container
         .interfaces
         .iter()
