@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use dockops::{
     datapath::{DatapathError, QueueError},
-    discovery::{Container, GSO_MAX_SIZE, gso_max_size},
+    discovery::Container,
     limits::{LimitError, Plan},
     policy::{
         check_burst, check_burst_packet, default_burst, labels, parse_burst, parse_rate,
@@ -470,13 +470,7 @@ fn plan_caps(
         .next()
         .and_then(|ip| caps_now.get(&ip).copied())
         .unwrap_or_default();
-    let largest = container
-        .interfaces
-        .iter()
-        .flatten()
-        .filter_map(|i| gso_max_size(&i.name))
-        .max()
-        .unwrap_or(GSO_MAX_SIZE);
+    let largest = container.largest_packet();
     let new = change(old, largest);
     let fastest = new.egress_bits.max(new.ingress_bits);
     if fastest != 0 {

@@ -16,7 +16,7 @@ use super::{
     queue::Discipline, remove_dir, scan,
 };
 use crate::{
-    discovery::{Container, GSO_MAX_SIZE, gso_max_size, id_bytes},
+    discovery::{Container, id_bytes},
     policy::labels,
 };
 
@@ -332,13 +332,7 @@ fn label_caps(container: &Container) -> Result<Option<Caps>, crate::policy::Poli
     if declared.egress_bits.is_none() && declared.ingress_bits.is_none() {
         return Ok(None);
     }
-    let largest = container
-        .interfaces
-        .iter()
-        .flatten()
-        .filter_map(|i| gso_max_size(&i.name))
-        .max()
-        .unwrap_or(GSO_MAX_SIZE);
+    let largest = container.largest_packet();
     labels::caps(&declared, container.id_bytes(), largest, COARSEST_TICK_NS)
 }
 

@@ -6,7 +6,8 @@ mod netns;
 
 pub use cgroup::CgroupPaths;
 pub use docker::{DiscoveryError, Docker, Event};
-pub use netns::{GSO_MAX_SIZE, gso_max_size, interface_name};
+pub use netns::interface_name;
+use netns::{GSO_MAX_SIZE, gso_max_size};
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -88,6 +89,16 @@ pub struct HostInterface {
 }
 
 impl Container {
+    /// The largest aggregate (GSO) packet its host veths pass: a cap's bucket must hold one.
+    pub fn largest_packet(&self) -> u64 {
+        self.interfaces
+            .iter()
+            .flatten()
+            .filter_map(|i| gso_max_size(&i.name))
+            .max()
+            .unwrap_or(GSO_MAX_SIZE)
+    }
+
     /// True when `query` names this container: its name, full id or an id prefix of at least
     /// 4 characters, as the docker CLI accepts them.
     pub fn matches(&self, query: &str) -> bool {

@@ -204,10 +204,11 @@ fn why<T>(result: Result<T, ResourceError>) -> Result<T, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    /// Labels from pairs (the policy file's tests use it too).
+    pub(in crate::policy) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
