@@ -2,7 +2,8 @@
 //! command's flag names and values (`dockops.egress=50mbit`, `dockops.memory=512m`,
 //! `dockops.device-write-bps=/dev/vda:10mb,/dev/vdb:5mb`). Pure: each label is parsed on its
 //! own, so a bad value is reported without dropping the container's other limits. A label
-//! speaks only for the container that carries it.
+//! speaks only for the container that carries it. `dockops.X.Y` labels belong to other
+//! namespaces (the test image's `dockops.image.version`) and are left alone.
 
 use std::collections::BTreeMap;
 
@@ -131,7 +132,9 @@ pub fn declared(labels: &BTreeMap<String, String>) -> (Declared, Vec<LabelError>
     let mut out = Declared::default();
     let mut errors = Vec::new();
     for (label, value) in labels {
-        let Some(name) = label.strip_prefix(PREFIX) else {
+        // `dockops.image.version`, later `dockops.net.eth1`...: namespaces of their own, not
+        // limits (and not typos of one).
+        let Some(name) = label.strip_prefix(PREFIX).filter(|n| !n.contains('.')) else {
             continue;
         };
         if let Err(reason) = apply(&mut out, name, value.trim()) {
@@ -295,7 +298,11 @@ pub(super) mod tests {
 
     #[test]
     fn no_dockops_labels_declare_nothing() {
-        let (d, errors) = declared(&labels(&[("maintainer", "someone")]));
+        let (d, errors) = declared(&labels(&[
+            ("maintainer", "someone"),
+            ("dockops.image.version", "2"),
+            ("dockops.net.eth1", "br0"),
+        ]));
         assert!(d.is_empty());
         assert!(errors.is_empty());
     }
