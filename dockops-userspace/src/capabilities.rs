@@ -121,8 +121,6 @@ pub struct Capabilities {
     pub tc_mode: TcMode,
     /// Whether tc programs are attached by version (tcx needs 6.6) or were asked for.
     pub tc_mode_reason: &'static str,
-    /// The `fq` qdisc, which honours `skb->tstamp` (earliest departure time).
-    pub fq: Presence,
     /// The helpers the programs need, as probed.
     pub helpers: Vec<Helper>,
     pub cgroup: CgroupMode,
@@ -201,7 +199,6 @@ impl Capabilities {
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Self {
-            fq: module_presence(&release, "net/sched/sch_fq"),
             kernel: release,
             tc_mode,
             tc_mode_reason,
@@ -394,6 +391,12 @@ const TRACEPOINTS: &[&str] = &[
 ];
 
 impl Capabilities {
+    /// The `fq` qdisc, which honours `skb->tstamp` (earliest departure time). Looked up when
+    /// asked (it reads the kernel's module lists), not at every start.
+    pub fn fq(&self) -> Presence {
+        module_presence(&self.kernel, "net/sched/sch_fq")
+    }
+
     /// Looks up the rest of the report; `tracefs` is where tracefs is mounted.
     pub fn report(&self, tracefs: &Path) -> Report {
         let (cgroup, v2) = match &self.cgroup {
@@ -412,7 +415,7 @@ impl Capabilities {
             cgroup_v2_controllers: controllers,
             tc_attach: self.tc_mode.to_string(),
             tc_attach_reason: self.tc_mode_reason,
-            fq: self.fq,
+            fq: self.fq(),
             btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
             psi: Path::new("/proc/pressure/cpu").exists(),
             kprobes: tracefs.join("kprobe_events").exists(),

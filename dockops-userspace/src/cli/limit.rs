@@ -293,7 +293,7 @@ pub async fn limit(args: LimitArgs, tc_attach: TcAttach) -> anyhow::Result<()> {
         }
     }
     let mut agent = Agent::start(tc_attach.mode()).await?;
-    if args.edt && !agent.caps.fq.usable() {
+    if args.edt && !agent.caps.fq().usable() {
         return Err(InputError(format!(
             "--edt needs the fq qdisc (sch_fq), which kernel {} lacks (see `dockops-bpf \
              probe`): cap without --edt, or with --queue",
