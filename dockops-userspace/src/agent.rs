@@ -10,7 +10,6 @@ use crate::{
     datapath::{Datapath, DatapathError, Failure},
     discovery::{Container, DiscoveryError, Docker},
     limits::Limiter,
-    policy::labels,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -93,24 +92,8 @@ impl Agent {
                 id,
                 error: format!("re-applying block IO limits: {error}"),
             });
-        // A bad label is reported (once, and in the container's notes); its others count.
-        let label_failures: Vec<Failure> = found
-            .running
-            .iter()
-            .flat_map(|c| {
-                labels::declared(&c.labels).1.into_iter().map(|e| Failure {
-                    id: c.id.clone(),
-                    error: format!("refused {e}"),
-                })
-            })
-            .collect();
         self.failures.clear();
-        for failure in report
-            .failures
-            .into_iter()
-            .chain(limit_failures)
-            .chain(label_failures)
-        {
+        for failure in report.failures.into_iter().chain(limit_failures) {
             if self
                 .warned
                 .insert((failure.id.clone(), failure.error.clone()))

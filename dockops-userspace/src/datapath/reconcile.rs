@@ -221,10 +221,18 @@ impl Datapath {
             .iter()
             .map(|(id, caps)| (id_bytes(id), caps.to_caps(id_bytes(id))))
             .collect();
-        // What `limit` recorded wins; otherwise the container's own labels.
+        // What `limit` recorded wins; otherwise the container's own labels. A bad label is
+        // reported (warned once, and in the container's notes); its others count.
         for container in containers {
+            let (declared, refused) = labels::declared(&container.labels);
+            report
+                .failures
+                .extend(refused.into_iter().map(|e| super::Failure {
+                    id: container.id.clone(),
+                    error: format!("refused {e}"),
+                }));
             if let Entry::Vacant(slot) = desired.entry(container.id_bytes()) {
-                match label_caps(container) {
+                match label_caps(container, &declared) {
                     Ok(Some(caps)) => {
                         slot.insert(caps);
                     }
@@ -327,13 +335,15 @@ impl Datapath {
 const COARSEST_TICK_NS: u64 = 10_000_000;
 
 /// The caps a container's `dockops.egress`/`dockops.ingress`/`dockops.burst` labels declare.
-fn label_caps(container: &Container) -> Result<Option<Caps>, crate::policy::PolicyError> {
-    let (declared, _) = labels::declared(&container.labels);
+fn label_caps(
+    container: &Container,
+    declared: &labels::Declared,
+) -> Result<Option<Caps>, crate::policy::PolicyError> {
     if declared.egress_bits.is_none() && declared.ingress_bits.is_none() {
         return Ok(None);
     }
     let largest = container.largest_packet();
-    labels::caps(&declared, container.id_bytes(), largest, COARSEST_TICK_NS)
+    labels::caps(declared, container.id_bytes(), largest, COARSEST_TICK_NS)
 }
 
 type CapsState = (
