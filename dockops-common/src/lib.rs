@@ -89,7 +89,7 @@ pub struct Caps {
     /// The container that set these caps (its id's 32 bytes): addresses are reused, so a
     /// later container with the same address must not inherit them. Unused by eBPF.
     pub owner: [u8; 32],
-    /// [`Caps::NO_PACING`], [`Caps::QUEUE`], [`Caps::EDT`] or 0.
+    /// [`Caps::NO_PACING`], [`Caps::QUEUE`], [`Caps::EDT`], [`Caps::POLICY`] or 0.
     pub flags: u64,
 }
 
@@ -107,6 +107,10 @@ impl Caps {
     /// `skb->tstamp`, an fq qdisc at the root of the host veth holds each packet until then)
     /// instead of the token bucket. Used by userspace only.
     pub const EDT: u64 = 4;
+
+    /// Set by the agent from a label or the policy file (not by `limit`): lifted when they
+    /// no longer ask for it. Used by userspace only.
+    pub const POLICY: u64 = 8;
 
     /// Whether the `sock_ops` program paces sockets toward these caps.
     pub const fn paced(&self) -> bool {

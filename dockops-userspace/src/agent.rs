@@ -7,9 +7,16 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     capabilities::{Capabilities, ProbeError, TcMode},
     collection::{Snapshot, Sources, cgroup},
-    datapath::{Datapath, DatapathError, Failure},
+    datapath::{Datapath, DatapathError, Failure, PolicyCaps},
     discovery::{Container, DiscoveryError, Docker},
     limits::Limiter,
+    policy::{
+        desired::{self, Wanted},
+        file::Policy,
+        labels::Declared,
+        resources::{Resources, Unset},
+    },
+    state::Desired,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +47,13 @@ pub struct Agent {
     warned: HashSet<(String, String)>,
     /// Failed map inserts at the last snapshot, to warn when they grow.
     insert_failures: HashMap<&'static str, u64>,
+    /// Set by [`Self::enforce`]: this agent applies labels and the policy file to every
+    /// limit, and lifts what they no longer ask for. Otherwise (one-shot commands) only the
+    /// labels' caps are applied, and nothing is lifted.
+    policy: Option<Policy>,
+    /// Containers whose limits are brought in line at the next refresh whatever changed
+    /// (all, after [`Self::enforce`]).
+    recheck_all: bool,
 }
 
 impl Agent {
@@ -61,7 +75,17 @@ impl Agent {
             failures: HashMap::new(),
             warned: HashSet::new(),
             insert_failures: HashMap::new(),
+            policy: None,
+            recheck_all: false,
         })
+    }
+
+    /// Makes this the agent: from now on each refresh applies every limit labels and
+    /// `policy` ask for (CLI-set ones win), and lifts those they no longer ask for. Call it
+    /// again with a reloaded file; every container is checked at the next refresh.
+    pub fn enforce(&mut self, policy: Policy) {
+        self.policy = Some(policy);
+        self.recheck_all = true;
     }
 
     /// Discovers running containers (re-reading those in `changed`) and brings the datapath
@@ -70,7 +94,40 @@ impl Agent {
     pub async fn refresh(&mut self, changed: &HashSet<String>) -> Result<(), AgentError> {
         let found = self.docker.running(&self.containers, changed).await?;
         self.dirs.reread_limits();
-        let report = self.datapath.reconcile(&found.running, &found.existing)?;
+        let stored = self.datapath.desired()?;
+        let wanted: HashMap<String, Wanted> = found
+            .running
+            .iter()
+            .map(|c| (c.id.clone(), self.wanted(c, &stored)))
+            .collect();
+        let policy_caps = PolicyCaps {
+            wanted: wanted
+                .iter()
+                .map(|(id, w)| (id.clone(), caps_only(&w.limits)))
+                .collect(),
+            lift: self.policy.is_some(),
+        };
+        let mut report = self
+            .datapath
+            .reconcile(&found.running, &found.existing, &policy_caps)?;
+        for container in &found.running {
+            report
+                .failures
+                .extend(wanted[&container.id].refused.iter().map(|e| Failure {
+                    id: container.id.clone(),
+                    error: format!("refused {e}"),
+                }));
+        }
+        if self.policy.is_some() {
+            let recheck = std::mem::take(&mut self.recheck_all);
+            let known: HashSet<&str> = self.containers.iter().map(|c| c.id.as_str()).collect();
+            let due = found
+                .running
+                .iter()
+                .filter(|c| recheck || changed.contains(&c.id) || !known.contains(c.id.as_str()));
+            let failures = self.converge(due, &wanted, &report.desired).await;
+            report.failures.extend(failures);
+        }
         tracing::debug!(?report, containers = found.running.len(), "reconciled");
         for container in &found.running {
             for note in &container.notes {
@@ -114,6 +171,77 @@ impl Agent {
         Ok(())
     }
 
+    /// What the labels and the policy file (the agent's; none otherwise) ask of `container`,
+    /// less what `limit` holds (`stored`).
+    fn wanted(&self, container: &Container, stored: &Desired) -> Wanted {
+        let cli = stored.limits.get(&container.id);
+        let cli = desired::cli_names(
+            cli.iter().flat_map(|l| l.held.iter()),
+            cli.iter().flat_map(|l| l.io.iter().map(|t| t.kind)),
+            stored.caps.contains_key(&container.id),
+        );
+        desired::wanted(container, self.policy.as_ref(), &cli)
+    }
+
+    /// Brings the CPU, memory, pids, block IO and storage limits of `due` in line with what
+    /// labels and the file ask (`wanted`), lifting what they asked before and no longer do
+    /// (recorded in the state); returns each container's failure.
+    async fn converge<'c>(
+        &self,
+        due: impl Iterator<Item = &'c Container>,
+        wanted: &HashMap<String, Wanted>,
+        stored: &Desired,
+    ) -> Vec<Failure> {
+        let mut failures = Vec::new();
+        for container in due {
+            let want = &wanted[&container.id];
+            let before = stored
+                .limits
+                .get(&container.id)
+                .map(|l| &l.policy)
+                .cloned()
+                .unwrap_or_default();
+            let applied = want.applied();
+            let unset = lifted(
+                before
+                    .keys()
+                    .filter(|n| !want.sources.contains_key(n.as_str())),
+            );
+            let request = &want.limits.resources;
+            let result = if request.is_empty() && unset.is_empty() {
+                Ok(false)
+            } else {
+                self.limiter.converge(container, request, &unset).await
+            };
+            match result {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!(
+                            container = container.name,
+                            ?applied,
+                            "limits applied from labels and policy"
+                        );
+                    }
+                    if applied != before
+                        && let Err(error) = self.datapath.update_state(|d| {
+                            d.record_policy(&container.id, applied);
+                        })
+                    {
+                        failures.push(Failure {
+                            id: container.id.clone(),
+                            error: format!("recording its policy limits: {error}"),
+                        });
+                    }
+                }
+                Err(error) => failures.push(Failure {
+                    id: container.id.clone(),
+                    error: format!("limits from its labels or the policy file: {error}"),
+                }),
+            }
+        }
+        failures
+    }
+
     /// Counters of the containers `keep` selects.
     pub fn snapshot(&mut self, keep: impl Fn(&Container) -> bool) -> Result<Snapshot, AgentError> {
         let traffic = self.datapath.counters()?;
@@ -147,4 +275,39 @@ impl Agent {
         }
         Ok(snapshot)
     }
+}
+
+/// The bandwidth part of declared limits (the datapath's).
+fn caps_only(declared: &Declared) -> Declared {
+    Declared {
+        egress_bits: declared.egress_bits,
+        ingress_bits: declared.ingress_bits,
+        burst_bytes: declared.burst_bytes,
+        resources: Resources::default(),
+    }
+}
+
+/// What lifting the limits `names` (as labels spell them) takes away. Caps are lifted by
+/// the datapath.
+fn lifted<'a>(names: impl Iterator<Item = &'a String>) -> Unset {
+    let mut unset = Unset::default();
+    for name in names {
+        match name.as_str() {
+            "cpus" | "cpu-period" | "cpu-quota" => unset.cpus = true,
+            "cpu-shares" => unset.cpu_shares = true,
+            "cpuset-cpus" => unset.cpuset_cpus = true,
+            "cpuset-mems" => unset.cpuset_mems = true,
+            "memory" => unset.memory = true,
+            "memory-swap" => unset.memory_swap = true,
+            "memory-reservation" => unset.memory_reservation = true,
+            "pids-limit" => unset.pids_limit = true,
+            "storage-size" => unset.storage = true,
+            other => unset.io.extend(
+                crate::policy::resources::IoKind::ALL
+                    .into_iter()
+                    .filter(|k| k.flag() == other),
+            ),
+        }
+    }
+    unset
 }

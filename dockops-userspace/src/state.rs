@@ -99,11 +99,15 @@ pub struct StoredLimits {
     /// Block IO throttles, which Docker cannot hold: dockops re-applies them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub io: Vec<Throttle>,
+    /// Limits the agent applied from labels or the policy file, by name, with their source
+    /// (`label`, `policy rule N`): lifted when their label or rule goes away, and shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy: BTreeMap<String, String>,
 }
 
 impl StoredLimits {
     fn is_empty(&self) -> bool {
-        self.held.is_empty() && self.io.is_empty()
+        self.held.is_empty() && self.io.is_empty() && self.policy.is_empty()
     }
 }
 
@@ -154,6 +158,18 @@ impl Desired {
         if limits.is_empty() {
             self.limits.remove(id);
         }
+    }
+
+    /// Records which limits of `id` the agent applied from labels or the policy file;
+    /// true if that changed.
+    pub fn record_policy(&mut self, id: &str, applied: BTreeMap<String, String>) -> bool {
+        let limits = self.limits.entry(id.to_owned()).or_default();
+        let changed = limits.policy != applied;
+        limits.policy = applied;
+        if limits.is_empty() {
+            self.limits.remove(id);
+        }
+        changed
     }
 
     /// Forgets containers that no longer exist; true if anything was forgotten.

@@ -31,12 +31,11 @@ pub struct Args {
 struct Row {
     limit: String,
     value: Value,
-    /// `dockops` (recorded by `limit`), `label` (a `dockops.*` label; caps only, so far),
-    /// `docker` (set at create, by `docker update`, or for
-    /// the storage size `--storage-opt`),
-    /// `cgroup` (written to the cgroup by someone else), `default` (the kernel's or Docker's
-    /// default), `none` (no limit).
-    source: &'static str,
+    /// `dockops` (recorded by `limit`), `label` (a `dockops.*` label), `policy rule N` (the
+    /// agent's policy file), `docker` (set at create, by `docker update`, or for the storage
+    /// size `--storage-opt`), `cgroup` (written to the cgroup by someone else), `default`
+    /// (the kernel's or Docker's default), `none` (no limit).
+    source: String,
 }
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
@@ -126,24 +125,13 @@ fn rows(
     host: &Host,
 ) -> Vec<Row> {
     let by_dockops = |name: &str| recorded.is_some_and(|r| r.held.contains(name));
-    // Set (a value), by dockops or else by Docker; a value equal to the default is `default`.
-    let docker_held = |name: &str, value: Value, default: bool| -> (Value, &'static str) {
-        let source = if value.is_null() {
-            "none"
-        } else if by_dockops(name) {
-            "dockops"
-        } else if default {
-            "default"
-        } else {
-            "docker"
-        };
-        (value, source)
-    };
+    // What the agent applied from a label or a policy rule, by label name.
+    let by_policy = |label: &str| recorded.and_then(|r| r.policy.get(label)).cloned();
     let r = &limits.resources;
     let all_cpus = host.cpus.to_string();
     let all_mems = host.mems.to_string();
     let mut rows = Vec::new();
-    let mut push = |limit: &str, (value, source): (Value, &'static str)| {
+    let mut push = |limit: &str, (value, source): (Value, String)| {
         rows.push(Row {
             limit: limit.to_owned(),
             value,
@@ -155,59 +143,69 @@ fn rows(
         ("ingress", limits.ingress_bps),
     ] {
         let source = match (bits, caps) {
-            (None, _) => "none",
-            (Some(_), Some(_)) => "dockops",
-            (Some(_), None) if labelled => "label",
-            (Some(_), None) => "dockops (not recorded)",
+            (None, _) => "none".to_owned(),
+            (Some(_), Some(_)) => "dockops".to_owned(),
+            (Some(_), None) => by_policy(limit).unwrap_or_else(|| {
+                if labelled {
+                    "label"
+                } else {
+                    "dockops (not recorded)"
+                }
+                .to_owned()
+            }),
         };
         push(&format!("{limit}-bps"), (json!(bits), source));
     }
-    push("cpus", docker_held("cpus", json!(r.cpus), false));
-    push(
-        "cpu-shares",
-        docker_held(
+    // Limit (as `limit` and labels name it), name in the state file, value, is default.
+    let held = [
+        ("cpus", "cpus", json!(r.cpus), false),
+        (
+            "cpu-shares",
             "cpu_shares",
             json!(r.cpu_shares),
             r.cpu_shares == Some(1024),
         ),
-    );
-    push(
-        "cpuset-cpus",
-        docker_held(
+        (
+            "cpuset-cpus",
             "cpuset_cpus",
             json!(r.cpuset_cpus),
             r.cpuset_cpus.as_deref() == Some(&all_cpus),
         ),
-    );
-    push(
-        "cpuset-mems",
-        docker_held(
+        (
+            "cpuset-mems",
             "cpuset_mems",
             json!(r.cpuset_mems),
             r.cpuset_mems.as_deref() == Some(&all_mems),
         ),
-    );
-    push(
-        "memory",
-        docker_held("memory", json!(r.memory_bytes), false),
-    );
-    push(
-        "memory-swap",
-        docker_held("memory_swap", json!(r.memory_swap_bytes), false),
-    );
-    push(
-        "memory-reservation",
-        docker_held(
+        ("memory", "memory", json!(r.memory_bytes), false),
+        (
+            "memory-swap",
+            "memory_swap",
+            json!(r.memory_swap_bytes),
+            false,
+        ),
+        (
+            "memory-reservation",
             "memory_reservation",
             json!(r.memory_reservation_bytes),
             false,
         ),
-    );
-    push("pids-limit", docker_held("pids", json!(r.pids), false));
-    push(
-        "storage-size",
-        docker_held("storage", json!(r.storage_bytes), false),
-    );
+        ("pids-limit", "pids", json!(r.pids), false),
+        ("storage-size", "storage", json!(r.storage_bytes), false),
+    ];
+    // Set (a value), by dockops, a label or rule, or else by Docker; a value equal to the
+    // default is `default`.
+    for (limit, name, value, default) in held {
+        let source = if value.is_null() {
+            "none".to_owned()
+        } else if by_dockops(name) {
+            "dockops".to_owned()
+        } else {
+            by_policy(limit)
+                .unwrap_or_else(|| if default { "default" } else { "docker" }.to_owned())
+        };
+        push(limit, (value, source));
+    }
     for device in &r.io {
         for kind in IoKind::ALL {
             let Some(value) = device.get(kind) else {
@@ -218,9 +216,14 @@ fn rows(
                     .iter()
                     .any(|t| (t.major, t.minor, t.kind) == (device.major, device.minor, kind))
             });
+            let source = if ours {
+                "dockops".to_owned()
+            } else {
+                by_policy(kind.flag()).unwrap_or_else(|| "cgroup".to_owned())
+            };
             push(
                 &format!("{} {}:{}", kind.flag(), device.major, device.minor),
-                (json!(value), if ours { "dockops" } else { "cgroup" }),
+                (json!(value), source),
             );
         }
     }

@@ -5,6 +5,7 @@ use std::{
     collections::{HashMap, HashSet},
     io::{IsTerminal as _, Write as _},
     net::SocketAddr,
+    path::PathBuf,
     time::Duration,
 };
 
@@ -23,7 +24,7 @@ use dockops::{
 use futures::StreamExt as _;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Agent, TcAttach, metrics::Metrics};
+use super::{Agent, TcAttach, metrics::Metrics, policy::Followed};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -50,6 +51,11 @@ pub struct Args {
     /// events (a veth or link removed by hand, an event the engine lost).
     #[arg(long, default_value = "30s", value_parser = parse_interval)]
     resync: Duration,
+    /// The policy file (TOML rules giving containers limits; `dockops-bpf policy check`
+    /// validates one). Re-read when it changes and on SIGHUP. Default:
+    /// /etc/dockops/policy.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -61,7 +67,9 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
+    let (mut policy_file, policy) = Followed::open(args.policy)?;
     let mut agent = Agent::start(tc_attach.mode()).await?;
+    agent.enforce(policy);
     // Subscribed from before the listing: a container starting in between is replayed.
     let mut since = now();
     let mut events = Box::pin(agent.docker.events(Some(since)));
@@ -77,6 +85,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let interactive = args.format == Format::Table
         && std::io::stdout().is_terminal()
         && std::io::stdin().is_terminal();
@@ -96,16 +105,9 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     while args.count.is_none_or(|n| refreshes < n) {
         tokio::select! {
             _ = ticker.tick() => {
+                follow(&mut agent, &mut policy_file, false).await?;
                 refreshes += 1;
-                let started = std::time::Instant::now();
-                let mut snapshot = agent.snapshot(|_| true)?;
-                tracing::debug!(
-                    snapshot_us = started.elapsed().as_micros(),
-                    containers = snapshot.containers.len(),
-                    "snapshot"
-                );
-                let rates = previous.as_ref().map(|(p, _)| collection::rates(p, &snapshot)).unwrap_or_default();
-                snapshot.apply(&rates);
+                let (snapshot, rates) = read(&mut agent, previous.as_ref())?;
                 if let Some(metrics) = &metrics {
                     metrics.publish(&snapshot);
                 }
@@ -154,6 +156,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                 let all = agent.containers.iter().map(|c| c.id.clone()).collect();
                 refresh(&mut agent, &all).await?;
             }
+            _ = sighup.recv() => follow(&mut agent, &mut policy_file, true).await?,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -192,6 +195,34 @@ async fn refresh(agent: &mut Agent, changed: &HashSet<String>) -> anyhow::Result
         }
         Ok(()) => Ok(()),
     }
+}
+
+/// A snapshot, and the rates since `previous`.
+fn read(
+    agent: &mut Agent,
+    previous: Option<&(Snapshot, HashMap<String, Rates>)>,
+) -> anyhow::Result<(Snapshot, HashMap<String, Rates>)> {
+    let started = std::time::Instant::now();
+    let mut snapshot = agent.snapshot(|_| true)?;
+    tracing::debug!(
+        snapshot_us = started.elapsed().as_micros(),
+        containers = snapshot.containers.len(),
+        "snapshot"
+    );
+    let rates = previous
+        .map(|(p, _)| collection::rates(p, &snapshot))
+        .unwrap_or_default();
+    snapshot.apply(&rates);
+    Ok((snapshot, rates))
+}
+
+/// Re-reads the policy file (`force`: even unchanged) and applies it if it changed.
+async fn follow(agent: &mut Agent, file: &mut Followed, force: bool) -> anyhow::Result<()> {
+    if let Some(policy) = file.reload(force) {
+        agent.enforce(policy);
+        refresh(agent, &HashSet::new()).await?;
+    }
+    Ok(())
 }
 
 /// Seconds since the epoch, as Docker stamps events.

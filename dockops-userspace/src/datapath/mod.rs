@@ -35,7 +35,7 @@ use dockops_common::{
 pub use pins::Direction;
 use pins::{Layout, PinName};
 pub use queue::QueueError;
-pub use reconcile::Failure;
+pub use reconcile::{Failure, PolicyCaps};
 pub use reset::reset;
 
 use crate::{

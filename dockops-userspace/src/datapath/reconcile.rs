@@ -54,6 +54,7 @@ impl Datapath {
         &mut self,
         containers: &[Container],
         existing: &HashSet<String>,
+        policy: &PolicyCaps,
     ) -> Result<Report, DatapathError> {
         let _lock = bpffs::lock()?;
         self.check_owner()?;
@@ -68,7 +69,7 @@ impl Datapath {
         if let Err(error) = self.host_wide(containers, &live) {
             report.fail("", &error);
         }
-        self.reconcile_caps(containers, existing, &live, &mut report);
+        self.reconcile_caps(containers, existing, &live, policy, &mut report);
         self.finish_upgrade(&mut report);
         Ok(report)
     }
@@ -202,6 +203,7 @@ impl Datapath {
         containers: &[Container],
         existing: &HashSet<String>,
         live: &HashSet<u32>,
+        policy: &PolicyCaps,
         report: &mut Report,
     ) {
         if let Err(error) = self.remove_gone_buckets(live) {
@@ -221,31 +223,26 @@ impl Datapath {
             .iter()
             .map(|(id, caps)| (id_bytes(id), caps.to_caps(id_bytes(id))))
             .collect();
-        // What `limit` recorded wins; otherwise the container's own labels. A bad label is
-        // reported (warned once, and in the container's notes); its others count.
+        // What `limit` recorded wins; otherwise what the labels or the policy file ask.
         for container in containers {
-            let (declared, refused) = labels::declared(&container.labels);
-            report
-                .failures
-                .extend(refused.into_iter().map(|e| super::Failure {
-                    id: container.id.clone(),
-                    error: format!("refused {e}"),
-                }));
+            let Some(declared) = policy.wanted.get(&container.id) else {
+                continue;
+            };
             if let Entry::Vacant(slot) = desired.entry(container.id_bytes()) {
-                match label_caps(container, &declared) {
+                match policy_caps(container, declared) {
                     Ok(Some(caps)) => {
                         slot.insert(caps);
                     }
                     Ok(None) => {}
                     Err(error) => report.failures.push(super::Failure {
                         id: container.id.clone(),
-                        error: format!("caps from its labels: {error}"),
+                        error: format!("caps from its labels or the policy file: {error}"),
                     }),
                 }
             }
         }
         report.desired = stored;
-        if desired.is_empty() {
+        if desired.is_empty() && !policy.lift {
             return;
         }
         let (current, present, queues) = match self.caps_state(&desired) {
@@ -253,17 +250,33 @@ impl Datapath {
             Err(error) => return report.fail("", &error),
         };
         for container in containers {
-            let Some(want) = desired.get(&container.id_bytes()).copied() else {
-                continue;
-            };
-            let result = if container
-                .addresses()
-                .all(|ip| current.get(&ip) == Some(&want))
-            {
-                self.complete_caps(container, want, &present, &queues)
-            } else {
-                self.apply_caps(container, want)
-                    .inspect(|()| tracing::info!(container = container.name, "caps restored"))
+            let result = match desired.get(&container.id_bytes()).copied() {
+                Some(want)
+                    if container
+                        .addresses()
+                        .all(|ip| current.get(&ip) == Some(&want)) =>
+                {
+                    self.complete_caps(container, want, &present, &queues)
+                }
+                Some(want) => self
+                    .apply_caps(container, want)
+                    .inspect(|()| tracing::info!(container = container.name, "caps restored")),
+                // A label's or rule's caps whose label or rule is gone.
+                None if policy.lift
+                    && container.addresses().any(|ip| {
+                        current
+                            .get(&ip)
+                            .is_some_and(|c| c.flags & Caps::POLICY != 0)
+                    }) =>
+                {
+                    self.apply_caps(container, Caps::default()).inspect(|()| {
+                        tracing::info!(
+                            container = container.name,
+                            "caps lifted: no label or policy rule asks for them any more"
+                        );
+                    })
+                }
+                None => Ok(()),
             };
             if let Err(error) = result {
                 report.fail(&container.id, &error);
@@ -334,8 +347,18 @@ impl Datapath {
 /// runs (`limit` checks against this host's tick).
 const COARSEST_TICK_NS: u64 = 10_000_000;
 
-/// The caps a container's `dockops.egress`/`dockops.ingress`/`dockops.burst` labels declare.
-fn label_caps(
+/// What labels and the policy file ask of the caps, for [`Datapath::reconcile`].
+#[derive(Debug, Default)]
+pub struct PolicyCaps {
+    /// Their egress, ingress and burst, by container id.
+    pub wanted: HashMap<String, labels::Declared>,
+    /// Lift the caps they set earlier and no longer ask for: only the agent, which reads
+    /// the policy file, may (a command without it would lift the file's caps).
+    pub lift: bool,
+}
+
+/// The caps a container's labels or policy rules declare, marked as theirs.
+fn policy_caps(
     container: &Container,
     declared: &labels::Declared,
 ) -> Result<Option<Caps>, crate::policy::PolicyError> {
@@ -343,7 +366,11 @@ fn label_caps(
         return Ok(None);
     }
     let largest = container.largest_packet();
-    labels::caps(declared, container.id_bytes(), largest, COARSEST_TICK_NS)
+    let caps = labels::caps(declared, container.id_bytes(), largest, COARSEST_TICK_NS)?;
+    Ok(caps.map(|c| Caps {
+        flags: c.flags | Caps::POLICY,
+        ..c
+    }))
 }
 
 type CapsState = (

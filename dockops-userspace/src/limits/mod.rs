@@ -180,9 +180,45 @@ impl Limiter {
         usage: Option<u64>,
         force: bool,
     ) -> Result<Plan, LimitError> {
+        self.plan_changes(container, request, unset, usage, force, false)
+            .await
+    }
+
+    /// Brings `container` to `request` and removes `unset`, writing only what does not
+    /// hold already (the agent, applying labels and the policy file at every event): true
+    /// when something was written. No check against memory use: declared limits are
+    /// applied as `docker update` applies them.
+    pub async fn converge(
+        &self,
+        container: &Container,
+        request: &Resources,
+        unset: &Unset,
+    ) -> Result<bool, LimitError> {
+        let plan = self
+            .plan_changes(container, request, unset, None, true, true)
+            .await?;
+        if plan.update.is_empty() && plan.io.is_empty() && plan.storage.is_none() {
+            return Ok(false);
+        }
+        self.apply(&plan).await?;
+        Ok(true)
+    }
+
+    async fn plan_changes(
+        &self,
+        container: &Container,
+        request: &Resources,
+        unset: &Unset,
+        usage: Option<u64>,
+        force: bool,
+        prune: bool,
+    ) -> Result<Plan, LimitError> {
         self.host.check(request)?;
         let current = docker::inspect(&self.client, &container.id, &container.name).await?;
-        let update = update::plan(request, unset, &current, &self.host, usage, force)?;
+        let mut update = update::plan(request, unset, &current, &self.host, usage, force)?;
+        if prune {
+            update = update.pruned(&current);
+        }
         let restore = update::restore(&current, &update, &self.host);
         let mut throttles = Vec::new();
         for limit in &request.io {
@@ -239,6 +275,10 @@ impl Limiter {
         } else {
             None
         };
+        if prune {
+            io.retain(|w| w.value != w.before);
+        }
+        let storage = storage.filter(|s| !prune || s.value != s.before);
         Ok(Plan {
             id: container.id.clone(),
             name: container.name.clone(),

@@ -26,6 +26,9 @@ use glob::Pattern;
 
 use super::labels::{self, Declared};
 
+/// The file `watch` follows unless given another (`--policy`); none there is no rules.
+pub const DEFAULT_PATH: &str = "/etc/dockops/policy.toml";
+
 /// Docker compose's label naming a container's project.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 
@@ -78,20 +81,22 @@ pub struct Policy {
 
 impl Policy {
     /// The per-container limits of the rules (not the groups) that match, later rules
-    /// overriding earlier ones.
+    /// overriding earlier ones, and the rule that set each (by [`Declared::names`]).
     pub fn for_container(
         &self,
         name: &str,
         image: &str,
         labels: &BTreeMap<String, String>,
-    ) -> Declared {
+    ) -> (Declared, BTreeMap<&'static str, usize>) {
         let mut out = Declared::default();
+        let mut rules = BTreeMap::new();
         for rule in self.rules.iter().filter(|r| r.group.is_none()) {
             if rule.matches.matches(name, image, labels) {
                 out.overlay(&rule.limits);
+                rules.extend(rule.limits.names().into_iter().map(|n| (n, rule.number)));
             }
         }
-        out
+        (out, rules)
     }
 }
 
@@ -314,15 +319,17 @@ mod tests {
         assert_eq!(errors, []);
         assert_eq!(policy.rules.len(), 4);
         let shop = labels(&[(COMPOSE_PROJECT, "shop")]);
-        let web = policy.for_container("web-1", "nginx:1", &shop);
+        let (web, rules) = policy.for_container("web-1", "nginx:1", &shop);
         assert_eq!(web.egress_bits, Some(20_000_000), "rule 3 overrides rule 1");
         assert_eq!(web.resources.memory, Some(512 << 20));
-        let db = policy.for_container("db", "postgres:16", &labels(&[("tier", "db")]));
+        assert_eq!((rules["egress"], rules["memory"]), (3, 1));
+        let (db, _) = policy.for_container("db", "postgres:16", &labels(&[("tier", "db")]));
         assert_eq!(db.resources.io.len(), 2);
         assert_eq!(db.resources.pids_limit, Some(200));
         assert!(
             policy
                 .for_container("db", "postgres:16", &labels(&[("tier", "cache")]))
+                .0
                 .is_empty()
         );
         let group = &policy.rules[3];

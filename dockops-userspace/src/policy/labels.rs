@@ -86,6 +86,60 @@ impl Declared {
     }
 }
 
+impl Declared {
+    /// The names (as labels spell them, without [`PREFIX`]) of the limits this sets.
+    pub fn names(&self) -> Vec<&'static str> {
+        let r = &self.resources;
+        let mut names: Vec<&'static str> = [
+            (self.egress_bits.is_some(), "egress"),
+            (self.ingress_bits.is_some(), "ingress"),
+            (self.burst_bytes.is_some(), "burst"),
+            (r.nano_cpus.is_some(), "cpus"),
+            (r.cpu_shares.is_some(), "cpu-shares"),
+            (r.cpu_period.is_some(), "cpu-period"),
+            (r.cpu_quota.is_some(), "cpu-quota"),
+            (r.cpuset_cpus.is_some(), "cpuset-cpus"),
+            (r.cpuset_mems.is_some(), "cpuset-mems"),
+            (r.memory.is_some(), "memory"),
+            (r.memory_swap.is_some(), "memory-swap"),
+            (r.memory_reservation.is_some(), "memory-reservation"),
+            (r.pids_limit.is_some(), "pids-limit"),
+            (r.storage.is_some(), "storage-size"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        for kind in IoKind::ALL {
+            if r.io.iter().any(|d| d.kind == kind) {
+                names.push(kind.flag());
+            }
+        }
+        names
+    }
+
+    /// Drops the limit `name` (as [`Self::names`] spells it).
+    pub fn clear(&mut self, name: &str) {
+        let r = &mut self.resources;
+        match name {
+            "egress" => self.egress_bits = None,
+            "ingress" => self.ingress_bits = None,
+            "burst" => self.burst_bytes = None,
+            "cpus" => r.nano_cpus = None,
+            "cpu-shares" => r.cpu_shares = None,
+            "cpu-period" => r.cpu_period = None,
+            "cpu-quota" => r.cpu_quota = None,
+            "cpuset-cpus" => r.cpuset_cpus = None,
+            "cpuset-mems" => r.cpuset_mems = None,
+            "memory" => r.memory = None,
+            "memory-swap" => r.memory_swap = None,
+            "memory-reservation" => r.memory_reservation = None,
+            "pids-limit" => r.pids_limit = None,
+            "storage-size" => r.storage = None,
+            _ => r.io.retain(|d| d.kind.flag() != name),
+        }
+    }
+}
+
 /// The bandwidth caps labels declare, as the datapath holds them (paced, the bucket
 /// behind), for the container whose id bytes are `owner`: None without `dockops.egress` or
 /// `dockops.ingress`. The burst defaults as `limit`'s does, and is checked as `limit` checks

@@ -1,6 +1,7 @@
 //! Pure: what the user asked for, checked and converted to the datapath's and the kernel's
 //! units. No I/O: host facts come in as plain values.
 
+pub mod desired;
 pub mod file;
 pub mod labels;
 pub mod resources;

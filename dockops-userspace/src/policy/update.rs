@@ -61,6 +61,33 @@ impl Update {
         *self == Self::default()
     }
 
+    /// Without the fields `current` already has: what an agent applying the same limits
+    /// again still needs to send (nothing, once they hold). Memory and swap go together, as
+    /// Docker checks one against the other.
+    #[must_use]
+    pub fn pruned(&self, current: &DockerResources) -> Self {
+        fn keep<T: PartialEq>(field: Option<&T>, now: &T) -> bool {
+            field.is_some_and(|v| v != now)
+        }
+        let c = current;
+        let memory = keep(self.memory.as_ref(), &c.memory)
+            || keep(self.memory_swap.as_ref(), &c.memory_swap);
+        Self {
+            nano_cpus: self.nano_cpus.filter(|v| *v != c.nano_cpus),
+            cpu_shares: self.cpu_shares.filter(|v| *v != c.cpu_shares),
+            cpu_period: self.cpu_period.filter(|v| *v != c.cpu_period),
+            cpu_quota: self.cpu_quota.filter(|v| *v != c.cpu_quota),
+            cpuset_cpus: self.cpuset_cpus.clone().filter(|v| *v != c.cpuset_cpus),
+            cpuset_mems: self.cpuset_mems.clone().filter(|v| *v != c.cpuset_mems),
+            memory: self.memory.filter(|_| memory),
+            memory_swap: self.memory_swap.filter(|_| memory),
+            memory_reservation: self
+                .memory_reservation
+                .filter(|v| *v != c.memory_reservation),
+            pids_limit: self.pids_limit.filter(|v| *v != c.pids_limit),
+        }
+    }
+
     /// The requests that make this update. runc (1.1, cgroup v1) does not write a swap limit
     /// of -1, and then refuses a memory limit above the old memory+swap limit: on v1,
     /// unlimited swap is first raised to the largest limit, in a request of its own. On v2
@@ -350,6 +377,40 @@ mod tests {
             Some(1 << 20),
             false,
         )
+    }
+
+    #[test]
+    fn an_update_already_in_force_prunes_to_nothing() {
+        let request = Resources {
+            nano_cpus: Some(500_000_000),
+            memory: Some(256 << 20),
+            pids_limit: Some(50),
+            ..Resources::default()
+        };
+        let fresh = DockerResources::default();
+        let update = ask(&request, &fresh).unwrap();
+        assert_eq!(update.pruned(&fresh), update, "nothing holds yet");
+        let applied = DockerResources {
+            nano_cpus: 500_000_000,
+            memory: 256 << 20,
+            memory_swap: 512 << 20,
+            pids_limit: 50,
+            ..DockerResources::default()
+        };
+        assert!(ask(&request, &applied).unwrap().pruned(&applied).is_empty());
+        // Someone ran `docker update --memory 1g --memory-swap 2g`: memory is sent again,
+        // with its swap.
+        let drifted = DockerResources {
+            memory: 1 << 30,
+            memory_swap: 2 << 30,
+            ..applied
+        };
+        let again = ask(&request, &drifted).unwrap().pruned(&drifted);
+        assert_eq!(
+            (again.memory, again.memory_swap),
+            (Some(256 << 20), Some(512 << 20))
+        );
+        assert_eq!(again.nano_cpus, None);
     }
 
     #[test]
