@@ -182,7 +182,7 @@ impl Background {
         let stdout = std::env::temp_dir().join(format!(
             "dockops-it-{}-{}.out",
             std::process::id(),
-            args.join("_")
+            args.join("_").replace('/', "_")
         ));
         let file = fs::File::create(&stdout).expect("stdout file");
         let child = dockops_cmd()
