@@ -55,7 +55,8 @@ impl Engine {
             );
         }
         if let Some(dir) = private_dir {
-            return start_private(dir, &dir.join("data"), &[], false);
+            // live-restore: the agent's tests restart this engine under running containers.
+            return start_private(dir, &dir.join("data"), &["--live-restore"], false);
         }
         let log = crate::workspace().join("target/dockerd.log");
         fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;
@@ -70,6 +71,11 @@ impl Engine {
             host: DEFAULT_HOST.to_owned(),
             private: None,
         })
+    }
+
+    /// The pid file of an engine this run started or adopted (a test may restart it).
+    pub fn pidfile(&self) -> Option<&Path> {
+        self.private.as_ref().map(|p| p.pidfile.as_path())
     }
 
     /// `docker` talking to this engine.
@@ -260,30 +266,35 @@ impl Drop for Engine {
             return;
         };
         eprintln!("docker: stopping the private dockerd");
-        let pid = match &private.child {
-            Some(child) => Some(child.id().to_string()),
-            None => fs::read_to_string(&private.pidfile)
-                .ok()
-                .map(|s| s.trim().to_owned()),
-        };
-        let Some(pid) = pid else { return };
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut gone = false;
-        while !gone && Instant::now() < deadline {
-            gone = match &mut private.child {
-                Some(child) => matches!(child.try_wait(), Ok(Some(_))),
-                None => !Path::new("/proc").join(&pid).exists(),
-            };
-            if !gone {
-                thread::sleep(Duration::from_millis(200));
-            }
+        // The one this run started, and the one the pid file names (a test restarted it).
+        let mut pids: Vec<String> = private.child.iter().map(|c| c.id().to_string()).collect();
+        if let Ok(text) = fs::read_to_string(&private.pidfile)
+            && !pids.contains(&text.trim().to_owned())
+        {
+            pids.push(text.trim().to_owned());
         }
-        if !gone {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            if let Some(child) = &mut private.child {
-                let _ = child.wait();
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-TERM", pid]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut running = |pid: &String| match &mut private.child {
+            Some(child) if child.id().to_string() == *pid => {
+                !matches!(child.try_wait(), Ok(Some(_)))
             }
+            _ => Path::new("/proc").join(pid).exists(),
+        };
+        while Instant::now() < deadline {
+            pids.retain(&mut running);
+            if pids.is_empty() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        for pid in &pids {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        if let Some(child) = &mut private.child {
+            let _ = child.wait();
         }
         unmount_under(&private.exec_root);
         if let Some((mount, image)) = &private.loop_fs {

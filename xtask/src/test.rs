@@ -113,6 +113,9 @@ fn integration(args: &Args) -> anyhow::Result<()> {
             .env("DOCKOPS_BIN", crate::binary())
             .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE)
             .env("DOCKOPS_BTRFS_HOST", &btrfs.host);
+        if let Some(pidfile) = engine.pidfile() {
+            cmd.env("DOCKOPS_ENGINE_PIDFILE", pidfile);
+        }
         for variant in crate::VARIANTS {
             let var = format!("DOCKOPS_BIN_{}", variant.to_uppercase().replace('-', "_"));
             cmd.env(var, crate::variant_binary(variant));

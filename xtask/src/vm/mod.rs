@@ -72,6 +72,14 @@ const SUITE: &[(&str, &[&str])] = &[
             "netlink_mode_attaches_counts_and_cleans_up",
         ],
     ),
+    (
+        "agent",
+        &[
+            "labels_and_the_policy_file_set_every_limit_cli_over_label_over_file",
+            "caps_hold_while_the_agent_is_killed_and_its_restart_adopts_them",
+            "after_a_reboot_the_agent_puts_every_limit_back",
+        ],
+    ),
 ];
 
 /// Where the guest's share (binaries in, results out) and its console log go.
