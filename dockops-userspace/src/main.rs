@@ -71,6 +71,11 @@ enum Command {
     /// project, and caps shared by a group): `policy check FILE` validates one offline.
     #[command(subcommand)]
     Policy(cli::policy::Command),
+    /// Install the agent as a systemd service: this binary to /usr/local/bin/dockops-bpf,
+    /// the unit (`watch --format none --metrics-addr 127.0.0.1:9101`) to
+    /// /etc/systemd/system/dockops.service; then enable and (re)start it. Re-run it to
+    /// upgrade: the restarted agent adopts what is attached, no limit is lifted.
+    InstallService(cli::service::Args),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
             Command::Reset(args) => cli::reset::run(&args),
             Command::Probe(args) => cli::probe::run(&args, cli.tc_attach),
             Command::Policy(command) => cli::policy::run(&command),
+            Command::InstallService(args) => cli::service::run(&args),
         }
     });
     match result {

@@ -1,15 +1,17 @@
 //! `watch` as the agent: limits declared in labels and a policy file, applied to every
-//! kind of limit, CLI > label > file, followed as the file changes.
+//! kind of limit, CLI > label > file, followed as the file changes; the faults it rides out
+//! (SIGKILL, a reboot, a Docker daemon restart); and the agent as a systemd service.
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use dockops_integration::{
-    Background, Container, Pair, bpftool_json, docker, dockops_ok, wait_for,
+    Background, Container, PINS, Pair, all_link_ids, bpftool_json, docker, dockops_ok,
+    dockops_programs, http_get, list, wait_for,
 };
 use serde_json::Value;
 
@@ -204,8 +206,9 @@ fn watched(watch: &Background, container: &Container, pointer: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The programs on the container's host veth, tcx links or clsact filters alike: (kind,
-/// program id), sorted. A second attach would add some or change their ids.
+/// The programs on the container's host veth: clsact filters as (kind, program id) from
+/// `bpftool net` (Debian 12's bpftool does not list tcx there), and the tcx links pinned
+/// for it as ("tcx", link id); sorted. A second attach would add some or change their ids.
 fn attachments(c: &Container) -> Vec<(String, u64)> {
     let (_, veth) = c.host_veth();
     let net = bpftool_json(&["net", "show", "dev", &veth]);
@@ -221,6 +224,11 @@ fn attachments(c: &Container) -> Vec<(String, u64)> {
             )
         })
         .collect();
+    for pin in list(&c.pin_dir()).iter().filter(|p| p.ends_with("-tcx")) {
+        let path = c.pin_dir().join(pin);
+        let link = bpftool_json(&["link", "show", "pinned", path.to_str().expect("utf-8")]);
+        found.push(("tcx".to_owned(), link["id"].as_u64().expect("link id")));
+    }
     found.sort();
     found
 }
@@ -402,4 +410,112 @@ fn the_agent_rides_out_a_docker_daemon_restart() {
     assert_eq!(watched(&watch, &before, "/limits/pids"), 30);
     let mut watch = watch;
     assert!(watch.exited().is_none(), "watch survived the restart");
+}
+
+/// The unit's `ExecStart`, split into words, binary first.
+fn unit_command(root: &std::path::Path) -> Vec<String> {
+    let unit = fs::read_to_string(root.join("etc/systemd/system/dockops.service")).expect("unit");
+    unit.lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_service_unit_installs_verifies_and_its_command_is_the_agent() {
+    let root = std::env::temp_dir().join(format!("dockops-it-root-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    let out = dockops_ok(&["install-service", "--root", root.to_str().expect("utf-8")]);
+    assert!(out.contains("dockops.service"), "{out}");
+    let installed = root.join("usr/local/bin/dockops-bpf");
+    let bin = std::env::var("DOCKOPS_BIN").expect("DOCKOPS_BIN");
+    assert_eq!(
+        fs::read(&installed).expect("installed binary"),
+        fs::read(&bin).expect("binary"),
+        "the binary that ran is the one installed"
+    );
+    // systemd's own checker, on the unit as installed with its binary path moved into the
+    // tree (`--root` would want a whole system there: sysinit.target, /bin/kill).
+    let check = root.join("verify");
+    fs::create_dir_all(&check).expect("verify dir");
+    let unit = fs::read_to_string(root.join("etc/systemd/system/dockops.service")).expect("unit");
+    let rooted = format!("{}/usr/local/bin/dockops-bpf", root.display());
+    fs::write(
+        check.join("dockops.service"),
+        unit.replace("/usr/local/bin/dockops-bpf", &rooted),
+    )
+    .expect("unit copy");
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(check.join("dockops.service"))
+        .output()
+        .expect("systemd-analyze");
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !complaints.contains("dockops.service"),
+        "systemd-analyze verify: {complaints}"
+    );
+    // What systemd would run: the agent, serving metrics, leaving caps in place on SIGTERM.
+    let command = unit_command(&root);
+    assert_eq!(command[0], "/usr/local/bin/dockops-bpf");
+    let c = Container::start_with(
+        "service",
+        &["--label", "dockops.egress=30mbit"],
+        "sleep 600",
+    );
+    let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    let service = Background::start(&args);
+    let addr = args[args
+        .iter()
+        .position(|a| *a == "--metrics-addr")
+        .expect("addr")
+        + 1];
+    let mut metrics = String::new();
+    wait_for(Duration::from_secs(20), "the service's metrics", || {
+        metrics = http_get(&format!("http://{addr}/metrics"), None).unwrap_or_default();
+        metrics.contains(&c.name)
+    });
+    let cap = metrics
+        .lines()
+        .find(|l| l.starts_with("dockops_network_egress_limit_bits") && l.contains(&c.name))
+        .unwrap_or_else(|| panic!("no egress cap of {} in:\n{metrics}", c.name));
+    assert!(cap.ends_with(" 30000000"), "{cap}");
+    assert!(service.output().is_empty(), "--format none prints nothing");
+    let status = service.terminate();
+    assert!(status.success(), "SIGTERM: {status}");
+    assert!(Path::new(PINS).join("progs").exists(), "caps and pins stay");
+    assert_eq!(shown(&c, "egress").0, 30_000_000);
+    let _ = fs::remove_dir_all(&root);
+}
+
+#[test]
+fn cleanup_on_exit_removes_what_the_agent_put_in_the_kernel() {
+    let c = Container::start_with(
+        "cleanup",
+        &["--label", "dockops.egress=30mbit"],
+        "sleep 600",
+    );
+    let watch = Background::start(&["watch", "--format", "none", "--cleanup-on-exit"]);
+    wait_for(Duration::from_secs(20), "the label's cap", || {
+        attachments(&c).len() == 2
+    });
+    let attached = attachments(&c);
+    let status = watch.terminate();
+    assert!(status.success(), "SIGTERM: {status}");
+    assert!(!Path::new(PINS).exists(), "{PINS} still exists");
+    let links = all_link_ids();
+    assert!(
+        attached
+            .iter()
+            .all(|(kind, id)| kind != "tcx" || !links.contains(id)),
+        "tcx links left: {attached:?}"
+    );
+    assert_eq!(attachments(&c), [], "programs left on the veth");
+    assert_eq!(
+        dockops_programs(),
+        Vec::<u64>::new(),
+        "programs still loaded"
+    );
 }

@@ -6,6 +6,7 @@ pub mod policy;
 pub mod probe;
 pub mod reset;
 pub mod select;
+pub mod service;
 pub mod show;
 pub mod stats;
 pub mod watch;

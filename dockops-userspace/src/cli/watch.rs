@@ -32,14 +32,23 @@ pub enum Format {
     Json,
 }
 
+/// What `watch` prints.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    None,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Time between refreshes, e.g. 500ms, 1s, 2m.
     #[arg(long, default_value = "1s", value_parser = parse_interval)]
     interval: Duration,
-    /// table: for people; json: one object per container per line, for log shippers.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    /// table: for people; json: one object per container per line, for log shippers; none:
+    /// nothing on stdout (a service: the agent, and metrics with --metrics-addr).
+    #[arg(long, value_enum, default_value_t = Output::Table)]
+    format: Output,
     /// Serve Prometheus metrics on ADDR at /metrics. PORT or :PORT listens on loopback only;
     /// give HOST:PORT (e.g. 0.0.0.0:9101) to listen elsewhere.
     #[arg(long, value_name = "ADDR", value_parser = super::metrics::parse_addr)]
@@ -51,6 +60,11 @@ pub struct Args {
     /// events (a veth or link removed by hand, an event the engine lost).
     #[arg(long, default_value = "30s", value_parser = parse_interval)]
     resync: Duration,
+    /// On SIGTERM, SIGINT or q, remove everything dockops put in the kernel (as `reset`:
+    /// caps, counters, programs, pins, qdiscs). Without it they stay, and the next start
+    /// adopts them. What was asked stays recorded either way.
+    #[arg(long)]
+    cleanup_on_exit: bool,
     /// The policy file (TOML rules giving containers limits; `dockops-bpf policy check`
     /// validates one). Re-read when it changes and on SIGHUP. Default:
     /// /etc/dockops/policy.toml when it exists.
@@ -78,15 +92,13 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         Some(addr) => Some(Metrics::serve(addr).await?),
         None => None,
     };
-    let mut resync = tokio::time::interval(args.resync);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut resync = every(args.resync);
     resync.reset();
-    let mut ticker = tokio::time::interval(args.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = every(args.interval);
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let interactive = args.format == Format::Table
+    let interactive = args.format == Output::Table
         && std::io::stdout().is_terminal()
         && std::io::stdin().is_terminal();
     let screen = if interactive {
@@ -107,16 +119,21 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
             _ = ticker.tick() => {
                 follow(&mut agent, &mut policy_file, false).await?;
                 refreshes += 1;
+                // Nobody to read a snapshot: the agent only.
+                if args.format == Output::None && metrics.is_none() {
+                    continue;
+                }
                 let (snapshot, rates) = read(&mut agent, previous.as_ref())?;
                 if let Some(metrics) = &metrics {
                     metrics.publish(&snapshot);
                 }
                 let text = match args.format {
-                    Format::Json => output::json_lines(&snapshot),
-                    Format::Table => view.render(&snapshot, &rates),
+                    Output::Json => output::json_lines(&snapshot),
+                    Output::Table => view.render(&snapshot, &rates),
+                    Output::None => String::new(),
                 };
                 // A closed pipe (`watch | head`) ends the view.
-                if !emit(&text) {
+                if args.format != Output::None && !emit(&text) {
                     break;
                 }
                 previous = Some((snapshot, rates));
@@ -162,6 +179,25 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         }
     }
     drop(screen);
+    if args.cleanup_on_exit {
+        drop(agent);
+        cleanup()?;
+    }
+    Ok(())
+}
+
+/// `--cleanup-on-exit`: what `reset` removes.
+fn cleanup() -> anyhow::Result<()> {
+    let cleared = dockops::datapath::reset()?;
+    tracing::info!(removed = cleared.removed.len(), "cleaned up on exit");
+    for error in &cleared.failed {
+        tracing::error!("cleaning up on exit: {error}");
+    }
+    anyhow::ensure!(
+        cleared.failed.is_empty(),
+        "{} removal(s) failed on exit (see above)",
+        cleared.failed.len()
+    );
     Ok(())
 }
 
@@ -195,6 +231,13 @@ async fn refresh(agent: &mut Agent, changed: &HashSet<String>) -> anyhow::Result
         }
         Ok(()) => Ok(()),
     }
+}
+
+/// Ticks every `period`, skipping those missed (a slow refresh does not queue up more).
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    interval
 }
 
 /// A snapshot, and the rates since `previous`.
