@@ -198,6 +198,10 @@ impl Background {
         fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, once it has exited on its own.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("try_wait")

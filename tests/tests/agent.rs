@@ -519,3 +519,132 @@ fn cleanup_on_exit_removes_what_the_agent_put_in_the_kernel() {
         "programs still loaded"
     );
 }
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Entries in each of dockops' per-interface, per-address and per-cgroup maps.
+fn map_sizes() -> Vec<(String, usize)> {
+    [
+        "TRAFFIC",
+        "TC_CAPS",
+        "CAPS",
+        "CAPS6",
+        "WATCHED_CGROUPS",
+        "BLOCK_IO",
+    ]
+    .iter()
+    .filter_map(|name| {
+        let path = Path::new(PINS).join("maps").join(name);
+        path.exists().then(|| {
+            let dump = bpftool_json(&["map", "dump", "pinned", path.to_str().expect("utf-8")]);
+            ((*name).to_owned(), dump.as_array().map_or(0, Vec::len))
+        })
+    })
+    .collect()
+}
+
+#[test]
+fn churn_of_200_labelled_containers_leaves_nothing_behind() {
+    const BATCHES: usize = 20;
+    const PER_BATCH: usize = 10;
+    let port = dockops_integration::free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let watch = Background::start(&[
+        "watch",
+        "--format",
+        "none",
+        "--interval",
+        "200ms",
+        "--metrics-addr",
+        &addr,
+    ]);
+    let image = std::env::var("DOCKOPS_TEST_IMAGE").expect("DOCKOPS_TEST_IMAGE");
+    wait_for(Duration::from_secs(20), "the agent's metrics", || {
+        http_get(&format!("http://{addr}/metrics"), None).is_some()
+    });
+    let (links, maps) = (all_link_ids().len(), map_sizes());
+    let mut warm_rss = 0;
+    let mut ids = Vec::new();
+    let mut sampled = 0;
+    for batch in 0..BATCHES {
+        let names: Vec<String> = (0..PER_BATCH)
+            .map(|i| format!("dockops-it-churn-{batch}-{i}"))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            let rate = format!("dockops.egress={}mbit", 10 + i);
+            ids.push(docker(&[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--label",
+                &rate,
+                "--label",
+                "dockops.pids-limit=50",
+                &image,
+                "sleep",
+                "600",
+            ]));
+        }
+        // Two of each batch, sampled while they live: the agent's own view has their caps.
+        for (i, name) in names.iter().enumerate().skip(batch % 5).step_by(5) {
+            let want = format!(" {}", (10 + i as u64) * 1_000_000);
+            wait_for(
+                Duration::from_secs(10),
+                &format!("the cap of {name}"),
+                || {
+                    http_get(&format!("http://{addr}/metrics"), None).is_some_and(|m| {
+                        m.lines().any(|l| {
+                            l.starts_with("dockops_network_egress_limit_bits")
+                                && l.contains(&format!("\"{name}\""))
+                                && l.ends_with(&want)
+                        })
+                    })
+                },
+            );
+            sampled += 1;
+        }
+        let mut rm = vec!["rm", "-f"];
+        rm.extend(names.iter().map(String::as_str));
+        docker(&rm);
+        if batch == 0 {
+            warm_rss = rss_kib(watch.pid());
+        }
+    }
+    assert_eq!(sampled, 2 * BATCHES);
+    wait_for(
+        Duration::from_secs(20),
+        "the agent to let go of them all",
+        || {
+            ids.iter()
+                .all(|id| !Path::new(PINS).join("links").join(id).exists())
+                && all_link_ids().len() == links
+                && map_sizes() == maps
+        },
+    );
+    let state = fs::read_to_string("/var/lib/dockops/state.json").unwrap_or_default();
+    let kept: Vec<&String> = ids
+        .iter()
+        .filter(|id| state.contains(id.as_str()))
+        .collect();
+    assert!(
+        kept.is_empty(),
+        "state entries of gone containers: {kept:?}"
+    );
+    let rss = rss_kib(watch.pid());
+    #[expect(clippy::cast_precision_loss, reason = "KiB")]
+    let growth = rss as f64 / warm_rss as f64;
+    eprintln!("agent RSS {warm_rss} KiB after the first batch, {rss} KiB after {BATCHES}");
+    assert!(
+        growth <= 1.05,
+        "RSS grew {growth:.3}x: {warm_rss} -> {rss} KiB"
+    );
+}
