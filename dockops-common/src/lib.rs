@@ -70,6 +70,12 @@ pub const fn window_key_v6(a: [u32; 4]) -> u64 {
     (((a[0] ^ a[1]) as u64) << 32 | (a[2] ^ a[3]) as u64) & ((1 << 62) - 1) | 1 << 62
 }
 
+/// Key of [`names::WINDOWS`] for the sockets of a group cap (bit 61: neither an IPv4 key,
+/// below 2^32, nor an IPv6 one, which has bit 62).
+pub const fn window_key_group(group: u32) -> u64 {
+    1 << 61 | group as u64
+}
+
 /// Flows each capped hook remembers as marked with ECN: its own slots of `ECN_FLOWS`, so one
 /// container's flows never push out another's.
 pub const ECN_WAYS: u32 = 32;
@@ -89,7 +95,8 @@ pub struct Caps {
     /// The container that set these caps (its id's 32 bytes): addresses are reused, so a
     /// later container with the same address must not inherit them. Unused by eBPF.
     pub owner: [u8; 32],
-    /// [`Caps::NO_PACING`], [`Caps::QUEUE`], [`Caps::EDT`], [`Caps::POLICY`] or 0.
+    /// [`Caps::NO_PACING`], [`Caps::QUEUE`], [`Caps::EDT`], [`Caps::POLICY`] or 0; a group
+    /// id above [`Caps::GROUP_SHIFT`].
     pub flags: u64,
 }
 
@@ -112,6 +119,15 @@ impl Caps {
     /// no longer ask for it. Used by userspace only.
     pub const POLICY: u64 = 8;
 
+    /// The upper half of `flags`: nonzero when these are a group's caps, shared by every
+    /// member (one pacing share count, one tc bucket per direction).
+    pub const GROUP_SHIFT: u32 = 32;
+
+    /// The group these caps belong to; 0: the container's own.
+    pub const fn group(&self) -> u32 {
+        (self.flags >> Self::GROUP_SHIFT) as u32
+    }
+
     /// Whether the `sock_ops` program paces sockets toward these caps.
     pub const fn paced(&self) -> bool {
         self.flags & Self::NO_PACING == 0
@@ -131,6 +147,12 @@ impl Caps {
 /// Key of [`names::TC_CAPS`]: the host veth and which of the container's directions.
 pub const fn tc_cap_key(ifindex: u32, ingress: bool) -> u64 {
     (ifindex as u64) << 1 | ingress as u64
+}
+
+/// Key of [`names::TC_CAPS`] for the one bucket a group cap's members share, per direction
+/// (bit 63: an interface index is 32 bits).
+pub const fn group_cap_key(group: u32, ingress: bool) -> u64 {
+    1 << 63 | (group as u64) << 1 | ingress as u64
 }
 
 /// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.
@@ -155,9 +177,12 @@ pub struct TcCap {
     /// their departure time, marked when they would wait more than half of this, dropped
     /// beyond it (the burst's worth of time at the rate).
     pub horizon_ns: u64,
+    /// Nonzero on a member of a group cap: the bucket is the group's, at this key
+    /// ([`group_cap_key`]), and this entry's own rate and tokens are unused.
+    pub group_key: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TcCap>() == 48);
+const _: () = assert!(core::mem::size_of::<TcCap>() == 56);
 
 /// Room for this many capped hooks.
 pub const MAX_TC_CAPS: u32 = 16384;

@@ -20,7 +20,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::SockOpsContext,
 };
-use dockops_common::{Caps, InsertFailures, MAX_CAPS, window_key_v4, window_key_v6};
+use dockops_common::{
+    Caps, InsertFailures, MAX_CAPS, window_key_group, window_key_v4, window_key_v6,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -81,8 +83,9 @@ fn try_sock_pace(ctx: &SockOpsContext) {
     let Some((local, remote)) = addresses(ctx) else {
         return;
     };
-    let egress = local.caps().map_or(0, |c| c.egress_bits);
-    let ingress = remote.caps().map_or(0, |c| c.ingress_bits);
+    let (local_caps, remote_caps) = (local.caps(), remote.caps());
+    let egress = local_caps.map_or(0, |c| c.egress_bits);
+    let ingress = remote_caps.map_or(0, |c| c.ingress_bits);
     // SAFETY: ctx.ops is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     if egress == 0 && ingress == 0 {
@@ -104,10 +107,12 @@ fn try_sock_pace(ctx: &SockOpsContext) {
     let fresh = counts(cookie, epoch, acked);
     let mut rate = u64::MAX;
     if egress != 0 {
-        rate = rate.min(egress / 8 / active(local.window_key() << 1, epoch, fresh));
+        let key = local.window_key(local_caps) << 1;
+        rate = rate.min(egress / 8 / active(key, epoch, fresh));
     }
     if ingress != 0 {
-        rate = rate.min(ingress / 8 / active(remote.window_key() << 1 | 1, epoch, fresh));
+        let key = remote.window_key(remote_caps) << 1 | 1;
+        rate = rate.min(ingress / 8 / active(key, epoch, fresh));
     }
     set_pacing(ctx, u32::try_from(rate).unwrap_or(UNPACED - 1).max(1));
 }
@@ -132,9 +137,13 @@ impl Addr {
         caps.filter(|c| c.paced())
     }
 
-    /// Key of the address in [`WINDOWS`] (before the direction bit).
+    /// Key of the address in [`WINDOWS`] (before the direction bit): its group's when its
+    /// `caps` are a group's, so that every member's sockets share one cap.
     #[inline(always)]
-    fn window_key(self) -> u64 {
+    fn window_key(self, caps: Option<&Caps>) -> u64 {
+        if let Some(group) = caps.map(Caps::group).filter(|g| *g != 0) {
+            return window_key_group(group);
+        }
         match self {
             Self::V4(ip) => window_key_v4(ip),
             Self::V6(a) => window_key_v6(a),

@@ -43,6 +43,7 @@ struct CapBucket {
     tokens: i64,
     last_ns: u64,
     horizon_ns: u64,
+    group_key: u64,
 }
 
 const _: () = assert!(size_of::<CapBucket>() == size_of::<dockops_common::TcCap>());
@@ -73,8 +74,8 @@ enum Verdict {
 #[inline(always)]
 fn account(ctx: &TcContext, into: bool) -> i32 {
     let (ifindex, packets, bytes) = sizes(ctx);
-    let key = tc_cap_key(ifindex, into);
-    let verdict = match take(key, bytes) {
+    let (level, key) = take(tc_cap_key(ifindex, into), bytes);
+    let verdict = match level {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
         Level::Empty(slot) => ecn::when_empty(ctx, key, slot, bytes),
@@ -143,11 +144,32 @@ enum Level {
 /// The clock is the coarse one (one tick, 4 ms at HZ=250): reading it costs a few ns where
 /// `bpf_ktime_get_coarse_ns` costs ~30 ns in a VM. Tokens then arrive a tick's worth at a time, so a
 /// bucket must hold at least one tick at the rate; userspace refuses smaller bursts.
+///
+/// A group member's entry points at the group's bucket, which all members share: the key
+/// returned is the bucket's.
 #[inline(always)]
-fn take(key: u64, bytes: u64) -> Level {
-    let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
-        return Level::Plenty;
+fn take(key: u64, bytes: u64) -> (Level, u64) {
+    let Some((bucket, key)) = bucket(key) else {
+        return (Level::Plenty, key);
     };
+    (take_from(bucket, bytes), key)
+}
+
+/// The bucket of hook `key` and its own key: the hook's, or its group's.
+#[inline(always)]
+fn bucket(key: u64) -> Option<(*mut CapBucket, u64)> {
+    let hook = TC_CAPS.get_ptr_mut(key)?;
+    // SAFETY: a map value, valid for the program run. Userspace writes `group_key` with the
+    // whole value; reading it without the lock sees the old or the new one.
+    let group = unsafe { (*hook).group_key };
+    if group == 0 {
+        return Some((hook, key));
+    }
+    TC_CAPS.get_ptr_mut(group).map(|b| (b, group))
+}
+
+#[inline(always)]
+fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
     // SAFETY: a map value, valid for the program run; mutated only under its lock (the
     // horizon only by userspace, which rewrites the whole value).
     let b = unsafe { &mut *bucket };

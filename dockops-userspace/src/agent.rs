@@ -105,6 +105,13 @@ impl Agent {
                 .iter()
                 .map(|(id, w)| (id.clone(), caps_only(&w.limits)))
                 .collect(),
+            groups: wanted
+                .iter()
+                .filter_map(|(id, w)| {
+                    let g = w.group.as_ref()?;
+                    Some((id.clone(), (g.id, g.caps.clone())))
+                })
+                .collect(),
             lift: self.policy.is_some(),
         };
         let mut report = self

@@ -648,3 +648,96 @@ fn churn_of_200_labelled_containers_leaves_nothing_behind() {
         "RSS grew {growth:.3}x: {warm_rss} -> {rss} KiB"
     );
 }
+
+#[test]
+fn a_group_cap_holds_two_containers_together_and_goes_with_its_rule() {
+    let policy = PolicyFile::new(
+        r#"
+        [[rule]]
+        group = "label:dockops-it-group=g1"
+        egress = "30mbit"
+        "#,
+    );
+    let label = ["--label", "dockops-it-group=g1"];
+    let (a, b) = (
+        Pair::start_with("group-a", &label),
+        Pair::start_with("group-b", &label),
+    );
+    let watch = Background::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--interval",
+        "200ms",
+        "--policy",
+        policy.path(),
+    ]);
+    wait_for(Duration::from_secs(20), "the group's cap on both", || {
+        [&a, &b]
+            .iter()
+            .all(|p| watched(&watch, &p.client, "/limits/egress_bps") == 30_000_000)
+    });
+    assert_eq!(
+        shown(&a.client, "egress").1,
+        "policy rule 1 (group label:dockops-it-group=g1)"
+    );
+    // Both at once: together they stay under the one cap, and neither starves.
+    let (ga, gb) = std::thread::scope(|s| {
+        let other = s.spawn(|| b.iperf(&["-t", "4"]));
+        (a.iperf(&["-t", "4"]), other.join().expect("iperf thread"))
+    });
+    let together = (ga + gb) / 30e6;
+    assert!(
+        (0.8..=1.05).contains(&together),
+        "together: {together:.3} of the cap ({ga:.0} + {gb:.0} bit/s)"
+    );
+    assert!(
+        ga.min(gb) >= 0.2 * 30e6,
+        "one starved: {ga:.0}, {gb:.0} bit/s"
+    );
+    // Alone, one gets the whole group's cap.
+    let alone = a.iperf(&["-t", "3"]) / 30e6;
+    assert!(
+        (0.8..=1.05).contains(&alone),
+        "alone: {alone:.3} of the cap"
+    );
+    assert_eq!(
+        group_buckets(),
+        1,
+        "one shared bucket: the group caps egress only"
+    );
+    // The rule goes: so do the caps and the group's buckets.
+    policy.write("");
+    wait_for(Duration::from_secs(5), "the group's caps lifted", || {
+        [&a, &b]
+            .iter()
+            .all(|p| watched(&watch, &p.client, "/limits/egress_bps").is_null())
+    });
+    assert_eq!(group_buckets(), 0, "group buckets left");
+}
+
+/// `TC_CAPS` entries of groups (key bit 63).
+fn group_buckets() -> usize {
+    let path = format!("{PINS}/maps/TC_CAPS");
+    let dump = bpftool_json(&["map", "dump", "pinned", &path]);
+    dump.as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| key_u64(e).unwrap_or_else(|| panic!("a u64 key in {e}")))
+        .filter(|k| k >> 63 == 1)
+        .count()
+}
+
+/// A map entry's u64 key as `bpftool --json` gives it: BTF-formatted, or as bytes
+/// (`["0x01", ...]`, host order).
+fn key_u64(entry: &Value) -> Option<u64> {
+    if let Some(key) = entry.pointer("/formatted/key").and_then(Value::as_u64) {
+        return Some(key);
+    }
+    let bytes: Vec<u8> = entry["key"]
+        .as_array()?
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+        .collect::<Option<_>>()?;
+    Some(u64::from_ne_bytes(bytes.try_into().ok()?))
+}

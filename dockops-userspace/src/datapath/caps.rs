@@ -12,7 +12,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::{CgroupAttachMode, SockOps},
 };
-use dockops_common::{Caps, names, window_key_v4, window_key_v6};
+use dockops_common::{Caps, names, window_key_group, window_key_v4, window_key_v6};
 
 use super::{DatapathError, pins::Layout};
 
@@ -110,11 +110,14 @@ impl Pacing {
     /// them, nothing else removes them).
     fn forget_windows(&mut self) -> Result<(), DatapathError> {
         let mut keep = HashSet::new();
-        for key in self.caps.keys() {
-            keep.insert(window_key_v4(key?));
+        for entry in &self.caps {
+            let (key, caps) = entry?;
+            keep.insert(window_key_v4(key));
+            keep.insert(window_key_group(caps.group()));
         }
-        for key in self.caps6.keys() {
-            let key = key?;
+        for entry in &self.caps6 {
+            let (key, caps) = entry?;
+            keep.insert(window_key_group(caps.group()));
             let word = |i: usize| u32::from_ne_bytes([key[i], key[i + 1], key[i + 2], key[i + 3]]);
             keep.insert(window_key_v6([word(0), word(4), word(8), word(12)]));
         }

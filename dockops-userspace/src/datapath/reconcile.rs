@@ -225,11 +225,13 @@ impl Datapath {
             .collect();
         // What `limit` recorded wins; otherwise what the labels or the policy file ask.
         for container in containers {
-            let Some(declared) = policy.wanted.get(&container.id) else {
-                continue;
-            };
             if let Entry::Vacant(slot) = desired.entry(container.id_bytes()) {
-                match policy_caps(container, declared) {
+                let own = policy.wanted.get(&container.id).map(|d| (0, d));
+                let group = policy.groups.get(&container.id).map(|(g, d)| (*g, d));
+                let Some((group, declared)) = own.filter(|(_, d)| has_caps(d)).or(group) else {
+                    continue;
+                };
+                match policy_caps(container, declared, group) {
                     Ok(Some(caps)) => {
                         slot.insert(caps);
                     }
@@ -282,14 +284,37 @@ impl Datapath {
                 report.fail(&container.id, &error);
             }
         }
+        // Group buckets whose last member just left.
+        if let Err(error) = self.remove_gone_buckets(live) {
+            report.fail("", &error);
+        }
     }
 
+    /// Removes the buckets of interfaces that are gone, and the group buckets no live
+    /// interface points at.
     fn remove_gone_buckets(&mut self, live: &HashSet<u32>) -> Result<(), DatapathError> {
-        let stale: Vec<u64> = self
+        let entries: Vec<(u64, u64)> = self
             .tc_caps
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|key| !live.contains(&u32::try_from(key >> 1).unwrap_or(0)))
+            .map(|(key, bucket)| (key, bucket.group_key))
+            .collect();
+        let is_live = |key: u64| live.contains(&u32::try_from(key >> 1).unwrap_or(0));
+        let groups: HashSet<u64> = entries
+            .iter()
+            .filter(|(key, group)| *group != 0 && is_live(*key))
+            .map(|(_, group)| *group)
+            .collect();
+        let stale: Vec<u64> = entries
+            .iter()
+            .map(|(key, _)| *key)
+            .filter(|key| {
+                if key & GROUP_BIT == 0 {
+                    !is_live(*key)
+                } else {
+                    !groups.contains(key)
+                }
+            })
             .collect();
         for key in stale {
             self.tc_caps.remove(&key)?;
@@ -301,13 +326,19 @@ impl Datapath {
     /// may be missing) the interfaces with a dockops queue.
     fn caps_state(&self, desired: &HashMap<[u8; 32], Caps>) -> Result<CapsState, DatapathError> {
         let current = self.caps()?;
-        // A bucket without an ECN slot (set by an older build) is rewritten as missing.
-        let present = self
+        // A bucket without an ECN slot (set by an older build) is rewritten as missing; a
+        // group member's hook has none of its own, but its group's bucket must be there.
+        let entries: HashMap<u64, u64> = self
             .tc_caps
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, bucket)| bucket.ecn_slot != 0)
-            .map(|(key, _)| key)
+            .filter(|(_, bucket)| bucket.ecn_slot != 0 || bucket.group_key != 0)
+            .map(|(key, bucket)| (key, bucket.group_key))
+            .collect();
+        let present = entries
+            .iter()
+            .filter(|(_, group)| **group == 0 || entries.contains_key(group))
+            .map(|(key, _)| *key)
             .collect();
         let queues = if desired.values().any(|c| c.queued() || c.edt()) {
             super::queue::interfaces()?.into_iter().collect()
@@ -352,23 +383,35 @@ const COARSEST_TICK_NS: u64 = 10_000_000;
 pub struct PolicyCaps {
     /// Their egress, ingress and burst, by container id.
     pub wanted: HashMap<String, labels::Declared>,
+    /// The group caps containers share, by container id: the group's id and its caps. A
+    /// container's own caps win.
+    pub groups: HashMap<String, (u32, labels::Declared)>,
     /// Lift the caps they set earlier and no longer ask for: only the agent, which reads
     /// the policy file, may (a command without it would lift the file's caps).
     pub lift: bool,
 }
 
-/// The caps a container's labels or policy rules declare, marked as theirs.
+/// Bit 63 of a `TC_CAPS` key: a group's bucket, not an interface's.
+const GROUP_BIT: u64 = 1 << 63;
+
+fn has_caps(declared: &labels::Declared) -> bool {
+    declared.egress_bits.is_some() || declared.ingress_bits.is_some()
+}
+
+/// The caps a container's labels or policy rules declare (its own, or with `group` its
+/// group's), marked as theirs.
 fn policy_caps(
     container: &Container,
     declared: &labels::Declared,
+    group: u32,
 ) -> Result<Option<Caps>, crate::policy::PolicyError> {
-    if declared.egress_bits.is_none() && declared.ingress_bits.is_none() {
+    if !has_caps(declared) {
         return Ok(None);
     }
     let largest = container.largest_packet();
     let caps = labels::caps(declared, container.id_bytes(), largest, COARSEST_TICK_NS)?;
     Ok(caps.map(|c| Caps {
-        flags: c.flags | Caps::POLICY,
+        flags: c.flags | Caps::POLICY | u64::from(group) << Caps::GROUP_SHIFT,
         ..c
     }))
 }

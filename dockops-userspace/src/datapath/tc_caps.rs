@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use dockops_common::{Caps, ECN_WAYS, MAX_TC_CAPS, TcCap, tc_cap_key};
+use dockops_common::{Caps, ECN_WAYS, MAX_TC_CAPS, TcCap, group_cap_key, tc_cap_key};
 
 use super::{Datapath, DatapathError, not_found};
 
@@ -21,6 +21,10 @@ fn edt_horizon_ns(burst_bytes: u64, rate_bytes: u64) -> u64 {
 impl Datapath {
     /// Writes (or removes) both hard caps of one host veth, with a full bucket. Each hook
     /// keeps its ECN slot, or gets a free one (emptied first).
+    ///
+    /// A group's caps: the hooks point at the group's bucket (one per direction), which is
+    /// written when it is missing or its rate or burst changed (not refilled at every
+    /// member's arrival).
     pub(super) fn set_tc_caps(&mut self, ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
         let mut used: Option<HashSet<u32>> = None;
         // A queued ingress cap has no bucket (an EDT one has a schedule in its place).
@@ -32,43 +36,71 @@ impl Datapath {
                     Err(e) if !not_found(&e) => return Err(e.into()),
                     _ => {}
                 }
-            } else {
-                let headroom = if caps.paced() {
-                    WIRE_HEADROOM_PERCENT
-                } else {
-                    100
-                };
-                let ecn_slot = match self.tc_caps.get(&key, 0) {
-                    Ok(old) if old.ecn_slot != 0 => old.ecn_slot,
-                    _ => {
-                        let used = used.get_or_insert_with(|| {
-                            self.tc_caps
-                                .iter()
-                                .filter_map(Result::ok)
-                                .map(|(_, v)| v.ecn_slot)
-                                .collect()
-                        });
-                        let slot = self.free_ecn_slot(used)?;
-                        used.insert(slot);
-                        slot
-                    }
-                };
-                let rate_bytes = bits / 8 * headroom / 100;
-                let cap = TcCap {
-                    ecn_slot,
-                    rate_bytes,
-                    burst_bytes: caps.burst_bytes,
-                    tokens: i64::try_from(caps.burst_bytes).unwrap_or(i64::MAX),
-                    horizon_ns: if ingress && caps.edt() {
-                        edt_horizon_ns(caps.burst_bytes, rate_bytes)
-                    } else {
-                        0
-                    },
+            } else if caps.group() != 0 {
+                let group_key = group_cap_key(caps.group(), ingress);
+                self.set_bucket(group_key, bits, caps, ingress, &mut used, true)?;
+                let hook = TcCap {
+                    group_key,
                     ..TcCap::default()
                 };
-                self.tc_caps.insert(key, cap, 0)?;
+                self.tc_caps.insert(key, hook, 0)?;
+            } else {
+                self.set_bucket(key, bits, caps, ingress, &mut used, false)?;
             }
         }
+        Ok(())
+    }
+
+    /// Writes the bucket at `key` for `bits` per second, full; `keep`: leave it as it is if
+    /// it already has this rate and burst.
+    fn set_bucket(
+        &mut self,
+        key: u64,
+        bits: u64,
+        caps: Caps,
+        ingress: bool,
+        used: &mut Option<HashSet<u32>>,
+        keep: bool,
+    ) -> Result<(), DatapathError> {
+        let headroom = if caps.paced() {
+            WIRE_HEADROOM_PERCENT
+        } else {
+            100
+        };
+        let rate_bytes = bits / 8 * headroom / 100;
+        let old = self.tc_caps.get(&key, 0).ok().filter(|o| o.ecn_slot != 0);
+        if keep
+            && old.is_some_and(|o| (o.rate_bytes, o.burst_bytes) == (rate_bytes, caps.burst_bytes))
+        {
+            return Ok(());
+        }
+        let ecn_slot = if let Some(old) = old {
+            old.ecn_slot
+        } else {
+            let used = used.get_or_insert_with(|| {
+                self.tc_caps
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(_, v)| v.ecn_slot)
+                    .collect()
+            });
+            let slot = self.free_ecn_slot(used)?;
+            used.insert(slot);
+            slot
+        };
+        let cap = TcCap {
+            ecn_slot,
+            rate_bytes,
+            burst_bytes: caps.burst_bytes,
+            tokens: i64::try_from(caps.burst_bytes).unwrap_or(i64::MAX),
+            horizon_ns: if ingress && caps.edt() {
+                edt_horizon_ns(caps.burst_bytes, rate_bytes)
+            } else {
+                0
+            },
+            ..TcCap::default()
+        };
+        self.tc_caps.insert(key, cap, 0)?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fmt};
 
 use super::{
-    file::Policy,
+    file::{self, Policy},
     labels::{self, Declared, LabelError},
     resources::IoKind,
 };
@@ -42,16 +42,47 @@ pub struct Wanted {
     pub sources: BTreeMap<&'static str, Source>,
     /// Labels that could not be used.
     pub refused: Vec<LabelError>,
+    /// The group cap it shares, unless it has caps of its own (from the CLI, a label or a
+    /// rule): those win.
+    pub group: Option<Group>,
+}
+
+/// A group cap a container shares with the other containers its rule matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// Its id in the datapath ([`file::group_id`]).
+    pub id: u32,
+    /// As written: `compose:shop`.
+    pub name: String,
+    /// The rule (1-based) that sets it.
+    pub rule: usize,
+    /// The group's egress, ingress and burst.
+    pub caps: Declared,
 }
 
 impl Wanted {
     /// The limits labels or the file set, by name, with their source as `show` prints it.
     pub fn applied(&self) -> BTreeMap<String, String> {
-        self.sources
+        let mut applied: BTreeMap<String, String> = self
+            .sources
             .iter()
             .filter(|(_, s)| **s != Source::Cli)
             .map(|(n, s)| ((*n).to_owned(), s.to_string()))
-            .collect()
+            .collect();
+        if let Some(g) = &self.group {
+            for (name, set) in [
+                ("egress", g.caps.egress_bits.is_some()),
+                ("ingress", g.caps.ingress_bits.is_some()),
+            ] {
+                if set {
+                    applied.insert(
+                        name.to_owned(),
+                        format!("policy rule {} (group {})", g.rule, g.name),
+                    );
+                }
+            }
+        }
+        applied
     }
 }
 
@@ -116,17 +147,33 @@ pub fn wanted(container: &Container, file: Option<&Policy>, cli: &[&'static str]
             sources.insert(name, Source::Cli);
         }
     }
+    let own_caps = ["egress", "ingress"]
+        .iter()
+        .any(|n| sources.contains_key(n) || cli.contains(n));
+    let group = file
+        .filter(|_| !own_caps)
+        .and_then(|f| f.group_for(&container.name, &container.image, &container.labels))
+        .and_then(|rule| {
+            let name = rule.group.clone()?;
+            Some(Group {
+                id: file::group_id(&name),
+                name,
+                rule: rule.number,
+                caps: rule.limits.clone(),
+            })
+        });
     Wanted {
         limits,
         sources,
         refused,
+        group,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{file, labels::tests::labels};
+    use crate::policy::labels::tests::labels;
 
     fn container(pairs: &[(&str, &str)]) -> Container {
         Container {
@@ -189,6 +236,32 @@ mod tests {
         assert_eq!(capped.sources["egress"], Source::Cli);
         assert!(!capped.sources.contains_key("ingress"));
         assert_eq!(capped.limits.resources.memory, Some(512 << 20));
+    }
+
+    #[test]
+    fn a_group_cap_applies_where_no_own_cap_does() {
+        let (policy, errors) = file::parse(
+            r#"
+            [[rule]]
+            group = "compose:shop"
+            egress = "100mbit"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(errors, []);
+        let shop = [("com.docker.compose.project", "shop")];
+        let member = wanted(&container(&shop), Some(&policy), &[]);
+        let group = member.group.clone().expect("a member");
+        assert_eq!((group.rule, group.caps.egress_bits), (1, Some(100_000_000)));
+        assert_eq!(
+            member.applied()["egress"],
+            "policy rule 1 (group compose:shop)"
+        );
+        let own = [shop[0], ("dockops.egress", "5mbit")];
+        assert_eq!(wanted(&container(&own), Some(&policy), &[]).group, None);
+        let cli = cli_names(Vec::<String>::new(), [], true);
+        assert_eq!(wanted(&container(&shop), Some(&policy), &cli).group, None);
+        assert_eq!(wanted(&container(&[]), Some(&policy), &[]).group, None);
     }
 
     #[test]

@@ -100,6 +100,31 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The group rule whose shared caps apply to a container: the last that matches.
+    pub fn group_for(
+        &self,
+        name: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .rev()
+            .find(|r| r.group.is_some() && r.matches.matches(name, image, labels))
+    }
+}
+
+/// A group's id in the datapath: a hash of its name as written (`compose:shop`), so that
+/// it stays the same across reloads and agent restarts; never 0 (a container's own caps).
+pub fn group_id(group: &str) -> u32 {
+    // FNV-1a.
+    let hash = group.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash.max(1)
+}
+
 /// A policy file that is not TOML at all: nothing in it can be used.
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid policy file: {0}")]
@@ -334,6 +359,13 @@ mod tests {
         );
         let group = &policy.rules[3];
         assert_eq!(group.group.as_deref(), Some("compose:shop"));
+        assert_eq!(
+            policy.group_for("any", "any", &shop).map(|r| r.number),
+            Some(4)
+        );
+        assert!(policy.group_for("any", "any", &labels(&[])).is_none());
+        assert_ne!(group_id("compose:shop"), group_id("compose:shoq"));
+        assert_ne!(group_id(""), 0);
         assert!(group.matches.matches("anything", "any", &shop));
         assert!(!group.matches.matches("anything", "any", &labels(&[])));
     }
