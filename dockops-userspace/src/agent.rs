@@ -240,9 +240,15 @@ impl Agent {
                         });
                     }
                 }
+                Err(error) if !self.limiter.still_running(&container.id).await => {
+                    tracing::debug!(container = container.name, %error, "gone meanwhile");
+                }
                 Err(error) => failures.push(Failure {
                     id: container.id.clone(),
-                    error: format!("limits from its labels or the policy file: {error}"),
+                    error: format!(
+                        "limits from its labels or the policy file: {}",
+                        crate::datapath::chain(&error)
+                    ),
                 }),
             }
         }

@@ -327,54 +327,84 @@ fn after_a_reboot_the_agent_puts_every_limit_back() {
     );
 }
 
-/// Restarts the engine the tests run against (its pid file: set by `cargo xtask test` for
-/// the engine it started, with --live-restore), the same command line again.
-fn restart_engine() {
-    let pidfile = PathBuf::from(std::env::var("DOCKOPS_ENGINE_PIDFILE").expect(
-        "DOCKOPS_ENGINE_PIDFILE: this test restarts the engine, so it needs one `cargo xtask \
-         test` started (stop the system's dockerd, or run it elsewhere)",
-    ));
-    let pid = fs::read_to_string(&pidfile).expect("engine pid");
-    let cmdline = fs::read(format!("/proc/{}/cmdline", pid.trim())).expect("engine cmdline");
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    assert!(args.iter().any(|a| a == "--live-restore"), "{args:?}");
-    Command::new("kill")
-        .args(["-TERM", pid.trim()])
-        .status()
-        .expect("kill");
-    wait_for(Duration::from_secs(30), "dockerd to stop", || {
-        !pidfile.exists()
-    });
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(pidfile.with_file_name("dockerd-restarted.log"))
-        .expect("log");
-    // Detached: it outlives this test, and `cargo xtask test` stops it by its pid file.
-    #[expect(clippy::zombie_processes, reason = "the engine outlives the test")]
-    let _engine = Command::new(&args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("dockerd");
-    wait_for(Duration::from_mins(1), "dockerd to answer again", || {
-        Command::new("docker")
-            .args(["version", "-f", "{{.Server.Version}}"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+/// The engine the tests run against, restarted with other options; put back as it was on
+/// drop (swarm mode, which another test needs, refuses `--live-restore`).
+struct Engine {
+    pidfile: PathBuf,
+    original: Vec<String>,
+}
+
+impl Engine {
+    /// The engine `cargo xtask test` started (it sets `DOCKOPS_ENGINE_PIDFILE`).
+    fn started_by_xtask() -> Self {
+        let pidfile = PathBuf::from(std::env::var("DOCKOPS_ENGINE_PIDFILE").expect(
+            "DOCKOPS_ENGINE_PIDFILE: this test restarts the engine, so it needs one `cargo \
+             xtask test` started (stop the system's dockerd, or run it elsewhere)",
+        ));
+        let original = Self::command_line(&pidfile);
+        Self { pidfile, original }
+    }
+
+    fn command_line(pidfile: &Path) -> Vec<String> {
+        let pid = fs::read_to_string(pidfile).expect("engine pid");
+        fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .expect("engine cmdline")
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    /// Stops the engine (SIGTERM, as systemd would) and starts it with its own command line
+    /// plus `extra`.
+    fn restart(&self, extra: &[&str]) {
+        let pid = fs::read_to_string(&self.pidfile).expect("engine pid");
+        Command::new("kill")
+            .args(["-TERM", pid.trim()])
             .status()
-            .is_ok_and(|s| s.success())
-    });
+            .expect("kill");
+        wait_for(Duration::from_secs(30), "dockerd to stop", || {
+            !self.pidfile.exists()
+        });
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.pidfile.with_file_name("dockerd-restarted.log"))
+            .expect("log");
+        // Detached: it outlives this test, and `cargo xtask test` stops it by its pid file.
+        #[expect(clippy::zombie_processes, reason = "the engine outlives the test")]
+        let _engine = Command::new(&self.original[0])
+            .args(&self.original[1..])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("dockerd");
+        wait_for(Duration::from_mins(1), "dockerd to answer again", || {
+            Command::new("docker")
+                .args(["version", "-f", "{{.Server.Version}}"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if Self::command_line(&self.pidfile) != self.original {
+            self.restart(&[]);
+        }
+    }
 }
 
 #[test]
 fn the_agent_rides_out_a_docker_daemon_restart() {
+    let engine = Engine::started_by_xtask();
+    // Containers keep running while the engine is down, as production engines are set up.
+    engine.restart(&["--live-restore"]);
     let before = Container::start_with(
         "engine-before",
         &["--label", "dockops.pids-limit=30"],
@@ -384,7 +414,7 @@ fn the_agent_rides_out_a_docker_daemon_restart() {
     wait_for(Duration::from_secs(20), "the first label applied", || {
         inspect(&before, "PidsLimit") == 30
     });
-    restart_engine();
+    engine.restart(&["--live-restore"]);
     let back = Instant::now();
     assert_eq!(
         docker(&["inspect", "-f", "{{.State.Running}}", &before.id]),

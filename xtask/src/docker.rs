@@ -55,8 +55,7 @@ impl Engine {
             );
         }
         if let Some(dir) = private_dir {
-            // live-restore: the agent's tests restart this engine under running containers.
-            return start_private(dir, &dir.join("data"), &["--live-restore"], false);
+            return start_private(dir, &dir.join("data"), &[], false);
         }
         let log = crate::workspace().join("target/dockerd.log");
         fs::create_dir_all(log.parent().unwrap_or(Path::new(".")))?;

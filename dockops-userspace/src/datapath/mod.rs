@@ -534,7 +534,7 @@ fn remove_dir(dir: &Path) -> Result<(), DatapathError> {
 }
 
 /// An error and its causes, `: `-separated (tracing shows only the outer message otherwise).
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -184,6 +184,17 @@ impl Limiter {
             .await
     }
 
+    /// Whether the container still runs (a failure for one that stopped meanwhile is no
+    /// failure: its next start is another event).
+    pub async fn still_running(&self, id: &str) -> bool {
+        self.client
+            .inspect_container(id, None)
+            .await
+            .ok()
+            .and_then(|c| c.state?.running)
+            .unwrap_or(false)
+    }
+
     /// Brings `container` to `request` and removes `unset`, writing only what does not
     /// hold already (the agent, applying labels and the policy file at every event): true
     /// when something was written. No check against memory use: declared limits are
