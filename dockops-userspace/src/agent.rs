@@ -92,6 +92,7 @@ impl Agent {
     /// in line with them. One container's failure is kept for its notes (and warned about
     /// once); the others are reconciled all the same.
     pub async fn refresh(&mut self, changed: &HashSet<String>) -> Result<(), AgentError> {
+        let started = std::time::Instant::now();
         let found = self.docker.running(&self.containers, changed).await?;
         self.dirs.reread_limits();
         let stored = self.datapath.desired()?;
@@ -174,6 +175,12 @@ impl Agent {
                 .or_default()
                 .push(failure.error);
         }
+        tracing::debug!(
+            refresh_us = started.elapsed().as_micros(),
+            containers = found.running.len(),
+            changed = changed.len(),
+            "refreshed"
+        );
         self.containers = found.running;
         Ok(())
     }

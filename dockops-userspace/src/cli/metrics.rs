@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use dockops::{collection::Snapshot, output::prometheus};
 
-/// The text a scrape returns, replaced at every refresh.
+/// The last snapshot, encoded when a scrape asks for it: nothing is encoded while nobody
+/// scrapes.
 #[derive(Clone, Default)]
-pub struct Metrics(Arc<RwLock<String>>);
+pub struct Metrics(Arc<RwLock<Option<Arc<Snapshot>>>>);
 
 impl Metrics {
     /// Binds `addr` and serves `/metrics` in the background.
@@ -32,16 +33,16 @@ impl Metrics {
         Ok(metrics)
     }
 
-    pub fn publish(&self, snapshot: &Snapshot) {
-        let text = prometheus::encode(snapshot);
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
         if let Ok(mut slot) = self.0.write() {
-            *slot = text;
+            *slot = Some(snapshot);
         }
     }
 }
 
 async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
-    let body = metrics.0.read().map(|s| s.clone()).unwrap_or_default();
+    let last = metrics.0.read().ok().and_then(|s| s.clone());
+    let body = last.map(|s| prometheus::encode(&s)).unwrap_or_default();
     ([(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)], body)
 }
 

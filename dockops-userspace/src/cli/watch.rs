@@ -6,6 +6,7 @@ use std::{
     io::{IsTerminal as _, Write as _},
     net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -112,7 +113,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
         screen: screen.is_some(),
     };
     // The last reading and its rates: the base of the next rates, and what a key redraws.
-    let mut previous: Option<(Snapshot, HashMap<String, Rates>)> = None;
+    let mut previous: Option<(Arc<Snapshot>, HashMap<String, Rates>)> = None;
     let mut refreshes = 0;
     while args.count.is_none_or(|n| refreshes < n) {
         tokio::select! {
@@ -125,7 +126,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                 }
                 let (snapshot, rates) = read(&mut agent, previous.as_ref())?;
                 if let Some(metrics) = &metrics {
-                    metrics.publish(&snapshot);
+                    metrics.publish(Arc::clone(&snapshot));
                 }
                 let text = match args.format {
                     Output::Json => output::json_lines(&snapshot),
@@ -243,8 +244,8 @@ fn every(period: Duration) -> tokio::time::Interval {
 /// A snapshot, and the rates since `previous`.
 fn read(
     agent: &mut Agent,
-    previous: Option<&(Snapshot, HashMap<String, Rates>)>,
-) -> anyhow::Result<(Snapshot, HashMap<String, Rates>)> {
+    previous: Option<&(Arc<Snapshot>, HashMap<String, Rates>)>,
+) -> anyhow::Result<(Arc<Snapshot>, HashMap<String, Rates>)> {
     let started = std::time::Instant::now();
     let mut snapshot = agent.snapshot(|_| true)?;
     tracing::debug!(
@@ -256,7 +257,7 @@ fn read(
         .map(|(p, _)| collection::rates(p, &snapshot))
         .unwrap_or_default();
     snapshot.apply(&rates);
-    Ok((snapshot, rates))
+    Ok((Arc::new(snapshot), rates))
 }
 
 /// Re-reads the policy file (`force`: even unchanged) and applies it if it changed.

@@ -18,7 +18,7 @@ pub fn run(max: usize) -> anyhow::Result<()> {
     crate::build()?;
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
     engine.ensure_test_image()?;
-    let fleet = start_fleet(&engine, max)?;
+    let fleet = start_fleet(&engine, max, &[])?;
     let root = sh::output(engine.docker().args(["info", "-f", "{{.DockerRootDir}}"]))
         .map_or_else(|| "/var/lib/docker".to_owned(), |s| s.trim().to_owned());
     let dockops = |args: &[String]| {

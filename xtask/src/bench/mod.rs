@@ -1,6 +1,7 @@
 //! Benchmarks, each side by side with its baseline in one run; results go to
 //! docs/BENCHMARKS.md.
 
+mod agent;
 mod limits;
 mod shaping;
 mod stats;
@@ -72,6 +73,17 @@ enum Which {
         #[arg(long, default_value_t = 100)]
         containers: usize,
     },
+    /// The agent: from `docker run` of a labelled container to its cap in the kernel
+    /// (median of 20), the agent's CPU and RSS with 100 and 500 labelled containers, and its
+    /// first reconcile of them.
+    Agent {
+        /// Container counts to measure CPU, RSS and the first reconcile at.
+        #[arg(long, value_delimiter = ',', default_value = "100,500")]
+        containers: Vec<usize>,
+        /// Seconds of the agent to measure CPU and RSS over, per count.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Bandwidth caps: dockops against tc tbf and no cap, egress and ingress, at 10, 100 and
     /// 1000 Mbit/s: goodput, first second, retransmits, ping under load, overhead.
     Shaping {
@@ -89,6 +101,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         } => stats::run(containers, seconds),
         Which::Shaping { seconds } => shaping::run(seconds),
         Which::Limits { containers } => limits::run(containers),
+        Which::Agent {
+            ref containers,
+            seconds,
+        } => agent::run(containers, seconds),
     }
 }
 

@@ -17,7 +17,7 @@ pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
     crate::build()?;
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
     engine.ensure_test_image()?;
-    let fleet = start_fleet(&engine, containers)?;
+    let fleet = start_fleet(&engine, containers, &[])?;
     let dockops = |args: &[&str]| {
         let mut cmd = Command::new(crate::binary());
         cmd.env("DOCKER_HOST", &engine.host).args(args);
@@ -72,7 +72,11 @@ pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
 }
 
 /// Starts `count` idle containers; the returned guard removes them.
-pub(super) fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Containers<'_>> {
+pub(super) fn start_fleet<'e>(
+    engine: &'e Engine,
+    count: usize,
+    options: &[&str],
+) -> anyhow::Result<Containers<'e>> {
     let fleet = Containers { engine };
     fleet.remove();
     eprintln!("bench: starting {count} containers");
@@ -82,7 +86,7 @@ pub(super) fn start_fleet(engine: &Engine, count: usize) -> anyhow::Result<Conta
         let children: Vec<_> = chunk
             .iter()
             .map(|name| {
-                run_labelled(engine, name, &[], &["sleep", "86400"])
+                run_labelled(engine, name, options, &["sleep", "86400"])
                     .stdout(Stdio::null())
                     .spawn()
             })
@@ -115,7 +119,7 @@ pub(super) fn median(
     Ok(samples[samples.len() / 2])
 }
 
-fn percentile(sorted: &[f64], p: usize) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: usize) -> f64 {
     sorted
         .get((sorted.len() * p / 100).min(sorted.len().saturating_sub(1)))
         .copied()
@@ -151,7 +155,7 @@ fn snapshot_times(cmd: &mut Command) -> anyhow::Result<Vec<f64>> {
 }
 
 /// CPU (% of one core) and peak RSS (MiB) of `cmd` over `seconds`, from /proc.
-fn agent_usage(mut cmd: Command, seconds: u64) -> anyhow::Result<(f64, f64)> {
+pub(super) fn agent_usage(mut cmd: Command, seconds: u64) -> anyhow::Result<(f64, f64)> {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let pid = child.id();
     // Start-up (attach, first discovery) is not the steady state being measured.

@@ -78,6 +78,7 @@ const SUITE: &[(&str, &[&str])] = &[
             "labels_and_the_policy_file_set_every_limit_cli_over_label_over_file",
             "caps_hold_while_the_agent_is_killed_and_its_restart_adopts_them",
             "after_a_reboot_the_agent_puts_every_limit_back",
+            "a_group_cap_holds_two_containers_together_and_goes_with_its_rule",
         ],
     ),
 ];
