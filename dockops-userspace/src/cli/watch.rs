@@ -20,9 +20,10 @@ use dockops::{
     agent::AgentError,
     collection::{self, Rates, Snapshot},
     datapath::DatapathError,
+    discovery::{DiscoveryError, Event as DockerEvent},
     output::{self, SortKey},
 };
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{Agent, TcAttach, metrics::Metrics, policy::Followed};
@@ -152,22 +153,13 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                 None => keys = None,
             },
             event = events.next() => {
-                let changed = match event {
-                    Some(Ok(event)) => {
-                        tracing::debug!(action = event.action, id = event.id, "docker event");
-                        since = since.max(event.time);
-                        HashSet::from([event.id])
-                    }
-                    lost => {
-                        if let Some(Err(error)) = lost {
-                            tracing::warn!(%error, "lost the Docker event stream; resubscribing");
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        events = Box::pin(agent.docker.events(Some(since)));
-                        // Events may have been missed meanwhile: re-read every container.
-                        agent.containers.iter().map(|c| c.id.clone()).collect()
-                    }
-                };
+                let (mut changed, lost) = changes(drain(event, &mut events), &mut since);
+                if lost {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    events = Box::pin(agent.docker.events(Some(since)));
+                    // Events may have been missed meanwhile: re-read every container.
+                    changed.extend(agent.containers.iter().map(|c| c.id.clone()));
+                }
                 refresh(&mut agent, &changed).await?;
             }
             _ = resync.tick() => {
@@ -232,6 +224,45 @@ async fn refresh(agent: &mut Agent, changed: &HashSet<String>) -> anyhow::Result
         }
         Ok(()) => Ok(()),
     }
+}
+
+/// `first` and the events already waiting behind it: a burst (compose up, the agent's own
+/// `docker update`s) makes one refresh. Stops after the end of the stream or an error.
+fn drain(
+    first: Option<EventItem>,
+    events: &mut (impl futures::Stream<Item = EventItem> + Unpin),
+) -> Vec<Option<EventItem>> {
+    let mut batch = vec![first];
+    while matches!(batch.last(), Some(Some(Ok(_)))) {
+        match events.next().now_or_never() {
+            Some(next) => batch.push(next),
+            None => break,
+        }
+    }
+    batch
+}
+
+type EventItem = Result<DockerEvent, DiscoveryError>;
+
+/// The containers a batch of events names, and whether the stream was lost (ended or
+/// failed) at its end.
+fn changes(batch: Vec<Option<EventItem>>, since: &mut i64) -> (HashSet<String>, bool) {
+    let mut changed = HashSet::new();
+    for item in batch {
+        match item {
+            Some(Ok(event)) => {
+                tracing::debug!(action = event.action, id = event.id, "docker event");
+                *since = (*since).max(event.time);
+                changed.insert(event.id);
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "lost the Docker event stream; resubscribing");
+                return (changed, true);
+            }
+            None => return (changed, true),
+        }
+    }
+    (changed, false)
 }
 
 /// Ticks every `period`, skipping those missed (a slow refresh does not queue up more).

@@ -326,6 +326,7 @@ mod tests {
                     .map(|&ifindex| HostInterface {
                         ifindex,
                         name: format!("veth{ifindex}"),
+                        gso_max_size: 65_536,
                     })
                     .collect(),
             ),
@@ -334,6 +335,7 @@ mod tests {
             ipv4: Vec::new(),
             ipv6: Vec::new(),
             storage: None,
+            resources: crate::discovery::DockerResources::default(),
         }
     }
 

@@ -104,10 +104,7 @@ pub(super) fn replace(
             let Some(name) = interface_name(pin.ifindex) else {
                 return Ok(());
             };
-            let iface = HostInterface {
-                ifindex: pin.ifindex,
-                name,
-            };
+            let iface = HostInterface::new(pin.ifindex, name);
             let attach_err = |source| DatapathError::Attach {
                 interface: iface.name.clone(),
                 direction: pin.direction,

@@ -12,11 +12,14 @@ use bollard::{
 };
 use futures::{Stream, StreamExt as _};
 
-use super::{CgroupPaths, Container, HostInterface, Inventory, WritableLayer, netns};
+use super::{
+    CgroupPaths, Container, DockerResources, HostInterface, Inventory, WritableLayer, netns,
+};
 
 /// What an inspect (and a visit to the network namespace) adds to a listed container.
 struct Inspected {
     pid: u32,
+    resources: DockerResources,
     storage: Option<WritableLayer>,
     interfaces: Option<Vec<HostInterface>>,
     notes: Vec<String>,
@@ -152,6 +155,7 @@ impl Docker {
                     ipv4: found.ipv4,
                     ipv6: found.ipv6,
                     storage: found.storage,
+                    resources: found.resources,
                     ..Container::default()
                 }
             } else {
@@ -199,10 +203,9 @@ impl Docker {
                 .and_then(|g| g.data.get("UpperDir"));
             writable_layer(driver, root, id, upper.map(String::as_str))
         });
-        let mode = inspect
-            .host_config
-            .and_then(|h| h.network_mode)
-            .unwrap_or_default();
+        let host_config = inspect.host_config.unwrap_or_default();
+        let mode = host_config.network_mode.clone().unwrap_or_default();
+        let resources = DockerResources::from_host_config(host_config);
         let (interfaces, notes) = match network_note(&mode, pid) {
             Some(note) => (Some(Vec::new()), vec![note]),
             None => match netns::host_interfaces(pid) {
@@ -215,6 +218,7 @@ impl Docker {
         };
         Some(Inspected {
             pid,
+            resources,
             storage,
             interfaces,
             notes,

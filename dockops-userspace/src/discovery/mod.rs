@@ -63,6 +63,42 @@ pub struct Container {
     pub ipv6: Vec<Ipv6Addr>,
     /// Its writable layer; `None` when the engine's storage driver is unknown.
     pub storage: Option<WritableLayer>,
+    /// Its resource settings as Docker held them at the last inspect (discovery inspects a
+    /// container again on each of its events, `docker update` included).
+    pub resources: DockerResources,
+}
+
+/// A container's `HostConfig` resource fields as `inspect` reports them (0 or "": never set).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DockerResources {
+    pub nano_cpus: i64,
+    pub cpu_shares: i64,
+    pub cpu_period: i64,
+    pub cpu_quota: i64,
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
+    pub memory: i64,
+    pub memory_swap: i64,
+    pub memory_reservation: i64,
+    pub pids_limit: i64,
+}
+
+impl DockerResources {
+    /// The fields of an inspect's `HostConfig`.
+    pub fn from_host_config(h: bollard::models::HostConfig) -> Self {
+        Self {
+            nano_cpus: h.nano_cpus.unwrap_or(0),
+            cpu_shares: h.cpu_shares.unwrap_or(0),
+            cpu_period: h.cpu_period.unwrap_or(0),
+            cpu_quota: h.cpu_quota.unwrap_or(0),
+            cpuset_cpus: h.cpuset_cpus.unwrap_or_default(),
+            cpuset_mems: h.cpuset_mems.unwrap_or_default(),
+            memory: h.memory.unwrap_or(0),
+            memory_swap: h.memory_swap.unwrap_or(0),
+            memory_reservation: h.memory_reservation.unwrap_or(0),
+            pids_limit: h.pids_limit.unwrap_or(0),
+        }
+    }
 }
 
 /// Where a container's writes go, for storage limits and usage.
@@ -86,6 +122,21 @@ pub struct WritableLayer {
 pub struct HostInterface {
     pub ifindex: u32,
     pub name: String,
+    /// The largest aggregate (GSO) packet it passes, read once when it is found.
+    pub gso_max_size: u64,
+}
+
+impl HostInterface {
+    /// The interface `ifindex` named `name`, its GSO limit read from sysfs (the kernel's
+    /// default when that fails: it is gone, or older kernels).
+    pub fn new(ifindex: u32, name: String) -> Self {
+        let gso_max_size = gso_max_size(&name).unwrap_or(GSO_MAX_SIZE);
+        Self {
+            ifindex,
+            name,
+            gso_max_size,
+        }
+    }
 }
 
 impl Container {
@@ -94,7 +145,7 @@ impl Container {
         self.interfaces
             .iter()
             .flatten()
-            .filter_map(|i| gso_max_size(&i.name))
+            .map(|i| i.gso_max_size)
             .max()
             .unwrap_or(GSO_MAX_SIZE)
     }
@@ -141,6 +192,7 @@ mod tests {
             ipv4: Vec::new(),
             ipv6: Vec::new(),
             storage: None,
+            resources: DockerResources::default(),
         }
     }
 

@@ -66,7 +66,7 @@ pub fn host_interfaces(pid: u32) -> io::Result<Netns> {
             // The peer index is in the host namespace, where this thread is.
             Peer::Host(ifindex) => {
                 if let Some(name) = interface_name(ifindex) {
-                    out.veths.push(HostInterface { ifindex, name });
+                    out.veths.push(HostInterface::new(ifindex, name));
                 } else {
                     tracing::debug!(pid, ifindex, "host veth vanished");
                 }

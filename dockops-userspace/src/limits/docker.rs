@@ -17,19 +17,9 @@ pub async fn inspect(
         .inspect_container(id, None)
         .await
         .map_err(|source| api(name, source))?;
-    let h = inspect.host_config.unwrap_or_default();
-    Ok(DockerResources {
-        nano_cpus: h.nano_cpus.unwrap_or(0),
-        cpu_shares: h.cpu_shares.unwrap_or(0),
-        cpu_period: h.cpu_period.unwrap_or(0),
-        cpu_quota: h.cpu_quota.unwrap_or(0),
-        cpuset_cpus: h.cpuset_cpus.unwrap_or_default(),
-        cpuset_mems: h.cpuset_mems.unwrap_or_default(),
-        memory: h.memory.unwrap_or(0),
-        memory_swap: h.memory_swap.unwrap_or(0),
-        memory_reservation: h.memory_reservation.unwrap_or(0),
-        pids_limit: h.pids_limit.unwrap_or(0),
-    })
+    Ok(DockerResources::from_host_config(
+        inspect.host_config.unwrap_or_default(),
+    ))
 }
 
 /// Sends `update` (nothing when it is empty), in [`Update::steps`].

@@ -180,8 +180,12 @@ impl Limiter {
         usage: Option<u64>,
         force: bool,
     ) -> Result<Plan, LimitError> {
-        self.plan_changes(container, request, unset, usage, force, false)
-            .await
+        let current = docker::inspect(&self.client, &container.id, &container.name).await?;
+        let discovered = Container {
+            resources: current,
+            ..container.clone()
+        };
+        self.plan_changes(&discovered, request, unset, usage, force, false)
     }
 
     /// Whether the container still runs (a failure for one that stopped meanwhile is no
@@ -197,17 +201,16 @@ impl Limiter {
 
     /// Brings `container` to `request` and removes `unset`, writing only what does not
     /// hold already (the agent, applying labels and the policy file at every event): true
-    /// when something was written. No check against memory use: declared limits are
-    /// applied as `docker update` applies them.
+    /// when something was written. Docker's settings are the ones discovery read (it
+    /// inspects a container again on each of its events); no check against memory use:
+    /// declared limits are applied as `docker update` applies them.
     pub async fn converge(
         &self,
         container: &Container,
         request: &Resources,
         unset: &Unset,
     ) -> Result<bool, LimitError> {
-        let plan = self
-            .plan_changes(container, request, unset, None, true, true)
-            .await?;
+        let plan = self.plan_changes(container, request, unset, None, true, true)?;
         if plan.update.is_empty() && plan.io.is_empty() && plan.storage.is_none() {
             return Ok(false);
         }
@@ -215,7 +218,8 @@ impl Limiter {
         Ok(true)
     }
 
-    async fn plan_changes(
+    /// The plan from Docker's settings in `container.resources`.
+    fn plan_changes(
         &self,
         container: &Container,
         request: &Resources,
@@ -225,12 +229,12 @@ impl Limiter {
         prune: bool,
     ) -> Result<Plan, LimitError> {
         self.host.check(request)?;
-        let current = docker::inspect(&self.client, &container.id, &container.name).await?;
-        let mut update = update::plan(request, unset, &current, &self.host, usage, force)?;
+        let current = &container.resources;
+        let mut update = update::plan(request, unset, current, &self.host, usage, force)?;
         if prune {
-            update = update.pruned(&current);
+            update = update.pruned(current);
         }
-        let restore = update::restore(&current, &update, &self.host);
+        let restore = update::restore(current, &update, &self.host);
         let mut throttles = Vec::new();
         for limit in &request.io {
             let (major, minor) = resolve(&limit.path).map_err(|why| LimitError::Device {

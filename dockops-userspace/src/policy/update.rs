@@ -19,20 +19,7 @@ const DEFAULT_PERIOD_US: i64 = 100_000;
 /// Docker's (and cgroup v1's) default CPU shares.
 const DEFAULT_SHARES: i64 = 1024;
 
-/// A container's `HostConfig` resource fields as `inspect` reports them (0 or "": never set).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DockerResources {
-    pub nano_cpus: i64,
-    pub cpu_shares: i64,
-    pub cpu_period: i64,
-    pub cpu_quota: i64,
-    pub cpuset_cpus: String,
-    pub cpuset_mems: String,
-    pub memory: i64,
-    pub memory_swap: i64,
-    pub memory_reservation: i64,
-    pub pids_limit: i64,
-}
+pub use crate::discovery::DockerResources;
 
 impl DockerResources {
     /// The memory limit, if there is one.

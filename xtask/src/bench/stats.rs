@@ -49,7 +49,11 @@ pub fn run(containers: usize, seconds: u64) -> anyhow::Result<()> {
         "--count",
         "25",
     ]))?;
-    let (cpu, rss) = agent_usage(dockops(&["watch", "--interval", "1s"]), seconds)?;
+    let (cpu, rss) = agent_usage(
+        dockops(&["watch", "--interval", "1s"]),
+        seconds,
+        Duration::from_secs(3),
+    )?;
     drop(fleet);
     // Leave no attachments or pins behind.
     sh::run(dockops(&["reset"]).stdout(Stdio::null()))?;
@@ -155,11 +159,15 @@ fn snapshot_times(cmd: &mut Command) -> anyhow::Result<Vec<f64>> {
 }
 
 /// CPU (% of one core) and peak RSS (MiB) of `cmd` over `seconds`, from /proc.
-pub(super) fn agent_usage(mut cmd: Command, seconds: u64) -> anyhow::Result<(f64, f64)> {
+pub(super) fn agent_usage(
+    mut cmd: Command,
+    seconds: u64,
+    warmup: Duration,
+) -> anyhow::Result<(f64, f64)> {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let pid = child.id();
     // Start-up (attach, first discovery) is not the steady state being measured.
-    thread::sleep(Duration::from_secs(3));
+    thread::sleep(warmup);
     let ticks = |pid: u32| -> anyhow::Result<u64> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let fields: Vec<&str> = stat
