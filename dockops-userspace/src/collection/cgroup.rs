@@ -162,9 +162,9 @@ pub fn read(dirs: &mut Dirs, mode: &CgroupMode, paths: &CgroupPaths) -> CgroupSt
         dirs.limits.insert(key, (limits.clone(), true));
         limits
     });
-    // These two are read every tick anyway.
-    stats.limits.memory_bytes = stats.memory.limit_bytes;
-    stats.limits.pids = stats.pids.limit;
+    // Limits, read with the others (not every tick).
+    stats.memory.limit_bytes = stats.limits.memory_bytes;
+    stats.pids.limit = stats.limits.pids;
     stats
 }
 
@@ -328,11 +328,10 @@ fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
     if let Some(d) = dir("memory") {
         let usage = number(&d, "memory.usage_in_bytes");
         let stat = text(&d, "memory.stat");
-        let limit = number(&d, "memory.limit_in_bytes");
         stats.memory = MemoryStats {
             usage_bytes: usage,
             working_set_bytes: usage.saturating_sub(value(&stat, "total_inactive_file")),
-            limit_bytes: (limit > 0 && limit < V1_UNLIMITED).then_some(limit),
+            limit_bytes: None,
             swap_bytes: value(&stat, "total_swap"),
             oom_events_total: value(&text(&d, "memory.oom_control"), "oom_kill"),
         };
@@ -340,13 +339,13 @@ fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
     if let Some(d) = dir("pids") {
         stats.pids = PidsStats {
             current: number(&d, "pids.current"),
-            limit: max_or(&text(&d, "pids.max")),
+            limit: None,
         };
     }
     stats
 }
 
-/// v1 limits other than memory and pids (which [`read_v1`] reads).
+/// v1 limits, read again only after an event (`Dirs::reread_limits`).
 fn limits_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> ResourceLimits {
     let mut dir = |controller: &str| {
         let path = paths.v1.get(controller)?;
@@ -371,8 +370,12 @@ fn limits_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> ResourceLimit
         }
     }
     if let Some(d) = dir("memory") {
+        limits.memory_bytes = v1_limit(once_number(&d, "memory.limit_in_bytes"));
         limits.memory_swap_bytes = v1_limit(once_number(&d, "memory.memsw.limit_in_bytes"));
         limits.memory_reservation_bytes = v1_limit(once_number(&d, "memory.soft_limit_in_bytes"));
+    }
+    if let Some(d) = dir("pids") {
+        limits.pids = max_or(&once(&d, "pids.max"));
     }
     limits
 }
@@ -396,7 +399,6 @@ fn read_v2(dir: &Dir) -> CgroupStats {
     let cpu = text(dir, "cpu.stat");
     let memory = text(dir, "memory.stat");
     let usage = number(dir, "memory.current");
-    let limit = max_or(&text(dir, "memory.max"));
     CgroupStats {
         cpu: CpuStats {
             usage_seconds_total: seconds_from_us(value(&cpu, "usage_usec")),
@@ -409,13 +411,13 @@ fn read_v2(dir: &Dir) -> CgroupStats {
         memory: MemoryStats {
             usage_bytes: usage,
             working_set_bytes: usage.saturating_sub(value(&memory, "inactive_file")),
-            limit_bytes: limit,
+            limit_bytes: None,
             swap_bytes: number(dir, "memory.swap.current"),
             oom_events_total: value(&text(dir, "memory.events"), "oom_kill"),
         },
         pids: PidsStats {
             current: number(dir, "pids.current"),
-            limit: max_or(&text(dir, "pids.max")),
+            limit: None,
         },
         limits: ResourceLimits::default(),
         // Without the io controller enabled for the cgroup there is no io.stat at all.
@@ -425,7 +427,7 @@ fn read_v2(dir: &Dir) -> CgroupStats {
     }
 }
 
-/// v2 limits other than memory and pids (which [`read_v2`] reads).
+/// v2 limits, read again only after an event (`Dirs::reread_limits`).
 fn limits_v2(dir: &Dir) -> ResourceLimits {
     let (quota, period) = parse_cpu_max(&once(dir, "cpu.max"));
     let memory = max_or(&once(dir, "memory.max"));
@@ -441,6 +443,8 @@ fn limits_v2(dir: &Dir) -> ResourceLimits {
         memory_swap_bytes: memory
             .zip(max_or(&once(dir, "memory.swap.max")))
             .map(|(m, s)| m.saturating_add(s)),
+        memory_bytes: memory,
+        pids: max_or(&once(dir, "pids.max")),
         memory_reservation_bytes: max_or(&once(dir, "memory.low")).filter(|&low| low > 0),
         io: parse_io_max(&once(dir, "io.max")),
         ..ResourceLimits::default()
@@ -534,8 +538,10 @@ mod tests {
         ] {
             fs::write(dir.join(file), body).unwrap();
         }
-        let s = read_v2(&Dirs::default().get(dir.clone()).unwrap());
+        let d = Dirs::default().get(dir.clone()).unwrap();
+        let (s, limits) = (read_v2(&d), limits_v2(&d));
         fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(limits.pids, Some(100), "a limit, read with the others");
         assert!((s.cpu.usage_seconds_total - 2.812).abs() < 1e-9);
         assert!((s.cpu.user_seconds_total - 2.0).abs() < 1e-9);
         assert!((s.cpu.system_seconds_total - 0.812).abs() < 1e-9);
@@ -555,8 +561,9 @@ mod tests {
             s.pids,
             PidsStats {
                 current: 7,
-                limit: Some(100)
-            }
+                limit: None
+            },
+            "read_v2 reads what changes every tick; `read` adds the limits"
         );
         let io = s.blkio.unwrap();
         assert_eq!(io.devices.len(), 2);
@@ -623,10 +630,14 @@ mod tests {
         fs::write(dir.join("pids.max"), "max\n").unwrap();
         let l = read(&mut dirs, &mode, &paths).limits;
         assert_eq!(l.cpus, Some(0.5), "kept between events");
-        assert_eq!(l.pids, None, "read every tick");
+        assert_eq!(l.pids, Some(10), "kept between events too");
         dirs.sweep();
         dirs.reread_limits();
-        assert_eq!(read(&mut dirs, &mode, &paths).limits.cpus, None);
+        let s = read(&mut dirs, &mode, &paths);
+        assert_eq!(
+            (s.limits.cpus, s.limits.pids, s.pids.limit),
+            (None, None, None)
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 
@@ -635,10 +646,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dockops-v2-noio-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("memory.max"), "536870912\n").unwrap();
-        let s = read_v2(&Dirs::default().get(dir.clone()).unwrap());
+        let d = Dirs::default().get(dir.clone()).unwrap();
+        let (s, limits) = (read_v2(&d), limits_v2(&d));
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(s.blkio, None);
-        assert_eq!(s.memory.limit_bytes, Some(536_870_912));
+        assert_eq!(limits.memory_bytes, Some(536_870_912));
     }
 
     #[test]
