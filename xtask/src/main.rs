@@ -2,6 +2,7 @@
 
 mod bench;
 mod docker;
+mod image;
 mod run;
 mod setup;
 mod sh;
@@ -41,6 +42,9 @@ enum Command {
     VmTest(vm::Args),
     /// Benchmarks, side by side with their baselines; results go to docs/BENCHMARKS.md.
     Bench(bench::Args),
+    /// The agent as a Docker image (dockops/agent), imported into the engine at `DOCKER_HOST`
+    /// without a registry: the release binary and the libraries it links.
+    Image,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::VmTest(args) => crate::setup::run().and_then(|()| vm::run(&args)),
         Command::Bench(args) => bench::run(&args),
+        Command::Image => image::run(),
     }
 }
 

@@ -102,6 +102,8 @@ fn integration(args: &Args) -> anyhow::Result<()> {
     let btrfs = Engine::private_btrfs(&crate::workspace().join("target/dockerd-btrfs"))
         .context("starting the btrfs engine the storage tests need")?;
     btrfs.ensure_test_image()?;
+    // The agent's image, run as a container by a test: from the binary under test.
+    crate::image::import(&engine)?;
     let cargo_test = |selection: &[&str]| {
         let mut cmd = sh::cargo();
         cmd.args(["test", "--no-fail-fast", "--package", "dockops-integration"])
@@ -112,6 +114,7 @@ fn integration(args: &Args) -> anyhow::Result<()> {
             .env("DOCKER_HOST", &engine.host)
             .env("DOCKOPS_BIN", crate::binary())
             .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE)
+            .env("DOCKOPS_AGENT_IMAGE", crate::image::AGENT_IMAGE)
             .env("DOCKOPS_BTRFS_HOST", &btrfs.host);
         if let Some(pidfile) = engine.pidfile() {
             cmd.env("DOCKOPS_ENGINE_PIDFILE", pidfile);
