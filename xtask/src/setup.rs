@@ -16,13 +16,54 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "prometheus",
     "curl",
+    "python3-pip",
 ];
+
+/// The Kubernetes manifest validator the deploy tests run (from `PyPI`, with the API schemas
+/// bundled), pinned.
+const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+/// Where it is installed (`pip install --target`): `PYTHONPATH` for `python3 -m
+/// kubernetes_validate`.
+pub fn kubernetes_validate_dir() -> PathBuf {
+    toolchain::home()
+        .join(".local/share/dockops")
+        .join(format!("kubernetes-validate-{KUBERNETES_VALIDATE}"))
+}
 
 pub fn run() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     ensure_packages(PACKAGES)?;
+    kubernetes_validate()?;
     mounts()?;
+    Ok(())
+}
+
+fn kubernetes_validate() -> anyhow::Result<()> {
+    let dir = kubernetes_validate_dir();
+    if dir.join("kubernetes_validate").is_dir() {
+        step("kubernetes-validate", &format!("{} present", dir.display()));
+        return Ok(());
+    }
+    step("kubernetes-validate", "installing from PyPI (about 5 s)");
+    let partial = dir.with_file_name(format!("kubernetes-validate-{KUBERNETES_VALIDATE}.partial"));
+    let _ = fs::remove_dir_all(&partial);
+    sh::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&partial)
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")),
+    )
+    .context("pip install kubernetes-validate")?;
+    fs::rename(&partial, &dir)?;
     Ok(())
 }
 

@@ -115,6 +115,10 @@ fn integration(args: &Args) -> anyhow::Result<()> {
             .env("DOCKOPS_BIN", crate::binary())
             .env("DOCKOPS_TEST_IMAGE", crate::docker::TEST_IMAGE)
             .env("DOCKOPS_AGENT_IMAGE", crate::image::AGENT_IMAGE)
+            .env(
+                "DOCKOPS_K8S_VALIDATE",
+                crate::setup::kubernetes_validate_dir(),
+            )
             .env("DOCKOPS_BTRFS_HOST", &btrfs.host);
         if let Some(pidfile) = engine.pidfile() {
             cmd.env("DOCKOPS_ENGINE_PIDFILE", pidfile);
