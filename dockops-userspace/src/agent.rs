@@ -200,58 +200,27 @@ impl Agent {
 
     /// Brings the CPU, memory, pids, block IO and storage limits of `due` in line with what
     /// labels and the file ask (`wanted`), lifting what they asked before and no longer do
-    /// (recorded in the state); returns each container's failure.
+    /// (recorded in the state), a few containers at a time; returns each container's
+    /// failure.
     async fn converge<'c>(
         &self,
         due: impl Iterator<Item = &'c Container>,
         wanted: &HashMap<String, Wanted>,
         stored: &Desired,
     ) -> Vec<Failure> {
+        use futures::StreamExt as _;
+        let outcomes: Vec<Converged> = futures::stream::iter(due)
+            .map(|c| self.converge_one(c, &wanted[&c.id], stored))
+            .buffer_unordered(CONCURRENT_UPDATES)
+            .collect()
+            .await;
         let mut failures = Vec::new();
         let mut records = Vec::new();
-        for container in due {
-            let want = &wanted[&container.id];
-            let before = stored
-                .limits
-                .get(&container.id)
-                .map(|l| &l.policy)
-                .cloned()
-                .unwrap_or_default();
-            let applied = want.applied();
-            let unset = lifted(
-                before
-                    .keys()
-                    .filter(|n| !want.sources.contains_key(n.as_str())),
-            );
-            let request = &want.limits.resources;
-            let result = if request.is_empty() && unset.is_empty() {
-                Ok(false)
-            } else {
-                self.limiter.converge(container, request, &unset).await
-            };
-            match result {
-                Ok(changed) => {
-                    if changed {
-                        tracing::info!(
-                            container = container.name,
-                            ?applied,
-                            "limits applied from labels and policy"
-                        );
-                    }
-                    if applied != before {
-                        records.push((container.id.clone(), applied));
-                    }
-                }
-                Err(error) if !self.limiter.still_running(&container.id).await => {
-                    tracing::debug!(container = container.name, %error, "gone meanwhile");
-                }
-                Err(error) => failures.push(Failure {
-                    id: container.id.clone(),
-                    error: format!(
-                        "limits from its labels or the policy file: {}",
-                        crate::datapath::chain(&error)
-                    ),
-                }),
+        for outcome in outcomes {
+            match outcome {
+                Converged::Record(id, applied) => records.push((id, applied)),
+                Converged::Failed(failure) => failures.push(failure),
+                Converged::Unchanged => {}
             }
         }
         // One write for all of them (a start-up applies hundreds).
@@ -268,6 +237,59 @@ impl Agent {
             });
         }
         failures
+    }
+
+    async fn converge_one(
+        &self,
+        container: &Container,
+        want: &Wanted,
+        stored: &Desired,
+    ) -> Converged {
+        let before = stored
+            .limits
+            .get(&container.id)
+            .map(|l| &l.policy)
+            .cloned()
+            .unwrap_or_default();
+        let applied = want.applied();
+        let unset = lifted(
+            before
+                .keys()
+                .filter(|n| !want.sources.contains_key(n.as_str())),
+        );
+        let request = &want.limits.resources;
+        let result = if request.is_empty() && unset.is_empty() {
+            Ok(false)
+        } else {
+            self.limiter.converge(container, request, &unset).await
+        };
+        match result {
+            Ok(changed) => {
+                if changed {
+                    tracing::info!(
+                        container = container.name,
+                        ?applied,
+                        "limits applied from labels and policy"
+                    );
+                }
+                if applied == before {
+                    Converged::Unchanged
+                } else {
+                    Converged::Record(container.id.clone(), applied)
+                }
+            }
+            Err(error) if !self.limiter.still_running(&container.id).await => {
+                tracing::debug!(container = container.name, %error, "gone meanwhile");
+                Converged::Unchanged
+            }
+            Err(error) => Converged::Failed(Failure {
+                id: container.id.clone(),
+                error: format!(
+                    "limits from its labels or the policy file: {}",
+                    crate::datapath::chain(&error)
+                ),
+            }),
+        }
     }
 
     /// Counters of the containers `keep` selects.
@@ -303,6 +325,18 @@ impl Agent {
         }
         Ok(snapshot)
     }
+}
+
+/// Containers whose limits are applied at once: Docker serves updates to different
+/// containers in parallel (a start-up with hundreds of labelled containers).
+const CONCURRENT_UPDATES: usize = 8;
+
+/// What converging one container did.
+enum Converged {
+    Unchanged,
+    /// Applied: record these (name → source) as what labels and the policy gave it.
+    Record(String, std::collections::BTreeMap<String, String>),
+    Failed(Failure),
 }
 
 /// The bandwidth part of declared limits (the datapath's).
