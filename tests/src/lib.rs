@@ -370,6 +370,26 @@ pub fn http_get(url: &str, unix_socket: Option<&str>) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// A Prometheus server on a free loopback port, from the configuration at `config`, its data
+/// under `dir`; killed on drop. Returns it and its port.
+pub fn prometheus(config: &Path, dir: &Path) -> (Process, u16) {
+    let web = free_port();
+    let server = Process(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (installed by cargo xtask setup)"),
+    );
+    (server, web)
+}
+
 /// A private bpffs directory for an object's pinned maps (tests that load the object
 /// without the datapath), removed on drop.
 pub struct PinDir(pub PathBuf);

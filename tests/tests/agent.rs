@@ -114,15 +114,7 @@ fn labels_and_the_policy_file_set_every_limit_cli_over_label_over_file() {
         "sleep 600",
     );
     let bystander = Container::start("bystander", "sleep 600");
-    let watch = Background::start(&[
-        "watch",
-        "--format",
-        "json",
-        "--interval",
-        "200ms",
-        "--policy",
-        policy.path(),
-    ]);
+    let watch = agent_with(&policy);
     wait_for(
         Duration::from_secs(20),
         "a's limits from labels and file",
@@ -231,6 +223,19 @@ fn attachments(c: &Container) -> Vec<(String, u64)> {
     }
     found.sort();
     found
+}
+
+/// The agent following `policy`, printing JSON lines.
+fn agent_with(policy: &PolicyFile) -> Background {
+    Background::start(&[
+        "watch",
+        "--format",
+        "json",
+        "--interval",
+        "200ms",
+        "--policy",
+        policy.path(),
+    ])
 }
 
 fn agent() -> Background {
@@ -693,15 +698,7 @@ fn a_group_cap_holds_two_containers_together_and_goes_with_its_rule() {
         Pair::start_with("group-a", &label),
         Pair::start_with("group-b", &label),
     );
-    let watch = Background::start(&[
-        "watch",
-        "--format",
-        "json",
-        "--interval",
-        "200ms",
-        "--policy",
-        policy.path(),
-    ]);
+    let watch = agent_with(&policy);
     wait_for(Duration::from_secs(20), "the group's cap on both", || {
         [&a, &b]
             .iter()

@@ -5,11 +5,11 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
-use dockops_integration::{Background, Container, Process, free_port, wait_for};
+use dockops_integration::{Background, Container, free_port, prometheus, wait_for};
 use serde_json::Value;
 
 fn deploy() -> PathBuf {
@@ -93,20 +93,7 @@ fn every_dashboard_query_is_answered_by_prometheus_scraping_the_agent() {
             .replace("scrape_interval: 15s", "scrape_interval: 1s"),
     )
     .expect("write config");
-    let web = free_port();
-    let _prometheus = Process(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus"),
-    );
+    let (_prometheus, web) = prometheus(&config, &dir);
     let dashboard: Value =
         serde_json::from_str(&fs::read_to_string(deploy().join("grafana/dockops.json")).unwrap())
             .expect("dashboard JSON");

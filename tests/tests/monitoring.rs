@@ -4,7 +4,7 @@
 use std::{fs, process::Command, time::Duration};
 
 use dockops_integration::{
-    Background, Container, Process, docker, dockops_ok, field, free_port, http_get, stats_json,
+    Background, Container, docker, dockops_ok, field, free_port, http_get, prometheus, stats_json,
     wait_for,
 };
 use serde_json::Value;
@@ -199,20 +199,7 @@ fn prometheus_scrapes_the_exporter() {
         ),
     )
     .unwrap();
-    let web = free_port();
-    let _prometheus = Process(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{web}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus (installed by cargo xtask setup)"),
-    );
+    let (_prometheus, web) = prometheus(&config, &dir);
     let query = format!(
         "http://127.0.0.1:{web}/api/v1/query?query=container_network_receive_bytes_total%7Bname%3D%22{}%22%7D",
         c.name

@@ -156,9 +156,6 @@ impl Limiter {
         }
     }
 
-    /// Checks `request` and `unset` for `container` (whose memory use is `usage`) against
-    /// the host and Docker's settings, resolves devices, and says what would change. Changes
-    /// nothing.
     const fn v1(&self) -> bool {
         matches!(self.cgroup, CgroupMode::V1 { .. })
     }
@@ -172,6 +169,9 @@ impl Limiter {
         docker::inspect(&self.client, id, name).await
     }
 
+    /// Checks `request` and `unset` for `container` (whose memory use is `usage`) against
+    /// the host and Docker's settings (inspected now), resolves devices, and says what would
+    /// change. Changes nothing.
     pub async fn plan(
         &self,
         container: &Container,

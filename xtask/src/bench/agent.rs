@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     LABEL,
-    stats::{agent_usage, percentile, start_fleet},
+    stats::{agent_usage, logged_ms, percentile, start_fleet},
 };
 use crate::{docker::Engine, sh};
 
@@ -167,16 +167,7 @@ fn first_refresh(mut agent: Command) -> anyhow::Result<f64> {
         .output()?;
     let log = String::from_utf8_lossy(&out.stderr);
     log.lines()
-        .find_map(|line| {
-            let rest = line.split("\"refresh_us\":").nth(1)?;
-            // A u128 field: JSON logs write it as a string.
-            let digits: String = rest
-                .trim_start_matches('"')
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse::<f64>().ok().map(|us| us / 1000.0)
-        })
+        .find_map(|line| logged_ms(line, "refresh_us"))
         .with_context(|| format!("the agent logged no refresh time: {log}"))
 }
 

@@ -138,15 +138,7 @@ fn snapshot_times(cmd: &mut Command) -> anyhow::Result<Vec<f64>> {
         .output()?;
     let mut times: Vec<f64> = String::from_utf8_lossy(&out.stderr)
         .lines()
-        .filter_map(|line| {
-            let rest = line.split("\"snapshot_us\":").nth(1)?;
-            let digits: String = rest
-                .trim_start_matches('"')
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse::<f64>().ok().map(|us| us / 1000.0)
-        })
+        .filter_map(|line| logged_ms(line, "snapshot_us"))
         .collect();
     if times.is_empty() {
         bail!(
@@ -196,4 +188,16 @@ pub(super) fn agent_usage(
     #[expect(clippy::cast_precision_loss, reason = "ticks")]
     let cpu = used as f64 / 100.0 / elapsed * 100.0;
     Ok((cpu, hwm_kib / 1024.0))
+}
+
+/// A microseconds field of a JSON log line, in ms. A u128 field: JSON logs write it as a
+/// string.
+pub(super) fn logged_ms(line: &str, field: &str) -> Option<f64> {
+    let rest = line.split(&format!("\"{field}\":")).nth(1)?;
+    let digits: String = rest
+        .trim_start_matches('"')
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse::<f64>().ok().map(|us| us / 1000.0)
 }
