@@ -867,3 +867,32 @@ fn the_agent_runs_as_a_container_and_caps_a_labelled_one() {
     }
     drop(agent);
 }
+
+#[test]
+fn sighup_reloads_the_policy_file() {
+    let policy = PolicyFile::new("[[rule]]\nname = \"dockops-it-hup\"\npids-limit = 40\n");
+    let c = Container::start("hup", "sleep 600");
+    // An hour between ticks: only SIGHUP makes it look at the file again.
+    let watch = Background::start(&[
+        "watch",
+        "--format",
+        "none",
+        "--interval",
+        "1h",
+        "--policy",
+        policy.path(),
+    ]);
+    wait_for(Duration::from_secs(20), "the rule's pids limit", || {
+        inspect(&c, "PidsLimit") == 40
+    });
+    policy.write("[[rule]]\nname = \"dockops-it-hup\"\npids-limit = 41\n");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(inspect(&c, "PidsLimit"), 40, "not re-read before SIGHUP");
+    Command::new("kill")
+        .args(["-HUP", &watch.pid().to_string()])
+        .status()
+        .expect("kill");
+    wait_for(Duration::from_secs(5), "the new rule after SIGHUP", || {
+        inspect(&c, "PidsLimit") == 41
+    });
+}
