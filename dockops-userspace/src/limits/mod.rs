@@ -188,15 +188,16 @@ impl Limiter {
         self.plan_changes(&discovered, request, unset, usage, force, false)
     }
 
-    /// Whether the container still runs (a failure for one that stopped meanwhile is no
-    /// failure: its next start is another event).
+    /// Whether the container still runs and is not being removed (a failure for one that
+    /// stopped meanwhile is no failure: its next start is another event).
     pub async fn still_running(&self, id: &str) -> bool {
+        use bollard::models::ContainerStateStatusEnum::RUNNING;
         self.client
             .inspect_container(id, None)
             .await
             .ok()
-            .and_then(|c| c.state?.running)
-            .unwrap_or(false)
+            .and_then(|c| c.state)
+            .is_some_and(|s| s.status == Some(RUNNING))
     }
 
     /// Brings `container` to `request` and removes `unset`, writing only what does not
