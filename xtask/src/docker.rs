@@ -296,6 +296,11 @@ impl Drop for Engine {
             let _ = child.wait();
         }
         unmount_under(&private.exec_root);
+        // dockerd may leave its data root bind-mounted on itself (a restarted one did):
+        // then the directory cannot be removed.
+        if let Some(dir) = private.pidfile.parent() {
+            unmount_under(&dir.join("data"));
+        }
         if let Some((mount, image)) = &private.loop_fs {
             unmount_under(mount);
             let _ = fs::remove_file(image);
