@@ -149,10 +149,13 @@ pub const fn tc_cap_key(ifindex: u32, ingress: bool) -> u64 {
     (ifindex as u64) << 1 | ingress as u64
 }
 
-/// Key of [`names::TC_CAPS`] for the one bucket a group cap's members share, per direction
-/// (bit 63: an interface index is 32 bits).
+/// The bit of a [`names::TC_CAPS`] key that makes it a group's (an interface index is 32
+/// bits).
+pub const GROUP_CAP_KEY: u64 = 1 << 63;
+
+/// Key of [`names::TC_CAPS`] for the one bucket a group cap's members share, per direction.
 pub const fn group_cap_key(group: u32, ingress: bool) -> u64 {
-    1 << 63 | (group as u64) << 1 | ingress as u64
+    GROUP_CAP_KEY | (group as u64) << 1 | ingress as u64
 }
 
 /// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.

@@ -105,13 +105,12 @@ impl Agent {
         let policy_caps = PolicyCaps {
             wanted: wanted
                 .iter()
-                .map(|(id, w)| (id.clone(), caps_only(&w.limits)))
-                .collect(),
-            groups: wanted
-                .iter()
-                .filter_map(|(id, w)| {
-                    let g = w.group.as_ref()?;
-                    Some((id.clone(), (g.id, g.caps.clone())))
+                .map(|(id, w)| {
+                    let caps = w
+                        .group
+                        .as_ref()
+                        .map_or_else(|| (0, caps_only(&w.limits)), |g| (g.id, g.caps.clone()));
+                    (id.clone(), caps)
                 })
                 .collect(),
             lift: self.policy.is_some(),

@@ -9,7 +9,7 @@ use std::{
     fs,
 };
 
-use dockops_common::{Caps, tc_cap_key};
+use dockops_common::{Caps, GROUP_CAP_KEY, tc_cap_key};
 
 use super::{
     Datapath, DatapathError, Direction, Report, attach, bpffs, chain, pins::PinName,
@@ -226,12 +226,10 @@ impl Datapath {
         // What `limit` recorded wins; otherwise what the labels or the policy file ask.
         for container in containers {
             if let Entry::Vacant(slot) = desired.entry(container.id_bytes()) {
-                let own = policy.wanted.get(&container.id).map(|d| (0, d));
-                let group = policy.groups.get(&container.id).map(|(g, d)| (*g, d));
-                let Some((group, declared)) = own.filter(|(_, d)| has_caps(d)).or(group) else {
+                let Some((group, declared)) = policy.wanted.get(&container.id) else {
                     continue;
                 };
-                match policy_caps(container, declared, group) {
+                match policy_caps(container, declared, *group) {
                     Ok(Some(caps)) => {
                         slot.insert(caps);
                     }
@@ -309,7 +307,7 @@ impl Datapath {
             .iter()
             .map(|(key, _)| *key)
             .filter(|key| {
-                if key & GROUP_BIT == 0 {
+                if key & GROUP_CAP_KEY == 0 {
                     !is_live(*key)
                 } else {
                     !groups.contains(key)
@@ -381,21 +379,12 @@ const COARSEST_TICK_NS: u64 = 10_000_000;
 /// What labels and the policy file ask of the caps, for [`Datapath::reconcile`].
 #[derive(Debug, Default)]
 pub struct PolicyCaps {
-    /// Their egress, ingress and burst, by container id.
-    pub wanted: HashMap<String, labels::Declared>,
-    /// The group caps containers share, by container id: the group's id and its caps. A
-    /// container's own caps win.
-    pub groups: HashMap<String, (u32, labels::Declared)>,
+    /// By container id, the egress, ingress and burst it is to have: its own (group 0) or
+    /// those of the group it shares them with.
+    pub wanted: HashMap<String, (u32, labels::Declared)>,
     /// Lift the caps they set earlier and no longer ask for: only the agent, which reads
     /// the policy file, may (a command without it would lift the file's caps).
     pub lift: bool,
-}
-
-/// Bit 63 of a `TC_CAPS` key: a group's bucket, not an interface's.
-const GROUP_BIT: u64 = 1 << 63;
-
-fn has_caps(declared: &labels::Declared) -> bool {
-    declared.egress_bits.is_some() || declared.ingress_bits.is_some()
 }
 
 /// The caps a container's labels or policy rules declare (its own, or with `group` its
@@ -405,9 +394,6 @@ fn policy_caps(
     declared: &labels::Declared,
     group: u32,
 ) -> Result<Option<Caps>, crate::policy::PolicyError> {
-    if !has_caps(declared) {
-        return Ok(None);
-    }
     let largest = container.largest_packet();
     let caps = labels::caps(declared, container.id_bytes(), largest, COARSEST_TICK_NS)?;
     Ok(caps.map(|c| Caps {
