@@ -19,6 +19,30 @@ pub mod names {
     pub const BLOCK_IO: &str = "BLOCK_IO";
     /// Tracepoint `block:block_bio_queue`: every bio, in the submitting task's context.
     pub const BLOCK_BIO_ACCT: &str = "block_bio_acct";
+    /// Array of one `u64`: bit N set when some container's cgroup v2 directory sits at
+    /// level N, where host-wide hooks look for the container of a task in a nested cgroup.
+    pub const CGROUP_LEVELS: &str = "CGROUP_LEVELS";
+    /// Tracepoint `block:block_io_start` (`block_rq_issue` before 6.5): a request starts.
+    pub const BLOCK_RQ_START: &str = "block_rq_start";
+    /// Tracepoint `block:block_io_done` (`block_rq_complete` before 6.5): it completed.
+    pub const BLOCK_RQ_DONE: &str = "block_rq_done";
+    /// LRU hash map: [`super::IoKey`] → [`super::IoPending`], requests in flight.
+    pub const BLOCK_PENDING: &str = "BLOCK_PENDING";
+    /// Per-CPU hash map: [`super::LatencyKey`] → [`super::Latency`], request latency.
+    pub const BLOCK_LATENCY: &str = "BLOCK_LATENCY";
+    /// Raw tracepoint `sched_switch`: run-queue latency ends, context switches.
+    pub const SCHED_SWITCH: &str = "sched_switch";
+    /// Raw tracepoint `sched_wakeup`: a container task becomes runnable.
+    pub const SCHED_WAKEUP: &str = "sched_wakeup";
+    /// Raw tracepoint `sched_wakeup_new`: a container task is born runnable.
+    pub const SCHED_FORK: &str = "sched_fork";
+    /// Raw tracepoint `sched_process_exit`: forgets the task.
+    pub const SCHED_EXIT: &str = "sched_exit";
+    /// LRU hash map: a thread's `task_struct` address (`u64`) → [`super::TaskState`],
+    /// containers' threads.
+    pub const TASKS: &str = "TASKS";
+    /// Per-CPU hash map: container cgroup id (`u64`) → [`super::SchedStats`].
+    pub const SCHED_STATS: &str = "SCHED_STATS";
     /// Hash map: container IPv4 address (network byte order) → [`super::Caps`].
     pub const CAPS: &str = "CAPS";
     /// Hash map: container IPv6 address (its 16 bytes) → [`super::Caps`].
@@ -43,10 +67,18 @@ pub enum InsertFailures {
     BlockIo = 0,
     Windows = 1,
     PacedSockets = 2,
+    SchedStats = 3,
+    BlockLatency = 4,
 }
 
 impl InsertFailures {
-    pub const ALL: [Self; 3] = [Self::BlockIo, Self::Windows, Self::PacedSockets];
+    pub const ALL: [Self; 5] = [
+        Self::BlockIo,
+        Self::Windows,
+        Self::PacedSockets,
+        Self::SchedStats,
+        Self::BlockLatency,
+    ];
 
     /// The map's name, as Prometheus labels it.
     pub const fn map(self) -> &'static str {
@@ -54,6 +86,8 @@ impl InsertFailures {
             Self::BlockIo => names::BLOCK_IO,
             Self::Windows => names::WINDOWS,
             Self::PacedSockets => "PACED_SOCKETS",
+            Self::SchedStats => names::SCHED_STATS,
+            Self::BlockLatency => names::BLOCK_LATENCY,
         }
     }
 }
@@ -196,6 +230,10 @@ pub const MAX_INTERFACES: u32 = 8192;
 pub const MAX_CGROUPS: u32 = 8192;
 /// Room for this many (cgroup, block device) pairs.
 pub const MAX_BLOCK_KEYS: u32 = 32768;
+/// Room for this many threads in containers (least recently used go first).
+pub const MAX_TASKS: u32 = 65536;
+/// Room for this many block requests in flight.
+pub const MAX_PENDING_IO: u32 = 16384;
 
 /// Packet and byte counts of one host-side veth, seen from the container: `rx` is traffic
 /// delivered into the container, `tx` traffic it sent. One copy per CPU, summed in userspace.
@@ -290,7 +328,173 @@ impl BlockCounters {
     }
 }
 
+/// Slots of a latency histogram: slot 0 counts waits under 1 µs, slot `i` those of
+/// `[2^(i-1), 2^i)` µs, the last everything from 2^(N-2) µs (33 s) up.
+pub const LATENCY_SLOTS: usize = 27;
+
+/// A log2 histogram of latencies in microseconds ([`latency_slot`]), and their sum. One
+/// copy per CPU, summed in userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    pub slots: [u64; LATENCY_SLOTS],
+    pub sum_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Latency>() == 224);
+
+impl Latency {
+    /// Counts one wait of `ns` nanoseconds.
+    #[expect(
+        clippy::inline_always,
+        reason = "called from eBPF programs, which have no calls to spare"
+    )]
+    #[inline(always)]
+    pub fn record(&mut self, ns: u64) {
+        let slot = latency_slot(ns);
+        if slot < LATENCY_SLOTS {
+            self.slots[slot] = self.slots[slot].wrapping_add(1);
+        }
+        self.sum_ns = self.sum_ns.wrapping_add(ns);
+    }
+
+    /// Adds another CPU's histogram to this one.
+    #[must_use]
+    pub fn plus(mut self, other: &Self) -> Self {
+        for (a, b) in self.slots.iter_mut().zip(other.slots) {
+            *a = a.wrapping_add(b);
+        }
+        self.sum_ns = self.sum_ns.wrapping_add(other.sum_ns);
+        self
+    }
+}
+
+/// The histogram slot of a wait of `ns` nanoseconds: the bit length of its whole
+/// microseconds, capped at the last slot. Branches instead of a count of leading zeros,
+/// which BPF has no instruction for.
+#[expect(
+    clippy::inline_always,
+    reason = "called from eBPF programs, which have no calls to spare"
+)]
+#[inline(always)]
+pub const fn latency_slot(ns: u64) -> usize {
+    let mut us = ns / 1000;
+    let mut bits = 0;
+    if us >= 1 << 32 {
+        return LATENCY_SLOTS - 1;
+    }
+    if us >= 1 << 16 {
+        us >>= 16;
+        bits += 16;
+    }
+    if us >= 1 << 8 {
+        us >>= 8;
+        bits += 8;
+    }
+    if us >= 1 << 4 {
+        us >>= 4;
+        bits += 4;
+    }
+    if us >= 1 << 2 {
+        us >>= 2;
+        bits += 2;
+    }
+    if us >= 1 << 1 {
+        us >>= 1;
+        bits += 1;
+    }
+    if us != 0 {
+        bits += 1;
+    }
+    if bits >= LATENCY_SLOTS {
+        LATENCY_SLOTS - 1
+    } else {
+        bits
+    }
+}
+
+/// One container's scheduling: how long its tasks waited runnable before they ran, and
+/// its context switches (involuntary: preempted, or yielded while runnable).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedStats {
+    pub runqueue: Latency,
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<SchedStats>() == 240);
+
+impl SchedStats {
+    #[must_use]
+    pub fn plus(self, other: &Self) -> Self {
+        Self {
+            runqueue: self.runqueue.plus(&other.runqueue),
+            voluntary: self.voluntary.wrapping_add(other.voluntary),
+            involuntary: self.involuntary.wrapping_add(other.involuntary),
+        }
+    }
+}
+
+/// A container's thread, as the scheduler hooks remember it: its container's cgroup id,
+/// and since when it has been runnable without running (0: it is not waiting).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskState {
+    pub container: u64,
+    pub queued_at: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TaskState>() == 16);
+
+/// A block request in flight: its device and first sector, as the start and completion
+/// tracepoints both report them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoKey {
+    pub sector: u64,
+    pub dev: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<IoKey>() == 16);
+
+/// When the request started, for which container, and whether it writes (1) or reads (0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoPending {
+    pub start_ns: u64,
+    pub container: u64,
+    pub write: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<IoPending>() == 24);
+
+/// One container's requests to one device in one direction (`write` 1 or 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LatencyKey {
+    pub cgroup_id: u64,
+    pub dev: u32,
+    pub write: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<LatencyKey>() == 16);
+
 // SAFETY: repr(C), only integer fields, no padding (sizes asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Latency {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SchedStats {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TaskState {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for IoKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for IoPending {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LatencyKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TrafficCounters {}
 #[cfg(feature = "user")]
@@ -364,6 +568,35 @@ mod tests {
                 tx_marked_packets: 14,
             }
         );
+    }
+
+    #[test]
+    fn latency_slots_are_log2_microseconds() {
+        use super::{LATENCY_SLOTS, Latency, latency_slot};
+        assert_eq!(latency_slot(0), 0);
+        assert_eq!(latency_slot(999), 0, "under 1 µs");
+        assert_eq!(latency_slot(1_000), 1, "[1, 2) µs");
+        assert_eq!(latency_slot(1_999), 1);
+        assert_eq!(latency_slot(2_000), 2, "[2, 4) µs");
+        assert_eq!(latency_slot(3_999), 2);
+        assert_eq!(latency_slot(4_000), 3);
+        assert_eq!(latency_slot(1_000_000), 10, "1 ms in [512, 1024) µs");
+        for shift in 0..40 {
+            let us: u64 = 1 << shift;
+            let want = (shift + 1).min(LATENCY_SLOTS - 1);
+            assert_eq!(latency_slot(us * 1000), want, "2^{shift} µs");
+            assert_eq!(
+                latency_slot(us * 1000 - 1),
+                want.min(shift),
+                "just under 2^{shift} µs"
+            );
+        }
+        assert_eq!(latency_slot(u64::MAX), LATENCY_SLOTS - 1);
+        let mut l = Latency::default();
+        l.record(1_500);
+        l.record(u64::MAX / 2);
+        assert_eq!((l.slots[1], l.slots[LATENCY_SLOTS - 1]), (1, 1));
+        assert_eq!(l.plus(&l).slots[1], 2);
     }
 
     #[test]

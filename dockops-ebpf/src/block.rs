@@ -5,19 +5,26 @@
 //! bios where they are submitted works the same on v1 and v2.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_cgroup_id,
+    helpers::bpf_ktime_get_ns,
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuHashMap},
     programs::TracePointContext,
 };
-use dockops_common::{BlockCounters, BlockKey, InsertFailures, MAX_BLOCK_KEYS, MAX_CGROUPS};
+use dockops_common::{
+    BlockCounters, BlockKey, InsertFailures, IoKey, IoPending, Latency, LatencyKey, MAX_BLOCK_KEYS,
+    MAX_PENDING_IO,
+};
 
-/// cgroup v2 ids of the containers dockops watches (userspace keeps it in step).
-#[map(name = "WATCHED_CGROUPS")]
-static WATCHED_CGROUPS: HashMap<u64, u8> = HashMap::pinned(MAX_CGROUPS, 0);
+use crate::cgroup::container_of_current;
 
 #[map(name = "BLOCK_IO")]
 static BLOCK_IO: PerCpuHashMap<BlockKey, BlockCounters> = PerCpuHashMap::pinned(MAX_BLOCK_KEYS, 0);
+
+#[map(name = "BLOCK_PENDING")]
+static BLOCK_PENDING: LruHashMap<IoKey, IoPending> = LruHashMap::pinned(MAX_PENDING_IO, 0);
+
+#[map(name = "BLOCK_LATENCY")]
+static BLOCK_LATENCY: PerCpuHashMap<LatencyKey, Latency> = PerCpuHashMap::pinned(MAX_BLOCK_KEYS, 0);
 
 /// Field offsets in the tracepoint record. Userspace sets them at load time from
 /// `/sys/kernel/tracing/events/block/block_bio_queue/format` (`set_global`); the values here
@@ -29,6 +36,18 @@ static BLOCK_DEV_OFFSET: u32 = 8;
 static BLOCK_NR_SECTOR_OFFSET: u32 = 24;
 #[unsafe(no_mangle)]
 static BLOCK_RWBS_OFFSET: u32 = 28;
+/// The same for the request tracepoints: `block_io_start` (or `block_rq_issue`) and
+/// `block_io_done` (or `block_rq_complete`); `sector_t sector` is 8 bytes.
+#[unsafe(no_mangle)]
+static START_DEV_OFFSET: u32 = 8;
+#[unsafe(no_mangle)]
+static START_SECTOR_OFFSET: u32 = 16;
+#[unsafe(no_mangle)]
+static START_RWBS_OFFSET: u32 = 34;
+#[unsafe(no_mangle)]
+static DONE_DEV_OFFSET: u32 = 8;
+#[unsafe(no_mangle)]
+static DONE_SECTOR_OFFSET: u32 = 16;
 
 /// A global set by userspace (volatile: the compiler must not fold the default in).
 #[inline(always)]
@@ -38,7 +57,8 @@ fn offset(global: &'static u32) -> usize {
 }
 
 /// `block:block_bio_queue`, fired in `submit_bio` in the submitting task's context, so the
-/// current cgroup is the container's. Writeback from kernel threads is not attributed.
+/// current cgroup is the container's (or one below it). Writeback from kernel threads is
+/// not attributed.
 #[tracepoint(category = "block", name = "block_bio_queue")]
 pub fn block_bio_acct(ctx: TracePointContext) -> u32 {
     // SAFETY: reads within the tracepoint record, at the offsets its format gives.
@@ -47,10 +67,9 @@ pub fn block_bio_acct(ctx: TracePointContext) -> u32 {
 }
 
 unsafe fn try_block_bio_acct(ctx: &TracePointContext) -> Result<(), i64> {
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if unsafe { WATCHED_CGROUPS.get(&cgroup_id) }.is_none() {
+    let Some(cgroup_id) = container_of_current() else {
         return Ok(());
-    }
+    };
     let dev: u32 = unsafe { ctx.read_at(offset(&BLOCK_DEV_OFFSET))? };
     let sectors: u32 = unsafe { ctx.read_at(offset(&BLOCK_NR_SECTOR_OFFSET))? };
     let rwbs: [u8; 8] = unsafe { ctx.read_at(offset(&BLOCK_RWBS_OFFSET))? };
@@ -91,6 +110,86 @@ unsafe fn try_block_bio_acct(ctx: &TracePointContext) -> Result<(), i64> {
         // to create the entry both keep their first bio.
         if BLOCK_IO.insert(&key, &first, 0).is_err() {
             crate::insert_failed(InsertFailures::BlockIo);
+        }
+    }
+    Ok(())
+}
+
+/// `block:block_io_start` (6.5+; `block_rq_issue` before), fired where a request is made
+/// from bios, in the submitting task's context on 6.5+. Before 6.5 a request dispatched by
+/// a kworker is not timed (its cgroup is no container's).
+#[tracepoint(category = "block", name = "block_io_start")]
+pub fn block_rq_start(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record, at the offsets its format gives.
+    let _ = unsafe { try_block_rq_start(&ctx) };
+    0
+}
+
+unsafe fn try_block_rq_start(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(container) = container_of_current() else {
+        return Ok(());
+    };
+    let rwbs: [u8; 8] = unsafe { ctx.read_at(offset(&START_RWBS_OFFSET))? };
+    let Some(write) = direction(&rwbs) else {
+        return Ok(());
+    };
+    let key = IoKey {
+        sector: unsafe { ctx.read_at(offset(&START_SECTOR_OFFSET))? },
+        dev: unsafe { ctx.read_at(offset(&START_DEV_OFFSET))? },
+        pad: 0,
+    };
+    let pending = IoPending {
+        // SAFETY: no arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        container,
+        write: u32::from(write),
+        pad: 0,
+    };
+    // An LRU map: a request whose completion never matches (a merge changed its first
+    // sector) ages out instead of filling the map.
+    let _ = BLOCK_PENDING.insert(&key, &pending, 0);
+    Ok(())
+}
+
+/// `block:block_io_done` (6.5+; `block_rq_complete` before), often in interrupt context:
+/// the container comes from the start's record, matched by device and first sector.
+#[tracepoint(category = "block", name = "block_io_done")]
+pub fn block_rq_done(ctx: TracePointContext) -> u32 {
+    // SAFETY: as for `block_rq_start`.
+    let _ = unsafe { try_block_rq_done(&ctx) };
+    0
+}
+
+unsafe fn try_block_rq_done(ctx: &TracePointContext) -> Result<(), i64> {
+    let io = IoKey {
+        sector: unsafe { ctx.read_at(offset(&DONE_SECTOR_OFFSET))? },
+        dev: unsafe { ctx.read_at(offset(&DONE_DEV_OFFSET))? },
+        pad: 0,
+    };
+    // SAFETY: copied out before the entry is removed.
+    let Some(pending) = (unsafe { BLOCK_PENDING.get(&io) }).copied() else {
+        return Ok(());
+    };
+    let _ = BLOCK_PENDING.remove(&io);
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now <= pending.start_ns {
+        return Ok(());
+    }
+    let ns = now - pending.start_ns;
+    let key = LatencyKey {
+        cgroup_id: pending.container,
+        dev: io.dev,
+        write: pending.write,
+    };
+    if let Some(l) = BLOCK_LATENCY.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of a per-CPU map.
+        unsafe { (*l).record(ns) };
+    } else {
+        let mut first = Latency::default();
+        first.record(ns);
+        if BLOCK_LATENCY.insert(&key, &first, 0).is_err() {
+            crate::insert_failed(InsertFailures::BlockLatency);
         }
     }
     Ok(())

@@ -3,6 +3,8 @@
 #![no_main]
 
 mod block;
+mod cgroup;
+mod sched;
 mod sock;
 mod tc;
 

@@ -294,13 +294,13 @@ impl Agent {
     /// Counters of the containers `keep` selects.
     pub fn snapshot(&mut self, keep: impl Fn(&Container) -> bool) -> Result<Snapshot, AgentError> {
         let traffic = self.datapath.counters()?;
-        let block = self.datapath.block_counters()?;
+        let events = self.datapath.events()?;
         let caps = self.datapath.caps()?;
         let mut sources = Sources {
             cgroup: &self.caps.cgroup,
             dirs: &mut self.dirs,
             traffic: &traffic,
-            block: block.as_ref(),
+            events: &events,
             caps: &caps,
         };
         let mut snapshot = Snapshot::take(self.containers.iter().filter(|c| keep(c)), &mut sources);

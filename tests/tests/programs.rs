@@ -54,6 +54,12 @@ fn every_program_in_the_object_loads_and_verifies() {
     // The programs the datapath attaches by name are all in the object.
     let mut expected = vec![
         names::BLOCK_BIO_ACCT,
+        names::BLOCK_RQ_DONE,
+        names::BLOCK_RQ_START,
+        names::SCHED_EXIT,
+        names::SCHED_FORK,
+        names::SCHED_SWITCH,
+        names::SCHED_WAKEUP,
         names::SOCK_PACE,
         names::TC_EGRESS_ACCT,
         names::TC_INGRESS_ACCT,

@@ -112,6 +112,7 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
     let mut view = View {
         sort: SortKey::default(),
         screen: screen.is_some(),
+        offset: 0,
     };
     // The last reading and its rates: the base of the next rates, and what a key redraws.
     let mut previous: Option<(Arc<Snapshot>, HashMap<String, Rates>)> = None;
@@ -148,6 +149,12 @@ pub async fn run(args: Args, tc_attach: TcAttach) -> anyhow::Result<()> {
                         if let Some((snapshot, rates)) = &previous {
                             emit(&view.render(snapshot, rates));
                         }
+                    }
+                }
+                Some(Key::Scroll(by)) => {
+                    view.scroll(by);
+                    if let Some((snapshot, rates)) = &previous {
+                        emit(&view.render(snapshot, rates));
                     }
                 }
                 None => keys = None,
@@ -197,19 +204,44 @@ fn cleanup() -> anyhow::Result<()> {
 /// How the table is drawn.
 struct View {
     sort: SortKey,
-    /// On the alternate screen in raw mode: redraw in place, `\r\n` line ends.
+    /// On the alternate screen in raw mode: redraw in place, `\r\n` line ends, rows
+    /// beyond the terminal's height scrolled to.
     screen: bool,
+    /// The first row shown.
+    offset: usize,
 }
 
 impl View {
-    fn render(&self, snapshot: &Snapshot, rates: &HashMap<String, Rates>) -> String {
+    fn render(&mut self, snapshot: &Snapshot, rates: &HashMap<String, Rates>) -> String {
         let table = output::watch_table(snapshot, rates, self.sort);
         if self.screen {
-            format!("\x1b[H\x1b[2J{}", table.replace('\n', "\r\n"))
+            let height = terminal::size().map_or(24, |(_, rows)| usize::from(rows));
+            let (shown, offset) = output::window(&table, height, self.offset);
+            self.offset = offset;
+            format!("\x1b[H\x1b[2J{}", shown.replace('\n', "\r\n"))
         } else {
             format!("{table}\n")
         }
     }
+
+    /// Moves the rows shown by `by` (a page is the terminal's height less the header).
+    fn scroll(&mut self, by: Scroll) {
+        let page = terminal::size().map_or(20, |(_, rows)| usize::from(rows).saturating_sub(4));
+        self.offset = match by {
+            Scroll::Down => self.offset + 1,
+            Scroll::Up => self.offset.saturating_sub(1),
+            Scroll::PageDown => self.offset + page.max(1),
+            Scroll::PageUp => self.offset.saturating_sub(page.max(1)),
+        };
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Scroll {
+    Down,
+    Up,
+    PageDown,
+    PageUp,
 }
 
 /// Refreshes; a failure (an engine restarting...) is warned about and retried at the next
@@ -316,6 +348,7 @@ fn emit(text: &str) -> bool {
 enum Key {
     Quit,
     Char(char),
+    Scroll(Scroll),
 }
 
 /// The next key press; pending forever without a terminal, `None` when input ends.
@@ -335,6 +368,10 @@ async fn next_key(keys: &mut Option<EventStream>) -> Option<Key> {
                     // Raw mode turns Ctrl-C into a key press instead of SIGINT.
                     KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => Key::Quit,
                     KeyCode::Char('q') | KeyCode::Esc => Key::Quit,
+                    KeyCode::Char('j') | KeyCode::Down => Key::Scroll(Scroll::Down),
+                    KeyCode::Char('k') | KeyCode::Up => Key::Scroll(Scroll::Up),
+                    KeyCode::PageDown => Key::Scroll(Scroll::PageDown),
+                    KeyCode::PageUp => Key::Scroll(Scroll::PageUp),
                     KeyCode::Char(c) => Key::Char(c),
                     _ => continue,
                 });

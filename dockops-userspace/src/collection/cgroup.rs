@@ -33,7 +33,7 @@ const USER_HZ: f64 = 100.0;
 /// v1 reports "no limit" as `PAGE_COUNTER_MAX` pages (`0x7FFFFFFFFFFFF000` with 4 KiB pages).
 const V1_UNLIMITED: u64 = 1 << 62;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CpuStats {
     pub usage_seconds_total: f64,
     pub user_seconds_total: f64,
@@ -42,6 +42,13 @@ pub struct CpuStats {
     pub percent: Option<f64>,
     pub throttled_periods_total: u64,
     pub throttled_seconds_total: f64,
+    /// How long the container's threads waited runnable for a CPU (eBPF, scheduler
+    /// tracepoints); `null` where the kernel refused the hooks.
+    pub runqueue_latency_us: Option<super::LatencyStats>,
+    /// Context switches of its threads, all, and those involuntary (preempted, or yielded
+    /// while runnable); `null` as above.
+    pub context_switches_total: Option<u64>,
+    pub involuntary_context_switches_total: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -65,13 +72,16 @@ pub struct DeviceIo {
     pub writes_total: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct BlkioStats {
     pub read_bytes_total: u64,
     pub write_bytes_total: u64,
     pub reads_total: u64,
     pub writes_total: u64,
     pub devices: Vec<DeviceIo>,
+    /// Request latency, submission to completion (eBPF, block tracepoints); `null` where
+    /// the kernel refused the hooks.
+    pub latency_us: Option<super::IoLatency>,
 }
 
 impl BlkioStats {
@@ -83,6 +93,7 @@ impl BlkioStats {
             reads_total: sum(|d| d.reads_total),
             writes_total: sum(|d| d.writes_total),
             devices,
+            latency_us: None,
         }
     }
 }
@@ -407,6 +418,7 @@ fn read_v2(dir: &Dir) -> CgroupStats {
             percent: None,
             throttled_periods_total: value(&cpu, "nr_throttled"),
             throttled_seconds_total: seconds_from_us(value(&cpu, "throttled_usec")),
+            ..CpuStats::default()
         },
         memory: MemoryStats {
             usage_bytes: usage,

@@ -1,19 +1,78 @@
 //! One snapshot of every container's counters, and rates between two snapshots.
 
 pub mod cgroup;
+pub mod latency;
 
 use std::{collections::HashMap, net::IpAddr, time::Instant};
 
-use dockops_common::{BlockCounters, BlockKey, Caps, TrafficCounters};
+use dockops_common::{BlockCounters, BlockKey, Caps, Latency, LatencyKey, TrafficCounters};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-pub use self::cgroup::{BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats, ResourceLimits};
+pub use self::{
+    cgroup::{BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats, ResourceLimits},
+    latency::LatencyStats,
+};
 use crate::{
     capabilities::CgroupMode,
-    datapath::BlockByCgroup,
+    datapath::EventReadings,
     discovery::{Container, WritableLayer},
 };
+
+/// A container's block request latency, reads and writes on all its devices.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct IoLatency {
+    pub read: LatencyStats,
+    pub write: LatencyStats,
+    /// By device, for Prometheus.
+    #[serde(skip)]
+    pub devices: Vec<DeviceLatency>,
+}
+
+/// Request latency on one device, by direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceLatency {
+    pub major: u32,
+    pub minor: u32,
+    pub read: Latency,
+    pub write: Latency,
+}
+
+impl IoLatency {
+    fn from_devices(per_device: &[(LatencyKey, Latency)]) -> Self {
+        let mut devices: Vec<DeviceLatency> = Vec::new();
+        for (key, histogram) in per_device {
+            let (major, minor) = (key.dev >> 20, key.dev & ((1 << 20) - 1));
+            let index = devices
+                .iter()
+                .position(|d| (d.major, d.minor) == (major, minor))
+                .unwrap_or_else(|| {
+                    devices.push(DeviceLatency {
+                        major,
+                        minor,
+                        ..DeviceLatency::default()
+                    });
+                    devices.len() - 1
+                });
+            let slot = if key.write == 1 {
+                &mut devices[index].write
+            } else {
+                &mut devices[index].read
+            };
+            *slot = slot.plus(histogram);
+        }
+        let sum = |f: fn(&DeviceLatency) -> Latency| {
+            devices
+                .iter()
+                .fold(Latency::default(), |acc, d| acc.plus(&f(d)))
+        };
+        Self {
+            read: sum(|d| d.read).into(),
+            write: sum(|d| d.write).into(),
+            devices,
+        }
+    }
+}
 
 /// Network counters since dockops attached to the container's interfaces. `rx` is traffic
 /// delivered into the container, `tx` traffic it sent.
@@ -134,8 +193,9 @@ pub struct Sources<'a> {
     /// Cgroup directories kept open between snapshots.
     pub dirs: &'a mut cgroup::Dirs,
     pub traffic: &'a HashMap<u32, TrafficCounters>,
-    /// Block IO by cgroup id (eBPF accounting); used where cgroup files have none.
-    pub block: Option<&'a BlockByCgroup>,
+    /// What the host-wide tracepoints counted, by cgroup id; block IO counters are used
+    /// where cgroup files have none.
+    pub events: &'a EventReadings,
     /// Caps by container address.
     pub caps: &'a HashMap<IpAddr, Caps>,
 }
@@ -171,13 +231,21 @@ impl Snapshot {
         }
     }
 
-    /// Fills the per-interval fields (CPU percent, network bytes per second) from `rates`.
+    /// Fills the per-interval fields (CPU percent, network bytes per second, latency
+    /// percentiles) from `rates`.
     pub fn apply(&mut self, rates: &HashMap<String, Rates>) {
         for c in &mut self.containers {
             if let Some(r) = rates.get(&c.id) {
                 c.cpu.percent = Some(r.cpu_percent);
                 c.network.rx_bytes_per_second = Some(r.rx_bytes);
                 c.network.tx_bytes_per_second = Some(r.tx_bytes);
+                if let Some(l) = &mut c.cpu.runqueue_latency_us {
+                    l.set_interval(&r.runqueue);
+                }
+                if let Some(l) = &mut c.blkio.latency_us {
+                    l.read.set_interval(&r.io_read);
+                    l.write.set_interval(&r.io_write);
+                }
             }
         }
     }
@@ -191,14 +259,33 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         .filter_map(|i| sources.traffic.get(&i.ifindex))
         .fold(TrafficCounters::default(), |acc, x| acc.plus(*x));
     let cg = cgroup::read(sources.dirs, sources.cgroup, &c.cgroup);
-    let blkio = cg.blkio.unwrap_or_else(|| {
+    let events = sources.events;
+    let mut blkio = cg.blkio.unwrap_or_else(|| {
         let devices = c
             .cgroup_id
-            .and_then(|id| sources.block.and_then(|b| b.get(&id)))
+            .and_then(|id| events.block.as_ref().and_then(|b| b.get(&id)))
             .map(|devices| devices.iter().map(|(k, v)| device(k, v)).collect())
             .unwrap_or_default();
         BlkioStats::from_devices(devices)
     });
+    blkio.latency_us = events.block_latency.as_ref().map(|by_cgroup| {
+        IoLatency::from_devices(
+            c.cgroup_id
+                .and_then(|id| by_cgroup.get(&id))
+                .map_or(&[], Vec::as_slice),
+        )
+    });
+    let mut cpu = cg.cpu;
+    if let Some(by_cgroup) = &events.sched {
+        let s = c
+            .cgroup_id
+            .and_then(|id| by_cgroup.get(&id))
+            .copied()
+            .unwrap_or_default();
+        cpu.runqueue_latency_us = Some(s.runqueue.into());
+        cpu.context_switches_total = Some(s.voluntary + s.involuntary);
+        cpu.involuntary_context_switches_total = Some(s.involuntary);
+    }
     let (usage_bytes, storage_limit) = c.storage.as_ref().map_or((None, None), storage);
     let mut resources = cg.limits;
     resources.storage_bytes = storage_limit;
@@ -207,7 +294,7 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         name: c.name.clone(),
         image: c.image.clone(),
         storage: StorageStats { usage_bytes },
-        cpu: cg.cpu,
+        cpu,
         memory: cg.memory,
         blkio,
         network: traffic.into(),
@@ -270,6 +357,10 @@ pub struct Rates {
     pub write_bytes: f64,
     /// 100 = one full core.
     pub cpu_percent: f64,
+    /// Waits of the interval: run queue, block reads, block writes.
+    pub runqueue: Latency,
+    pub io_read: Latency,
+    pub io_write: Latency,
 }
 
 /// Rates by container id. A container missing from `prev` (just started) has none yet;
@@ -289,6 +380,11 @@ pub fn rates(prev: &Snapshot, cur: &Snapshot) -> HashMap<String, Rates> {
             let old = before.get(c.id.as_str())?;
             let (n, o) = (&c.network, &old.network);
             let cpu = (c.cpu.usage_seconds_total - old.cpu.usage_seconds_total).max(0.0);
+            let histogram = |l: Option<&LatencyStats>| l.map(|l| l.histogram).unwrap_or_default();
+            let interval = |now: Option<&LatencyStats>, then: Option<&LatencyStats>| {
+                latency::since(&histogram(now), &histogram(then))
+            };
+            let (io, old_io) = (c.blkio.latency_us.as_ref(), old.blkio.latency_us.as_ref());
             Some((
                 c.id.clone(),
                 Rates {
@@ -299,6 +395,12 @@ pub fn rates(prev: &Snapshot, cur: &Snapshot) -> HashMap<String, Rates> {
                     read_bytes: per_sec(c.blkio.read_bytes_total, old.blkio.read_bytes_total),
                     write_bytes: per_sec(c.blkio.write_bytes_total, old.blkio.write_bytes_total),
                     cpu_percent: cpu / secs * 100.0,
+                    runqueue: interval(
+                        c.cpu.runqueue_latency_us.as_ref(),
+                        old.cpu.runqueue_latency_us.as_ref(),
+                    ),
+                    io_read: interval(io.map(|l| &l.read), old_io.map(|l| &l.read)),
+                    io_write: interval(io.map(|l| &l.write), old_io.map(|l| &l.write)),
                 },
             ))
         })
@@ -358,7 +460,7 @@ mod tests {
                 cgroup: &mode,
                 dirs: &mut cgroup::Dirs::default(),
                 traffic,
-                block: None,
+                events: &EventReadings::default(),
                 caps: &HashMap::new(),
             },
         )
@@ -412,7 +514,10 @@ mod tests {
                 cgroup: &mode,
                 dirs: &mut cgroup::Dirs::default(),
                 traffic: &HashMap::new(),
-                block: Some(&block),
+                events: &EventReadings {
+                    block: Some(block),
+                    ..EventReadings::default()
+                },
                 caps: &HashMap::new(),
             },
         );

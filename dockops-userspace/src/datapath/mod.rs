@@ -4,9 +4,9 @@
 //! command adopts what an earlier one attached instead of attaching twice.
 
 mod attach;
-mod block;
 mod bpffs;
 mod caps;
+mod events;
 mod maps;
 pub mod pins;
 mod queue;
@@ -32,6 +32,7 @@ pub use bpffs::tracefs;
 use dockops_common::{
     BlockCounters, BlockKey, Caps, InsertFailures, TcCap, TrafficCounters, names,
 };
+pub use events::{EventReadings, LatencyByCgroup, SchedByCgroup};
 pub use pins::Direction;
 use pins::{Layout, PinName};
 pub use queue::QueueError;
@@ -206,8 +207,8 @@ pub struct Datapath {
     ecn_flows: aya::maps::Array<MapData, u32>,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
-    /// `None` when the block tracepoint could not be attached (warned once at start).
-    block: Option<block::BlockAccounting>,
+    /// The host-wide tracepoints (those the kernel refused were warned about at start).
+    events: events::Events,
     /// `None` without a cgroup v2 hierarchy to attach the pacing program to.
     pacing: Option<caps::Pacing>,
     /// What operators asked for, durable across reboots and upgrades.
@@ -249,14 +250,8 @@ impl Datapath {
         for (name, shape) in &shapes {
             loader.map_max_entries(name, shape.max_entries);
         }
-        let offsets = block::Offsets::read(Path::new(bpffs::TRACEFS))
-            .inspect_err(|error| {
-                tracing::warn!("block IO per container is unavailable: {}", chain(error));
-            })
-            .ok();
-        for (name, value) in offsets.iter().flat_map(block::Offsets::globals) {
-            loader.override_global(name, value, true);
-        }
+        let plan = events::Plan::probe(Path::new(bpffs::TRACEFS));
+        plan.set_globals(&mut loader);
         let mut ebpf = loader.load(OBJECT)?;
         let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT, fresh)?;
         let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT, fresh)?;
@@ -264,13 +259,7 @@ impl Datapath {
         let tc_caps = take_map(&mut ebpf, names::TC_CAPS)?;
         let insert_failures = take_map(&mut ebpf, names::INSERT_FAILURES)?;
         let ecn_flows = take_map(&mut ebpf, names::ECN_FLOWS)?;
-        let block = offsets.as_ref().and_then(|_| {
-            block::BlockAccounting::open(&mut ebpf, &layout, fresh)
-                .inspect_err(|error| {
-                    tracing::warn!("block IO per container is unavailable: {}", chain(error));
-                })
-                .ok()
-        });
+        let events = events::Events::open(&mut ebpf, &layout, &plan, fresh)?;
         let pacing = match unified {
             Some(root) => caps::Pacing::open(&mut ebpf, &layout, root, fresh)
                 .inspect_err(|error| {
@@ -292,7 +281,7 @@ impl Datapath {
             insert_failures,
             ecn_flows,
             cpus,
-            block,
+            events,
             pacing,
             store,
             build,
@@ -379,12 +368,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Block IO by cgroup id and device; `None` when block accounting is unavailable.
-    pub fn block_counters(&self) -> Result<Option<BlockByCgroup>, DatapathError> {
-        self.block
-            .as_ref()
-            .map(block::BlockAccounting::counters)
-            .transpose()
+    /// What the host-wide tracepoints counted: block IO, its latency, run-queue latency.
+    pub fn events(&self) -> Result<EventReadings, DatapathError> {
+        self.events.readings()
     }
 
     /// Counters of every attached interface, summed over CPUs.
@@ -466,6 +452,10 @@ where
 {
     let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
     Ok(T::try_from(map)?)
+}
+
+fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
+    move |source| DatapathError::Program { name, source }
 }
 
 /// Pins at `path`, replacing what is pinned there (what is attached keeps its program).

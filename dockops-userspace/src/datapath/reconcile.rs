@@ -165,7 +165,7 @@ impl Datapath {
     }
 
     /// Counters of interfaces that are gone, caps of addresses their owner no longer has,
-    /// and the cgroups block IO is counted for.
+    /// and the cgroups the host-wide tracepoints count for.
     fn host_wide(
         &mut self,
         containers: &[Container],
@@ -187,9 +187,12 @@ impl Datapath {
                 .collect();
             pacing.reconcile(&owners)?;
         }
-        if let Some(block) = &mut self.block {
-            block.reconcile(&containers.iter().filter_map(|c| c.cgroup_id).collect())?;
-        }
+        self.events.reconcile(
+            &containers
+                .iter()
+                .filter_map(|c| Some((c.cgroup_id?, c.cgroup.v2_level()?)))
+                .collect(),
+        )?;
         Ok(())
     }
 

@@ -17,18 +17,15 @@ use std::{collections::BTreeMap, fs, os::fd::AsFd as _, path::Path};
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData},
-    programs::{
-        SockOps, TracePoint,
-        links::{FdLink, PinnedLink},
-    },
+    programs::SockOps,
 };
 use dockops_common::{Caps, names};
 
 use super::{
-    Datapath, DatapathError, Report, attach, block,
+    Datapath, DatapathError, Report, attach,
     maps::Shape,
     pins::{self, Layout},
-    read_dir_names, remove_dir, scan,
+    program_err, read_dir_names, remove_dir, scan,
 };
 use crate::state::{Store, StoredCaps};
 
@@ -96,7 +93,7 @@ pub(super) fn check_maps(
     Ok(())
 }
 
-fn unpin(path: &Path) -> Result<(), DatapathError> {
+pub(super) fn unpin(path: &Path) -> Result<(), DatapathError> {
     fs::remove_file(path).map_err(|source| DatapathError::Io {
         path: path.to_owned(),
         source,
@@ -189,39 +186,9 @@ impl Datapath {
                 source,
             })?;
         }
-        let tracepoint = global.join(block::TRACEPOINT.1);
-        if self.block.is_some() && tracepoint.exists() {
-            let mut prog = TracePoint::from_pin(progs.join(names::BLOCK_BIO_ACCT))
-                .map_err(program_err(names::BLOCK_BIO_ACCT))?;
-            let new_id = prog
-                .info()
-                .map_err(program_err(names::BLOCK_BIO_ACCT))?
-                .id();
-            let link_err = |source| DatapathError::Link {
-                path: tracepoint.clone(),
-                source,
-            };
-            let old = FdLink::from(PinnedLink::from_pin(&tracepoint).map_err(link_err)?);
-            if old.info().map_err(link_err)?.program_id() != new_id {
-                let next = global.join(format!("{}-next", block::TRACEPOINT.1));
-                let id = prog
-                    .attach(block::TRACEPOINT.0, block::TRACEPOINT.1)
-                    .map_err(program_err(names::BLOCK_BIO_ACCT))?;
-                super::pin_link(
-                    prog.take_link(id)
-                        .map_err(program_err(names::BLOCK_BIO_ACCT))?,
-                    &next,
-                )?;
-                drop(old);
-                unpin(&tracepoint)?;
-                fs::rename(&next, &tracepoint)
-                    .map_err(|source| DatapathError::Io { path: next, source })?;
-            }
+        for hook in self.events.hooks() {
+            super::events::swap(&self.layout, *hook)?;
         }
         Ok(())
     }
-}
-
-fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError {
-    move |source| DatapathError::Program { name, source }
 }

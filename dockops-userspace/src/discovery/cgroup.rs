@@ -51,6 +51,29 @@ impl CgroupPaths {
         let path = self.v2.as_deref()?.trim_start_matches('/');
         fs::metadata(unified.join(path)).ok().map(|m| m.ino())
     }
+
+    /// The container's own directories, those named after its id: a process of the
+    /// container that moved below them (systemd inside it, a child cgroup) does not move
+    /// the container. Paths without the id (a private cgroup namespace) stay as they are.
+    #[must_use]
+    pub fn owned_by(mut self, id: &str) -> Self {
+        let trim = |path: &mut String| {
+            let parts: Vec<&str> = path.split('/').collect();
+            if let Some(last) = parts.iter().rposition(|p| p.contains(id)) {
+                *path = parts[..=last].join("/");
+            }
+        };
+        self.v2.iter_mut().for_each(trim);
+        self.v1.values_mut().for_each(trim);
+        self
+    }
+
+    /// The v2 directory's depth below the root (`/docker/<id>` is 2), as the kernel counts
+    /// a cgroup's level.
+    pub fn v2_level(&self) -> Option<u32> {
+        let path = self.v2.as_deref()?;
+        u32::try_from(path.split('/').filter(|p| !p.is_empty()).count()).ok()
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +93,23 @@ mod tests {
 ";
         let p = CgroupPaths::parse(text);
         assert_eq!(p.v2.as_deref(), Some("/docker/14712daf36a0"));
+        assert_eq!(p.v2_level(), Some(2));
+        let nested = CgroupPaths::parse(
+            "0::/system.slice/docker-14712daf36a0.scope/init.scope\n\
+             4:memory:/system.slice/docker-14712daf36a0.scope/child",
+        )
+        .owned_by("14712daf36a0");
+        assert_eq!(
+            nested.v2.as_deref(),
+            Some("/system.slice/docker-14712daf36a0.scope")
+        );
+        assert_eq!(
+            nested.v1["memory"],
+            "/system.slice/docker-14712daf36a0.scope"
+        );
+        assert_eq!(nested.v2_level(), Some(2));
+        let private = CgroupPaths::parse("0::/").owned_by("14712daf36a0");
+        assert_eq!(private.v2.as_deref(), Some("/"));
         assert_eq!(p.v1["memory"], "/docker/14712daf36a0");
         assert_eq!(p.v1["cpuacct"], "/docker/14712daf36a0");
         assert!(!p.v1.contains_key("name=systemd"));

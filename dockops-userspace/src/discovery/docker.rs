@@ -145,7 +145,9 @@ impl Docker {
             let mut container = if let Some(c) = known.get(id.as_str()) {
                 (*c).clone()
             } else if let Some(found) = self.inspect(&id).await {
-                let cgroup = CgroupPaths::read(found.pid).unwrap_or_default();
+                let cgroup = CgroupPaths::read(found.pid)
+                    .unwrap_or_default()
+                    .owned_by(&id);
                 Container {
                     cgroup_id: self.unified.as_deref().and_then(|u| cgroup.id(u)),
                     cgroup,

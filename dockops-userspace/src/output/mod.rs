@@ -5,4 +5,4 @@ pub mod prometheus;
 mod table;
 
 pub use json::json_lines;
-pub use table::{SortKey, short as short_bytes, stats_table, watch_table};
+pub use table::{SortKey, short as short_bytes, stats_table, watch_table, window};

@@ -74,7 +74,7 @@ impl SortKey {
     }
 }
 
-const WATCH_NAME: usize = 15;
+const WATCH_NAME: usize = 12;
 const STATS_NAME: usize = 20;
 
 /// The top-like `watch` view: one row per container, sorted by `sort`. A container without
@@ -112,8 +112,8 @@ pub fn watch_table<S: std::hash::BuildHasher>(
     );
     let _ = writeln!(
         out,
-        "{:<WATCH_NAME$} {:>6} {:>15} {:>8} {:>8} {:>8} {:>8} {:>5}",
-        "NAME", "CPU%", "MEM USE/LIMIT", "NET RX/s", "NET TX/s", "BLK R/s", "BLK W/s", "PIDS"
+        "{:<WATCH_NAME$} {:>6} {:>13} {:>13} {:>13} {:>5} {:>5} {:>5}",
+        "NAME", "CPU%", "MEM USE/LIMIT", "NET RX/TX/s", "BLK R/W/s", "RQ99", "IO99", "PIDS"
     );
     let dash = || "-".to_owned();
     for (c, r) in rows {
@@ -125,20 +125,81 @@ pub fn watch_table<S: std::hash::BuildHasher>(
                 .limit_bytes
                 .map_or_else(|| "-".to_owned(), |l| short(l as f64))
         );
-        let rate = |f: fn(&Rates) -> f64| r.map_or_else(dash, |r| short(f(r)));
+        let pair = |f: fn(&Rates) -> (f64, f64)| {
+            r.map_or_else(dash, |r| {
+                let (a, b) = f(r);
+                format!("{}/{}", short(a), short(b))
+            })
+        };
+        let io99 = c
+            .blkio
+            .latency_us
+            .as_ref()
+            .and_then(|l| [l.read.p99, l.write.p99].into_iter().flatten().max());
         let _ = writeln!(
             out,
-            "{:<WATCH_NAME$} {:>6} {memory:>15} {:>8} {:>8} {:>8} {:>8} {:>5}",
+            "{:<WATCH_NAME$} {:>6} {memory:>13} {:>13} {:>13} {:>5} {:>5} {:>5}",
             truncate_to(&c.name, WATCH_NAME),
             r.map_or_else(dash, |r| format!("{:.1}", r.cpu_percent)),
-            rate(|r| r.rx_bytes),
-            rate(|r| r.tx_bytes),
-            rate(|r| r.read_bytes),
-            rate(|r| r.write_bytes),
+            pair(|r| (r.rx_bytes, r.tx_bytes)),
+            pair(|r| (r.read_bytes, r.write_bytes)),
+            c.cpu
+                .runqueue_latency_us
+                .as_ref()
+                .and_then(|l| l.p99)
+                .map_or_else(dash, micros),
+            io99.map_or_else(dash, micros),
             c.pids.current,
         );
     }
     out
+}
+
+/// Header lines of [`watch_table`] above its rows.
+pub const WATCH_HEADER_LINES: usize = 2;
+
+/// The part of a [`watch_table`] that fits `height` lines: its header, the rows from
+/// `offset` (clamped so the last page is full), and a line saying which rows show when
+/// not all do. Returns the text and the offset used.
+pub fn window(table: &str, height: usize, offset: usize) -> (String, usize) {
+    let lines: Vec<&str> = table.lines().collect();
+    let (header, rows) = lines.split_at(WATCH_HEADER_LINES.min(lines.len()));
+    let room = height.saturating_sub(WATCH_HEADER_LINES + 1).max(1);
+    if rows.len() <= room + 1 {
+        return (table.to_owned(), 0);
+    }
+    let offset = offset.min(rows.len() - room);
+    let shown = &rows[offset..offset + room];
+    let mut out = header.join("\n");
+    for row in shown {
+        out.push('\n');
+        out.push_str(row);
+    }
+    let _ = write!(
+        out,
+        "\nrows {}-{} of {}  (j/k, arrows, PgUp/PgDn)",
+        offset + 1,
+        offset + room,
+        rows.len()
+    );
+    (out, offset)
+}
+
+/// Microseconds in at most 5 characters: `512u`, `8.2m`, `131m`, `34s`.
+fn micros(us: u64) -> String {
+    #[expect(clippy::cast_precision_loss, reason = "display only")]
+    let us = us as f64;
+    if us < 1000.0 {
+        format!("{us:.0}u")
+    } else if us < 10_000.0 {
+        format!("{:.1}m", us / 1000.0)
+    } else if us < 1_000_000.0 {
+        format!("{:.0}m", us / 1000.0)
+    } else if us < 10_000_000.0 {
+        format!("{:.1}s", us / 1e6)
+    } else {
+        format!("{:.0}s", us / 1e6)
+    }
 }
 
 /// Bytes in at most 6 characters: `512B`, `1.5K`, `10.2M`, `999G`.
@@ -234,6 +295,7 @@ mod tests {
             read_bytes: 1e9,
             write_bytes: 1e12,
             cpu_percent: cpu,
+            ..Rates::default()
         };
         HashMap::from([
             ("0123456789abcdef".to_owned(), r(150.0, 1e3)),
@@ -270,7 +332,7 @@ mod tests {
                 .to_owned()
         };
         assert!(
-            first_row(SortKey::Cpu).starts_with("a-rather-long-…"),
+            first_row(SortKey::Cpu).starts_with("a-rather-lo…"),
             "150% CPU first"
         );
         assert!(first_row(SortKey::Memory).starts_with("busy"));
@@ -280,8 +342,10 @@ mod tests {
         let row = first_row(SortKey::Cpu);
         assert!(row.contains(" 150.0 "), "{row}");
         assert!(row.contains("5.0M/1.0G"), "{row}");
-        assert!(row.contains("954M"), "1e9 B/s read: {row}");
-        assert!(row.contains("931G"), "1e12 B/s write: {row}");
+        assert!(
+            row.contains(" 954M/931G "),
+            "1e9 B/s read, 1e12 written: {row}"
+        );
         assert_eq!(SortKey::from_key('m'), Some(SortKey::Memory));
         assert_eq!(SortKey::from_key('x'), None);
     }
@@ -291,6 +355,47 @@ mod tests {
         let table = watch_table(&snapshot(), &HashMap::new(), SortKey::Cpu);
         let row = table.lines().nth(2).unwrap();
         assert!(row.contains(" - "), "{row}");
+    }
+
+    #[test]
+    fn latency_columns_show_the_interval_p99() {
+        let mut snap = snapshot();
+        snap.containers[1].cpu.runqueue_latency_us = Some(crate::collection::LatencyStats {
+            p99: Some(8192),
+            ..Default::default()
+        });
+        let mut io = crate::collection::IoLatency::default();
+        io.read.p99 = Some(256);
+        io.write.p99 = Some(1 << 20);
+        snap.containers[1].blkio.latency_us = Some(io);
+        let table = watch_table(&snap, &rates(), SortKey::Name);
+        let busy = table.lines().find(|l| l.starts_with("busy")).unwrap();
+        assert!(busy.contains(" 8.2m  1.0s "), "{busy}");
+        let other = table.lines().nth(2).unwrap();
+        assert!(other.contains("     -     - "), "no hooks: dashes: {other}");
+        assert_eq!(micros(512), "512u");
+        assert_eq!(micros(131_072), "131m");
+        assert_eq!(micros(1 << 25), "34s");
+    }
+
+    #[test]
+    fn long_lists_scroll_within_the_height() {
+        let rows: String = (0..50)
+            .map(|i| format!("row{i}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let table = format!("title\nNAME\n{rows}\n");
+        let (shown, offset) = window(&table, 10, 0);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 10, "{shown}");
+        assert_eq!(&lines[..3], ["title", "NAME", "row0"]);
+        assert_eq!(lines[9], "rows 1-7 of 50  (j/k, arrows, PgUp/PgDn)");
+        assert_eq!(offset, 0);
+        let (shown, offset) = window(&table, 10, 1000);
+        assert_eq!(offset, 43, "the last page is full");
+        assert!(shown.lines().nth(2) == Some("row43") && shown.contains("row49"));
+        let (all, _) = window(&table, 100, 5);
+        assert_eq!(all, table, "what fits is shown whole");
     }
 
     #[test]

@@ -1,0 +1,549 @@
+//! Host-wide tracepoints and the set of container cgroups they count for: block IO
+//! counters (`block_bio_queue`), block request latency (`block_io_start`/`block_io_done`,
+//! the `block_rq_*` pair before 6.5) and run-queue latency with context switches (the
+//! scheduler's raw tracepoints). Each family is attached on its own: one the kernel
+//! refuses is warned about and the others go on.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
+    programs::{
+        RawTracePoint, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
+};
+use dockops_common::{BlockCounters, BlockKey, Latency, LatencyKey, SchedStats, TaskState, names};
+
+use super::{BlockByCgroup, DatapathError, chain, pins::Layout, program_err};
+
+/// One program on one tracepoint; its link is pinned under `global/` by tracepoint name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Hook {
+    pub program: &'static str,
+    /// The classic tracepoint's category; `None` for a raw tracepoint.
+    pub category: Option<&'static str>,
+    pub tracepoint: &'static str,
+}
+
+/// Hooks that are attached together, what they give, and the record offsets they read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Family {
+    what: &'static str,
+    hooks: Vec<Hook>,
+    globals: Vec<(&'static str, u32)>,
+}
+
+/// A field the programs read: its name in the format file, the global that takes its
+/// offset, and the sizes the program can read.
+type Field = (&'static str, &'static str, u32, u32);
+/// A family as probed: what it gives, its hooks and the fields each reads.
+type Wanted = (&'static str, Vec<(Hook, Vec<Field>)>);
+
+impl Family {
+    /// The families this kernel's tracepoints allow, each with its fields' offsets read
+    /// from tracefs; a family whose format cannot be read is warned about and left out.
+    fn probe(tracefs: &Path) -> Vec<Self> {
+        let exists =
+            |category: &str, name: &str| tracefs.join("events").join(category).join(name).exists();
+        let (start, done) = if exists("block", "block_io_start") {
+            ("block_io_start", "block_io_done")
+        } else {
+            ("block_rq_issue", "block_rq_complete")
+        };
+        let wanted: [Wanted; 3] = [
+            (
+                "block IO per container",
+                vec![(
+                    hook(names::BLOCK_BIO_ACCT, Some("block"), "block_bio_queue"),
+                    vec![
+                        ("dev", "BLOCK_DEV_OFFSET", 4, 4),
+                        ("nr_sector", "BLOCK_NR_SECTOR_OFFSET", 4, 4),
+                        ("rwbs", "BLOCK_RWBS_OFFSET", 8, 64),
+                    ],
+                )],
+            ),
+            (
+                "block IO latency per container",
+                vec![
+                    (
+                        hook(names::BLOCK_RQ_START, Some("block"), start),
+                        vec![
+                            ("dev", "START_DEV_OFFSET", 4, 4),
+                            ("sector", "START_SECTOR_OFFSET", 8, 8),
+                            ("rwbs", "START_RWBS_OFFSET", 8, 64),
+                        ],
+                    ),
+                    (
+                        hook(names::BLOCK_RQ_DONE, Some("block"), done),
+                        vec![
+                            ("dev", "DONE_DEV_OFFSET", 4, 4),
+                            ("sector", "DONE_SECTOR_OFFSET", 8, 8),
+                        ],
+                    ),
+                ],
+            ),
+            (
+                "run-queue latency per container",
+                vec![
+                    (hook(names::SCHED_SWITCH, None, "sched_switch"), Vec::new()),
+                    (hook(names::SCHED_WAKEUP, None, "sched_wakeup"), Vec::new()),
+                    (
+                        hook(names::SCHED_FORK, None, "sched_wakeup_new"),
+                        Vec::new(),
+                    ),
+                    (
+                        hook(names::SCHED_EXIT, None, "sched_process_exit"),
+                        Vec::new(),
+                    ),
+                ],
+            ),
+        ];
+        wanted
+            .into_iter()
+            .filter_map(|(what, hooks)| {
+                Self::read(what, hooks, tracefs)
+                    .inspect_err(|error| {
+                        tracing::warn!("{what} is unavailable: {}", chain(error));
+                    })
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn read(
+        what: &'static str,
+        wanted: Vec<(Hook, Vec<Field>)>,
+        tracefs: &Path,
+    ) -> Result<Self, DatapathError> {
+        let mut globals: Vec<(&'static str, u32)> = Vec::new();
+        let mut hooks = Vec::new();
+        for (hook, fields) in wanted {
+            hooks.push(hook);
+            let Some(category) = hook.category.filter(|_| !fields.is_empty()) else {
+                continue;
+            };
+            let path = tracefs
+                .join("events")
+                .join(category)
+                .join(hook.tracepoint)
+                .join("format");
+            let text = std::fs::read_to_string(&path).map_err(|source| DatapathError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            for (field, global, min, max) in fields {
+                let offset = offset(&text, field, min, max).map_err(|why| {
+                    DatapathError::TracepointFormat {
+                        path: path.clone(),
+                        why,
+                    }
+                })?;
+                match globals.iter().find(|(g, _)| *g == global) {
+                    Some(&(_, known)) if known != offset => {
+                        return Err(DatapathError::TracepointFormat {
+                            path,
+                            why: format!("field {field} at {offset}, not {known} as before"),
+                        });
+                    }
+                    Some(_) => {}
+                    None => globals.push((global, offset)),
+                }
+            }
+        }
+        Ok(Self {
+            what,
+            hooks,
+            globals,
+        })
+    }
+}
+
+const fn hook(
+    program: &'static str,
+    category: Option<&'static str>,
+    tracepoint: &'static str,
+) -> Hook {
+    Hook {
+        program,
+        category,
+        tracepoint,
+    }
+}
+
+/// The offset of `wanted` in a tracepoint's format, from lines such as
+/// `field:dev_t dev; offset:8; size:4; signed:0;` (tab-separated), checking that the field
+/// has a size the program reads.
+fn offset(format: &str, wanted: &str, min_size: u32, max_size: u32) -> Result<u32, String> {
+    for line in format.lines() {
+        let mut name = None;
+        let mut offset = None;
+        let mut size = None;
+        for part in line.split(';').map(str::trim) {
+            if let Some(decl) = part.strip_prefix("field:") {
+                let last = decl.rsplit(' ').next().unwrap_or_default();
+                name = Some(last.split('[').next().unwrap_or_default());
+            } else if let Some(n) = part.strip_prefix("offset:") {
+                offset = n.parse::<u32>().ok();
+            } else if let Some(n) = part.strip_prefix("size:") {
+                size = n.parse::<u32>().ok();
+            }
+        }
+        if name != Some(wanted) {
+            continue;
+        }
+        return match (offset, size) {
+            (Some(offset), Some(size)) if (min_size..=max_size).contains(&size) => Ok(offset),
+            _ => Err(format!(
+                "field {wanted} is not {min_size} to {max_size} bytes: {line}"
+            )),
+        };
+    }
+    Err(format!("no field {wanted}"))
+}
+
+/// Run-queue latency and context switches by container cgroup id.
+pub type SchedByCgroup = HashMap<u64, SchedStats>;
+/// Block request latency by container cgroup id: (device, write) and the histogram.
+pub type LatencyByCgroup = HashMap<u64, Vec<(LatencyKey, Latency)>>;
+
+/// What the host-wide hooks counted, each `None` where its family is not attached.
+#[derive(Clone, Debug, Default)]
+pub struct EventReadings {
+    pub block: Option<BlockByCgroup>,
+    pub block_latency: Option<LatencyByCgroup>,
+    pub sched: Option<SchedByCgroup>,
+}
+
+/// The families this kernel allows, before the object is loaded.
+pub(super) struct Plan(Vec<Family>);
+
+impl Plan {
+    pub(super) fn probe(tracefs: &Path) -> Self {
+        Self(Family::probe(tracefs))
+    }
+
+    /// Sets the record offsets the programs read.
+    pub(super) fn set_globals<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        for (name, value) in self.0.iter().flat_map(|f| &f.globals) {
+            loader.override_global(name, value, true);
+        }
+    }
+}
+
+/// The pinned tracepoint links and their maps.
+pub(super) struct Events {
+    watched: BpfHashMap<MapData, u64, u8>,
+    levels: Array<MapData, u64>,
+    io: PerCpuHashMap<MapData, BlockKey, BlockCounters>,
+    latency: PerCpuHashMap<MapData, LatencyKey, Latency>,
+    sched: PerCpuHashMap<MapData, u64, SchedStats>,
+    /// An LRU hash map; aya reads it as a hash map.
+    tasks: BpfHashMap<MapData, u64, TaskState>,
+    /// The families attached, by what they give.
+    attached: Vec<&'static str>,
+    /// Their hooks, for the upgrade's swap.
+    hooks: Vec<Hook>,
+}
+
+impl Events {
+    /// Adopts each family's pinned links, or attaches and pins them; `fresh` as for
+    /// [`super::caps::Pacing::open`]. A family that fails is warned about, its new links
+    /// taken away again, and left out.
+    pub(super) fn open(
+        ebpf: &mut Ebpf,
+        layout: &Layout,
+        plan: &Plan,
+        fresh: bool,
+    ) -> Result<Self, DatapathError> {
+        let mut attached = Vec::new();
+        let mut hooks = Vec::new();
+        for family in &plan.0 {
+            let mut linked = Vec::new();
+            let result = family
+                .hooks
+                .iter()
+                .try_for_each(|h| attach(ebpf, layout, *h, fresh, &mut linked));
+            match result {
+                Ok(()) => {
+                    attached.push(family.what);
+                    hooks.extend(family.hooks.iter().copied());
+                }
+                Err(error) => {
+                    tracing::warn!("{} is unavailable: {}", family.what, chain(&error));
+                    for link in linked {
+                        let _ = std::fs::remove_file(link);
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            watched: super::take_map(ebpf, names::WATCHED_CGROUPS)?,
+            levels: super::take_map(ebpf, names::CGROUP_LEVELS)?,
+            io: super::take_map(ebpf, names::BLOCK_IO)?,
+            latency: super::take_map(ebpf, names::BLOCK_LATENCY)?,
+            sched: super::take_map(ebpf, names::SCHED_STATS)?,
+            tasks: super::take_map(ebpf, names::TASKS)?,
+            attached,
+            hooks,
+        })
+    }
+
+    pub(super) fn hooks(&self) -> &[Hook] {
+        &self.hooks
+    }
+
+    /// Counts for exactly the cgroups in `ids` (container id → its level in the v2
+    /// hierarchy); drops what was counted for the others.
+    pub(super) fn reconcile(&mut self, ids: &HashMap<u64, u32>) -> Result<(), DatapathError> {
+        let levels = ids
+            .values()
+            .filter(|&&l| l < 64)
+            .fold(0_u64, |acc, &l| acc | 1 << l);
+        if self.levels.get(&0, 0)? != levels {
+            self.levels.set(0, levels, 0)?;
+        }
+        let watched: HashSet<u64> = self.watched.keys().filter_map(Result::ok).collect();
+        for id in watched.iter().filter(|id| !ids.contains_key(id)) {
+            self.watched.remove(id)?;
+        }
+        for id in ids.keys().filter(|id| !watched.contains(id)) {
+            self.watched.insert(id, 1, 0)?;
+        }
+        let gone = |id: &u64| !ids.contains_key(id);
+        let stale: Vec<BlockKey> = self
+            .io
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone(&k.cgroup_id))
+            .collect();
+        for key in stale {
+            self.io.remove(&key)?;
+        }
+        let stale: Vec<LatencyKey> = self
+            .latency
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone(&k.cgroup_id))
+            .collect();
+        for key in stale {
+            self.latency.remove(&key)?;
+        }
+        let stale: Vec<u64> = self
+            .sched
+            .keys()
+            .filter_map(Result::ok)
+            .filter(gone)
+            .collect();
+        for key in stale {
+            self.sched.remove(&key)?;
+        }
+        let stale: Vec<u64> = self
+            .tasks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, t)| gone(&t.container))
+            .map(|(task, _)| task)
+            .collect();
+        for task in stale {
+            // A thread that exited meanwhile is gone already.
+            let _ = self.tasks.remove(&task);
+        }
+        Ok(())
+    }
+
+    /// Everything counted, summed over CPUs.
+    pub(super) fn readings(&self) -> Result<EventReadings, DatapathError> {
+        let has = |what: &str| self.attached.iter().any(|a| a.starts_with(what));
+        let mut out = EventReadings::default();
+        if has("block IO per") {
+            let mut block: BlockByCgroup = HashMap::new();
+            for entry in &self.io {
+                let (key, per_cpu) = entry?;
+                let sum = per_cpu
+                    .iter()
+                    .fold(BlockCounters::default(), |acc, c| acc.plus(*c));
+                block.entry(key.cgroup_id).or_default().push((key, sum));
+            }
+            for devices in block.values_mut() {
+                devices.sort_by_key(|(k, _)| k.dev);
+            }
+            out.block = Some(block);
+        }
+        if has("block IO latency") {
+            let mut latency: LatencyByCgroup = HashMap::new();
+            for entry in &self.latency {
+                let (key, per_cpu) = entry?;
+                let sum = per_cpu.iter().fold(Latency::default(), Latency::plus);
+                latency.entry(key.cgroup_id).or_default().push((key, sum));
+            }
+            for devices in latency.values_mut() {
+                devices.sort_by_key(|(k, _)| (k.dev, k.write));
+            }
+            out.block_latency = Some(latency);
+        }
+        if has("run-queue") {
+            let mut sched = HashMap::new();
+            for entry in &self.sched {
+                let (id, per_cpu) = entry?;
+                let sum = per_cpu.iter().fold(SchedStats::default(), SchedStats::plus);
+                sched.insert(id, sum);
+            }
+            out.sched = Some(sched);
+        }
+        Ok(out)
+    }
+}
+
+/// Loads and pins `hook`'s program (a fresh build, or none pinned) and attaches it unless
+/// its link is pinned already; a link it makes is added to `linked`.
+fn attach(
+    ebpf: &mut Ebpf,
+    layout: &Layout,
+    hook: Hook,
+    fresh: bool,
+    linked: &mut Vec<std::path::PathBuf>,
+) -> Result<(), DatapathError> {
+    let link = layout.global().join(hook.tracepoint);
+    let new_link = !link.exists();
+    if !(new_link || fresh) {
+        return Ok(());
+    }
+    let name = hook.program;
+    let prog_err = program_err(name);
+    let program = ebpf.program_mut(name).ok_or(DatapathError::Missing(name))?;
+    let pin = layout.progs().join(name);
+    let made: Option<FdLink> = if let Some(category) = hook.category {
+        let prog: &mut TracePoint = program.try_into().map_err(&prog_err)?;
+        prog.load().map_err(&prog_err)?;
+        super::repin(&pin, |path| prog.pin(path))?;
+        if new_link {
+            let id = prog.attach(category, hook.tracepoint).map_err(&prog_err)?;
+            Some(fd_link(prog.take_link(id).map_err(&prog_err)?, &link)?)
+        } else {
+            None
+        }
+    } else {
+        let prog: &mut RawTracePoint = program.try_into().map_err(&prog_err)?;
+        prog.load().map_err(&prog_err)?;
+        super::repin(&pin, |path| prog.pin(path))?;
+        if new_link {
+            let id = prog.attach(hook.tracepoint).map_err(&prog_err)?;
+            Some(FdLink::from(prog.take_link(id).map_err(&prog_err)?))
+        } else {
+            None
+        }
+    };
+    if let Some(made) = made {
+        made.pin(&link).map_err(|source| DatapathError::Pin {
+            path: link.clone(),
+            source,
+        })?;
+        linked.push(link);
+    }
+    Ok(())
+}
+
+fn fd_link<L>(link: L, path: &Path) -> Result<FdLink, DatapathError>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    link.try_into().map_err(|source| DatapathError::Link {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Attaches the program pinned for `hook` (this build's, after an upgrade) in place of the
+/// one its pinned link runs, if they differ: the new link first, then the old one goes,
+/// so the tracepoint is never without a program.
+pub(super) fn swap(layout: &Layout, hook: Hook) -> Result<(), DatapathError> {
+    let link = layout.global().join(hook.tracepoint);
+    if !link.exists() {
+        return Ok(());
+    }
+    let name = hook.program;
+    let prog_err = program_err(name);
+    let pin = layout.progs().join(name);
+    let link_err = |source| DatapathError::Link {
+        path: link.clone(),
+        source,
+    };
+    let old = FdLink::from(PinnedLink::from_pin(&link).map_err(link_err)?);
+    let running = old.info().map_err(link_err)?.program_id();
+    let next = layout.global().join(format!("{}-next", hook.tracepoint));
+    let made = if let Some(category) = hook.category {
+        let mut prog = TracePoint::from_pin(&pin).map_err(&prog_err)?;
+        if prog.info().map_err(&prog_err)?.id() == running {
+            return Ok(());
+        }
+        let id = prog.attach(category, hook.tracepoint).map_err(&prog_err)?;
+        fd_link(prog.take_link(id).map_err(&prog_err)?, &next)?
+    } else {
+        let mut prog = RawTracePoint::from_pin(&pin).map_err(&prog_err)?;
+        if prog.info().map_err(&prog_err)?.id() == running {
+            return Ok(());
+        }
+        let id = prog.attach(hook.tracepoint).map_err(&prog_err)?;
+        FdLink::from(prog.take_link(id).map_err(&prog_err)?)
+    };
+    made.pin(&next).map_err(|source| DatapathError::Pin {
+        path: next.clone(),
+        source,
+    })?;
+    drop(old);
+    super::upgrade::unpin(&link)?;
+    std::fs::rename(&next, &link).map_err(|source| DatapathError::Io { path: next, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::offset;
+
+    /// `block_bio_queue` on 6.18 (rwbs grew from 8 to 10 bytes in 6.x).
+    const FORMAT_6_18: &str = "name: block_bio_queue
+ID: 2097
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:dev_t dev;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:sector_t sector;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:unsigned int nr_sector;\toffset:24;\tsize:4;\tsigned:0;
+\tfield:char rwbs[10];\toffset:28;\tsize:10;\tsigned:0;
+\tfield:char comm[16];\toffset:38;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn reads_offsets_from_the_format() {
+        assert_eq!(offset(FORMAT_6_18, "dev", 4, 4), Ok(8));
+        assert_eq!(offset(FORMAT_6_18, "nr_sector", 4, 4), Ok(24));
+        assert_eq!(offset(FORMAT_6_18, "rwbs", 8, 64), Ok(28));
+        assert_eq!(offset(FORMAT_6_18, "sector", 8, 8), Ok(16));
+        let moved = FORMAT_6_18.replace("offset:24", "offset:32");
+        assert_eq!(offset(&moved, "nr_sector", 4, 4), Ok(32));
+    }
+
+    #[test]
+    fn refuses_fields_it_cannot_read() {
+        let wide = FORMAT_6_18.replace(
+            "dev_t dev;\toffset:8;\tsize:4",
+            "dev_t dev;\toffset:8;\tsize:8",
+        );
+        assert!(offset(&wide, "dev", 4, 4).unwrap_err().contains("dev"));
+        let short = FORMAT_6_18.replace(
+            "rwbs[10];\toffset:28;\tsize:10",
+            "rwbs[6];\toffset:28;\tsize:6",
+        );
+        assert!(offset(&short, "rwbs", 8, 64).is_err());
+        let gone = FORMAT_6_18.replace("nr_sector", "nr_sectors");
+        assert_eq!(
+            offset(&gone, "nr_sector", 4, 4),
+            Err("no field nr_sector".into())
+        );
+    }
+}
