@@ -2,20 +2,17 @@
 //! (dashboards and alerts written for cAdvisor work unchanged); dockops-only metrics start
 //! with `dockops_`.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, atomic::AtomicU64},
-};
+mod events;
 
-use dockops_common::{LATENCY_SLOTS, Latency};
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
-    collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet, text},
-    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
+    encoding::{EncodeLabelSet, text},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::collection::{ContainerStats, Snapshot, latency::slot_bound_us};
+use crate::collection::{ContainerStats, Snapshot};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Labels {
@@ -27,83 +24,6 @@ struct Labels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabel {
     map: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    #[prometheus(flatten)]
-    container: Labels,
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IoLabels {
-    #[prometheus(flatten)]
-    container: Labels,
-    op: &'static str,
-    device: String,
-}
-
-/// A histogram family whose buckets the eBPF programs counted: log2 buckets of
-/// microseconds, exposed in seconds.
-#[derive(Debug)]
-struct Histograms<L> {
-    name: &'static str,
-    help: &'static str,
-    series: Vec<(L, Latency)>,
-}
-
-impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> Collector for Histograms<L> {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut family =
-            encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
-        for (labels, histogram) in &self.series {
-            #[expect(
-                clippy::cast_precision_loss,
-                reason = "bucket bounds and sums in seconds"
-            )]
-            let buckets: Vec<(f64, u64)> = (0..LATENCY_SLOTS)
-                .map(|i| {
-                    let bound = slot_bound_us(i).map_or(f64::INFINITY, |us| us as f64 / 1e6);
-                    (bound, histogram.slots[i])
-                })
-                .collect();
-            #[expect(clippy::cast_precision_loss, reason = "a sum in seconds")]
-            let sum = histogram.sum_ns as f64 / 1e9;
-            family
-                .encode_family(labels)?
-                .encode_histogram::<NoLabelSet>(
-                    sum,
-                    histogram.slots.iter().sum(),
-                    &buckets,
-                    None,
-                )?;
-        }
-        Ok(())
-    }
-}
-
-/// `/dev/NAME` of a block device, from sysfs (cached: devices rarely come and go); the
-/// numbers where sysfs does not say.
-fn device_name(major: u32, minor: u32) -> String {
-    static NAMES: Mutex<Option<HashMap<(u32, u32), String>>> = Mutex::new(None);
-    let mut names = NAMES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    names
-        .get_or_insert_with(HashMap::new)
-        .entry((major, minor))
-        .or_insert_with(|| {
-            std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
-                .ok()
-                .and_then(|text| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix("DEVNAME="))
-                        .map(|name| format!("/dev/{name}"))
-                })
-                .unwrap_or_else(|| format!("{major}:{minor}"))
-        })
-        .clone()
 }
 
 /// Content type of [`encode`]'s output.
@@ -327,62 +247,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
         }
         registry.register(name, help, family);
     }
-    let switches = Family::<KindLabels, Counter>::default();
-    for c in &snapshot.containers {
-        if let (Some(all), Some(involuntary)) = (
-            c.cpu.context_switches_total,
-            c.cpu.involuntary_context_switches_total,
-        ) {
-            for (kind, n) in [
-                ("voluntary", all.saturating_sub(involuntary)),
-                ("involuntary", involuntary),
-            ] {
-                switches
-                    .get_or_create(&KindLabels {
-                        container: labels(c),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
-        }
-    }
-    registry.register(
-        "dockops_cpu_context_switches",
-        "Context switches of the container's threads: voluntary (they blocked) or \
-         involuntary (preempted, or yielded while runnable)",
-        switches,
-    );
-    registry.register_collector(Box::new(Histograms {
-        name: "dockops_cpu_runqueue_latency_seconds",
-        help: "How long the container's threads waited runnable before they ran",
-        series: snapshot
-            .containers
-            .iter()
-            .filter_map(|c| Some((labels(c), c.cpu.runqueue_latency_us.as_ref()?.histogram)))
-            .collect(),
-    }));
-    registry.register_collector(Box::new(Histograms {
-        name: "dockops_blkio_latency_seconds",
-        help: "Block requests of the container, from submission to completion",
-        series: snapshot
-            .containers
-            .iter()
-            .filter_map(|c| Some((c, c.blkio.latency_us.as_ref()?)))
-            .flat_map(|(c, l)| {
-                l.devices.iter().flat_map(move |d| {
-                    let device = device_name(d.major, d.minor);
-                    [("read", d.read), ("write", d.write)].map(|(op, histogram)| {
-                        let labels = IoLabels {
-                            container: labels(c),
-                            op,
-                            device: device.clone(),
-                        };
-                        (labels, histogram)
-                    })
-                })
-            })
-            .collect(),
-    }));
+    events::register(&mut registry, snapshot, &labels);
     let failures = Family::<MapLabel, Counter>::default();
     for &(map, count) in &snapshot.insert_failures {
         failures
@@ -406,6 +271,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
 mod tests {
     use std::time::Instant;
 
+    use dockops_common::Latency;
     use time::OffsetDateTime;
 
     use super::*;
@@ -414,14 +280,14 @@ mod tests {
         PidsStats, ResourceLimits, ShapingMode, StorageStats,
     };
 
-    #[test]
-    fn exposes_cadvisor_names_with_labels() {
-        // Two waits of 3 µs, one of 5 ms.
+    /// One container with a known value in every family; its run-queue and block write
+    /// histograms hold two waits of 3 µs and one of 5 ms.
+    fn sample() -> Snapshot {
         let mut runqueue = Latency::default();
         for ns in [3_000, 3_500, 5_000_000] {
             runqueue.record(ns);
         }
-        let snapshot = Snapshot {
+        Snapshot {
             ts: OffsetDateTime::UNIX_EPOCH,
             at: Instant::now(),
             insert_failures: vec![("BLOCK_IO", 7), ("WINDOWS", 0)],
@@ -479,53 +345,79 @@ mod tests {
                 },
                 notes: Vec::new(),
             }],
-        };
-        let text = encode(&snapshot);
-        let bare = r#"id="abc",name="web",image="nginx""#;
-        let labels = format!("{{{bare}}}");
-        for line in [
-            format!("container_cpu_usage_seconds_total{labels} 1.5"),
-            format!("container_network_receive_bytes_total{labels} 1234"),
-            format!("container_fs_writes_bytes_total{labels} 65536"),
-            format!("container_memory_usage_bytes{labels} 4096"),
-            format!("container_spec_memory_limit_bytes{labels} 0"),
-            format!("container_spec_cpu_quota{labels} 50000"),
-            format!("container_fs_usage_bytes{labels} 4096"),
-            format!("container_spec_cpu_period{labels} 100000"),
-            format!("container_spec_cpu_shares{labels} 512"),
-            format!("container_spec_memory_swap_limit_bytes{labels} 67108864"),
-            format!("container_spec_memory_reservation_limit_bytes{labels} 0"),
-            format!("container_processes{labels} 3"),
-            "# TYPE container_oom_events counter".to_owned(),
-            format!("dockops_network_egress_limit_bits{labels} 50000000"),
-            r#"dockops_map_insert_failures_total{map="BLOCK_IO"} 7"#.to_owned(),
-            r#"dockops_map_insert_failures_total{map="WINDOWS"} 0"#.to_owned(),
-            r#"dockops_cpu_context_switches_total{id="abc",name="web",image="nginx",kind="voluntary"} 7"#.to_owned(),
-            r#"dockops_cpu_context_switches_total{id="abc",name="web",image="nginx",kind="involuntary"} 3"#.to_owned(),
-            "# TYPE dockops_cpu_runqueue_latency_seconds histogram".to_owned(),
-            format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"0.000002\",{bare}}} 0"),
-            format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"0.000004\",{bare}}} 2"),
-            format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"0.004096\",{bare}}} 2"),
-            format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"0.008192\",{bare}}} 3"),
-            format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"+Inf\",{bare}}} 3"),
-            format!("dockops_cpu_runqueue_latency_seconds_count{labels} 3"),
-            format!("dockops_cpu_runqueue_latency_seconds_sum{labels} 0.0050065"),
-            format!(
-                "dockops_blkio_latency_seconds_count{{{bare},op=\"write\",device=\"4095:7\"}} 3"
-            ),
-            format!(
-                "dockops_blkio_latency_seconds_count{{{bare},op=\"read\",device=\"4095:7\"}} 0"
-            ),
-        ] {
+        }
+    }
+
+    fn assert_has(text: &str, lines: &[String]) {
+        for line in lines {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn exposes_cadvisor_names_with_labels() {
+        let snapshot = sample();
+        let text = encode(&snapshot);
+        let labels = r#"{id="abc",name="web",image="nginx"}"#;
+        assert_has(
+            &text,
+            &[
+                format!("container_cpu_usage_seconds_total{labels} 1.5"),
+                format!("container_network_receive_bytes_total{labels} 1234"),
+                format!("container_fs_writes_bytes_total{labels} 65536"),
+                format!("container_memory_usage_bytes{labels} 4096"),
+                format!("container_spec_memory_limit_bytes{labels} 0"),
+                format!("container_spec_cpu_quota{labels} 50000"),
+                format!("container_fs_usage_bytes{labels} 4096"),
+                format!("container_spec_cpu_period{labels} 100000"),
+                format!("container_spec_cpu_shares{labels} 512"),
+                format!("container_spec_memory_swap_limit_bytes{labels} 67108864"),
+                format!("container_spec_memory_reservation_limit_bytes{labels} 0"),
+                format!("container_processes{labels} 3"),
+                "# TYPE container_oom_events counter".to_owned(),
+                format!("dockops_network_egress_limit_bits{labels} 50000000"),
+                r#"dockops_map_insert_failures_total{map="BLOCK_IO"} 7"#.to_owned(),
+                r#"dockops_map_insert_failures_total{map="WINDOWS"} 0"#.to_owned(),
+            ],
+        );
         assert!(
             !text.contains("dockops_network_ingress_limit_bits{"),
             "no series without a cap"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn exposes_latency_as_histograms_and_switches_by_kind() {
+        let text = encode(&sample());
+        let bare = r#"id="abc",name="web",image="nginx""#;
+        let bucket = |le: &str, n: u32| {
+            format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"{le}\",{bare}}} {n}")
+        };
+        let io = |op: &str, n: u32| {
+            format!(
+                "dockops_blkio_latency_seconds_count{{{bare},op=\"{op}\",device=\"4095:7\"}} {n}"
+            )
+        };
+        assert_has(
+            &text,
+            &[
+                format!("dockops_cpu_context_switches_total{{{bare},kind=\"voluntary\"}} 7"),
+                format!("dockops_cpu_context_switches_total{{{bare},kind=\"involuntary\"}} 3"),
+                "# TYPE dockops_cpu_runqueue_latency_seconds histogram".to_owned(),
+                bucket("0.000002", 0),
+                bucket("0.000004", 2),
+                bucket("0.004096", 2),
+                bucket("0.008192", 3),
+                bucket("+Inf", 3),
+                format!("dockops_cpu_runqueue_latency_seconds_count{{{bare}}} 3"),
+                format!("dockops_cpu_runqueue_latency_seconds_sum{{{bare}}} 0.0050065"),
+                io("write", 3),
+                io("read", 0),
+            ],
+        );
     }
 }
