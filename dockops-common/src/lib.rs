@@ -38,6 +38,12 @@ pub mod names {
     pub const SCHED_FORK: &str = "sched_fork";
     /// Raw tracepoint `sched_process_exit`: forgets the task.
     pub const SCHED_EXIT: &str = "sched_exit";
+    /// `cgroup_skb` ingress on the cgroup v2 root: packets to containers' sockets.
+    pub const CG_SKB_INGRESS: &str = "cg_skb_ingress";
+    /// `cgroup_skb` egress on the cgroup v2 root: packets from containers' sockets.
+    pub const CG_SKB_EGRESS: &str = "cg_skb_egress";
+    /// Per-CPU hash map: container cgroup id (`u64`) → [`super::SocketCounters`].
+    pub const SOCKET_TRAFFIC: &str = "SOCKET_TRAFFIC";
     /// LRU hash map: a thread's `task_struct` address (`u64`) → [`super::TaskState`],
     /// containers' threads.
     pub const TASKS: &str = "TASKS";
@@ -69,15 +75,17 @@ pub enum InsertFailures {
     PacedSockets = 2,
     SchedStats = 3,
     BlockLatency = 4,
+    SocketTraffic = 5,
 }
 
 impl InsertFailures {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::BlockIo,
         Self::Windows,
         Self::PacedSockets,
         Self::SchedStats,
         Self::BlockLatency,
+        Self::SocketTraffic,
     ];
 
     /// The map's name, as Prometheus labels it.
@@ -88,6 +96,7 @@ impl InsertFailures {
             Self::PacedSockets => "PACED_SOCKETS",
             Self::SchedStats => names::SCHED_STATS,
             Self::BlockLatency => names::BLOCK_LATENCY,
+            Self::SocketTraffic => names::SOCKET_TRAFFIC,
         }
     }
 }
@@ -482,7 +491,34 @@ pub struct LatencyKey {
 
 const _: () = assert!(core::mem::size_of::<LatencyKey>() == 16);
 
+/// What one container's sockets sent and received, whatever its network: bytes at the IP
+/// layer, packets as wire segments. One copy per CPU, summed in userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<SocketCounters>() == 32);
+
+impl SocketCounters {
+    #[must_use]
+    pub const fn plus(self, other: &Self) -> Self {
+        Self {
+            rx_bytes: self.rx_bytes.wrapping_add(other.rx_bytes),
+            rx_packets: self.rx_packets.wrapping_add(other.rx_packets),
+            tx_bytes: self.tx_bytes.wrapping_add(other.tx_bytes),
+            tx_packets: self.tx_packets.wrapping_add(other.tx_packets),
+        }
+    }
+}
+
 // SAFETY: repr(C), only integer fields, no padding (sizes asserted above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SocketCounters {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Latency {}
 #[cfg(feature = "user")]

@@ -1,5 +1,6 @@
-//! Which container a task belongs to, for the host-wide hooks (block and scheduler
-//! tracepoints): the container's cgroup v2 directory, or one below it.
+//! Which container a task or socket belongs to, for the host-wide hooks (block and
+//! scheduler tracepoints, cgroup_skb on the root): the container's cgroup v2 directory, or
+//! one below it.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
@@ -25,6 +26,16 @@ const MAX_LEVEL: i32 = 16;
 pub fn container_of_current() -> Option<u64> {
     // SAFETY: helpers without arguments to check.
     let id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: returns 0 when the task's cgroup is shallower than `level`.
+    container_of(id, |level| unsafe {
+        bpf_get_current_ancestor_cgroup_id(level)
+    })
+}
+
+/// The container of cgroup `id`: itself if watched, else the watched ancestor that
+/// `ancestor(level)` (0 where the cgroup is shallower) names.
+#[inline(always)]
+pub fn container_of(id: u64, ancestor: impl Fn(i32) -> u64) -> Option<u64> {
     // SAFETY: a map lookup.
     if unsafe { WATCHED_CGROUPS.get(&id) }.is_some() {
         return Some(id);
@@ -33,8 +44,7 @@ pub fn container_of_current() -> Option<u64> {
     let mut level = 1;
     while level < MAX_LEVEL {
         if levels & (1 << level) != 0 {
-            // SAFETY: returns 0 when the task's cgroup is shallower than `level`.
-            let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+            let ancestor = ancestor(level);
             // SAFETY: a map lookup.
             if ancestor != 0
                 && ancestor != id

@@ -5,6 +5,7 @@
 mod block;
 mod cgroup;
 mod sched;
+mod skb;
 mod sock;
 mod tc;
 

@@ -126,6 +126,17 @@ impl Container {
         docker(&["exec", &self.id, "sh", "-c", script])
     }
 
+    /// Whether `sh -c script` succeeds in the container (for polling).
+    pub fn exec_ok(&self, script: &str) -> bool {
+        Command::new("docker")
+            .env("DOCKER_HOST", env("DOCKER_HOST"))
+            .args(["exec", &self.id, "sh", "-c", script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// The host-side veth (ifindex, name), found independently of dockops: the container's
     /// own sysfs gives eth0's peer index, the host's sysfs its name.
     pub fn host_veth(&self) -> (u32, String) {

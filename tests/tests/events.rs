@@ -231,3 +231,53 @@ fn block_latency_counts_each_direct_write_and_nested_cgroups() {
     drop((writer, idle));
     drop(child);
 }
+
+#[test]
+fn socket_bytes_are_counted_for_a_host_network_container() {
+    // A host-network container (no veth of its own) downloads 8 MiB from a server
+    // container over HTTP: its sockets received them, the server's sent them.
+    const BYTES: u64 = 8 << 20;
+    let _one = exclusive();
+    let server = Container::start(
+        "sock-server",
+        "mkdir -p /www && dd if=/dev/zero of=/www/blob bs=1M count=8 2>/dev/null && \
+         httpd -f -p 8080 -h /www",
+    );
+    let client = Container::start_with("sock-host", &["--network", "host"], "sleep 600");
+    let url = format!("http://{}:8080/blob", server.ip());
+    dockops_ok(&["stats"]);
+    let before = stats_json();
+    let rx = |stats: &HashMap<String, Value>| {
+        number(stats, &client.name, "/network/socket_rx_bytes_total")
+    };
+    let tx = |stats: &HashMap<String, Value>| {
+        number(stats, &server.name, "/network/socket_tx_bytes_total")
+    };
+    wait_until_serving(&client, &url);
+    let start = stats_json();
+    client.exec(&format!("wget -q -O /dev/null {url}"));
+    let after = stats_json();
+    let (received, sent) = (rx(&after) - rx(&start), tx(&after) - tx(&start));
+    eprintln!(
+        "{BYTES} B over HTTP: the host-network client received {received} B, the server sent {sent} B"
+    );
+    for (what, n) in [("received", received), ("sent", sent)] {
+        assert!(
+            (BYTES..BYTES + BYTES / 10).contains(&n),
+            "{BYTES} B downloaded, the sockets {what} {n} B (headers add a few %)"
+        );
+    }
+    assert!(
+        rx(&before) <= rx(&start),
+        "counters only grow: {} then {}",
+        rx(&before),
+        rx(&start)
+    );
+}
+
+/// Waits until `url` answers from inside `client` (httpd starts after the file is made).
+fn wait_until_serving(client: &Container, url: &str) {
+    dockops_integration::wait_for(Duration::from_secs(20), "the HTTP server", || {
+        client.exec_ok(&format!("wget -q -O /dev/null {url}"))
+    });
+}

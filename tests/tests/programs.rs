@@ -56,6 +56,8 @@ fn every_program_in_the_object_loads_and_verifies() {
         names::BLOCK_BIO_ACCT,
         names::BLOCK_RQ_DONE,
         names::BLOCK_RQ_START,
+        names::CG_SKB_EGRESS,
+        names::CG_SKB_INGRESS,
         names::SCHED_EXIT,
         names::SCHED_FORK,
         names::SCHED_SWITCH,

@@ -94,6 +94,13 @@ pub struct NetworkStats {
     /// Packets the hard cap passed with ECN Congestion Experienced set.
     pub rx_marked_total: u64,
     pub tx_marked_total: u64,
+    /// What the container's sockets received and sent, counted at the sockets (IP layer,
+    /// `cgroup_skb`): also for `--network host` and `--network container:X`, which have no
+    /// veth of their own; `null` where the kernel refused the hooks.
+    pub socket_rx_bytes_total: Option<u64>,
+    pub socket_tx_bytes_total: Option<u64>,
+    pub socket_rx_packets_total: Option<u64>,
+    pub socket_tx_packets_total: Option<u64>,
 }
 
 impl From<TrafficCounters> for NetworkStats {
@@ -275,6 +282,18 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
                 .map_or(&[], Vec::as_slice),
         )
     });
+    let mut network = NetworkStats::from(traffic);
+    if let Some(by_cgroup) = &events.sockets {
+        let s = c
+            .cgroup_id
+            .and_then(|id| by_cgroup.get(&id))
+            .copied()
+            .unwrap_or_default();
+        network.socket_rx_bytes_total = Some(s.rx_bytes);
+        network.socket_tx_bytes_total = Some(s.tx_bytes);
+        network.socket_rx_packets_total = Some(s.rx_packets);
+        network.socket_tx_packets_total = Some(s.tx_packets);
+    }
     let mut cpu = cg.cpu;
     if let Some(by_cgroup) = &events.sched {
         let s = c
@@ -297,7 +316,7 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         cpu,
         memory: cg.memory,
         blkio,
-        network: traffic.into(),
+        network,
         pids: cg.pids,
         limits: Limits {
             resources,

@@ -1,11 +1,14 @@
 //! Host-wide tracepoints and the set of container cgroups they count for: block IO
 //! counters (`block_bio_queue`), block request latency (`block_io_start`/`block_io_done`,
-//! the `block_rq_*` pair before 6.5) and run-queue latency with context switches (the
-//! scheduler's raw tracepoints). Each family is attached on its own: one the kernel
-//! refuses is warned about and the others go on.
+//! the `block_rq_*` pair before 6.5), run-queue latency with context switches (the
+//! scheduler's raw tracepoints) and socket traffic (`cgroup_skb` on the cgroup v2 root).
+//! Each family is attached on its own: one the kernel refuses is warned about and the
+//! others go on.
 
 use std::{
     collections::{HashMap, HashSet},
+    fs::File,
+    os::fd::AsFd as _,
     path::Path,
 };
 
@@ -13,21 +16,34 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
     programs::{
-        RawTracePoint, TracePoint,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
-use dockops_common::{BlockCounters, BlockKey, Latency, LatencyKey, SchedStats, TaskState, names};
+use dockops_common::{
+    BlockCounters, BlockKey, Latency, LatencyKey, SchedStats, SocketCounters, TaskState, names,
+};
 
 use super::{BlockByCgroup, DatapathError, chain, pins::Layout, program_err};
 
-/// One program on one tracepoint; its link is pinned under `global/` by tracepoint name.
+/// One program on one host-wide hook; its link is pinned under `global/` by `tracepoint`
+/// (the hook's name).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Hook {
     pub program: &'static str,
-    /// The classic tracepoint's category; `None` for a raw tracepoint.
-    pub category: Option<&'static str>,
+    pub kind: Kind,
     pub tracepoint: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A classic tracepoint, in this category.
+    Tracepoint(&'static str),
+    Raw,
+    /// `cgroup_skb` on the cgroup v2 root, egress (or ingress).
+    Cgroup {
+        egress: bool,
+    },
 }
 
 /// Hooks that are attached together, what they give, and the record offsets they read.
@@ -55,11 +71,15 @@ impl Family {
         } else {
             ("block_rq_issue", "block_rq_complete")
         };
-        let wanted: [Wanted; 3] = [
+        let wanted: [Wanted; 4] = [
             (
                 "block IO per container",
                 vec![(
-                    hook(names::BLOCK_BIO_ACCT, Some("block"), "block_bio_queue"),
+                    hook(
+                        names::BLOCK_BIO_ACCT,
+                        Kind::Tracepoint("block"),
+                        "block_bio_queue",
+                    ),
                     vec![
                         ("dev", "BLOCK_DEV_OFFSET", 4, 4),
                         ("nr_sector", "BLOCK_NR_SECTOR_OFFSET", 4, 4),
@@ -71,7 +91,7 @@ impl Family {
                 "block IO latency per container",
                 vec![
                     (
-                        hook(names::BLOCK_RQ_START, Some("block"), start),
+                        hook(names::BLOCK_RQ_START, Kind::Tracepoint("block"), start),
                         vec![
                             ("dev", "START_DEV_OFFSET", 4, 4),
                             ("sector", "START_SECTOR_OFFSET", 8, 8),
@@ -79,7 +99,7 @@ impl Family {
                         ],
                     ),
                     (
-                        hook(names::BLOCK_RQ_DONE, Some("block"), done),
+                        hook(names::BLOCK_RQ_DONE, Kind::Tracepoint("block"), done),
                         vec![
                             ("dev", "DONE_DEV_OFFSET", 4, 4),
                             ("sector", "DONE_SECTOR_OFFSET", 8, 8),
@@ -90,14 +110,41 @@ impl Family {
             (
                 "run-queue latency per container",
                 vec![
-                    (hook(names::SCHED_SWITCH, None, "sched_switch"), Vec::new()),
-                    (hook(names::SCHED_WAKEUP, None, "sched_wakeup"), Vec::new()),
                     (
-                        hook(names::SCHED_FORK, None, "sched_wakeup_new"),
+                        hook(names::SCHED_SWITCH, Kind::Raw, "sched_switch"),
                         Vec::new(),
                     ),
                     (
-                        hook(names::SCHED_EXIT, None, "sched_process_exit"),
+                        hook(names::SCHED_WAKEUP, Kind::Raw, "sched_wakeup"),
+                        Vec::new(),
+                    ),
+                    (
+                        hook(names::SCHED_FORK, Kind::Raw, "sched_wakeup_new"),
+                        Vec::new(),
+                    ),
+                    (
+                        hook(names::SCHED_EXIT, Kind::Raw, "sched_process_exit"),
+                        Vec::new(),
+                    ),
+                ],
+            ),
+            (
+                "socket traffic per container",
+                vec![
+                    (
+                        hook(
+                            names::CG_SKB_INGRESS,
+                            Kind::Cgroup { egress: false },
+                            names::CG_SKB_INGRESS,
+                        ),
+                        Vec::new(),
+                    ),
+                    (
+                        hook(
+                            names::CG_SKB_EGRESS,
+                            Kind::Cgroup { egress: true },
+                            names::CG_SKB_EGRESS,
+                        ),
                         Vec::new(),
                     ),
                 ],
@@ -124,7 +171,7 @@ impl Family {
         let mut hooks = Vec::new();
         for (hook, fields) in wanted {
             hooks.push(hook);
-            let Some(category) = hook.category.filter(|_| !fields.is_empty()) else {
+            let Kind::Tracepoint(category) = hook.kind else {
                 continue;
             };
             let path = tracefs
@@ -163,14 +210,10 @@ impl Family {
     }
 }
 
-const fn hook(
-    program: &'static str,
-    category: Option<&'static str>,
-    tracepoint: &'static str,
-) -> Hook {
+const fn hook(program: &'static str, kind: Kind, tracepoint: &'static str) -> Hook {
     Hook {
         program,
-        category,
+        kind,
         tracepoint,
     }
 }
@@ -206,6 +249,8 @@ fn offset(format: &str, wanted: &str, min_size: u32, max_size: u32) -> Result<u3
     Err(format!("no field {wanted}"))
 }
 
+/// Socket traffic by container cgroup id.
+pub type SocketsByCgroup = HashMap<u64, SocketCounters>;
 /// Run-queue latency and context switches by container cgroup id.
 pub type SchedByCgroup = HashMap<u64, SchedStats>;
 /// Block request latency by container cgroup id: (device, write) and the histogram.
@@ -217,6 +262,7 @@ pub struct EventReadings {
     pub block: Option<BlockByCgroup>,
     pub block_latency: Option<LatencyByCgroup>,
     pub sched: Option<SchedByCgroup>,
+    pub sockets: Option<SocketsByCgroup>,
 }
 
 /// The families this kernel allows, before the object is loaded.
@@ -244,6 +290,7 @@ pub(super) struct Events {
     sched: PerCpuHashMap<MapData, u64, SchedStats>,
     /// An LRU hash map; aya reads it as a hash map.
     tasks: BpfHashMap<MapData, u64, TaskState>,
+    sockets: PerCpuHashMap<MapData, u64, SocketCounters>,
     /// The families attached, by what they give.
     attached: Vec<&'static str>,
     /// Their hooks, for the upgrade's swap.
@@ -258,6 +305,7 @@ impl Events {
         ebpf: &mut Ebpf,
         layout: &Layout,
         plan: &Plan,
+        unified: Option<&Path>,
         fresh: bool,
     ) -> Result<Self, DatapathError> {
         let mut attached = Vec::new();
@@ -267,7 +315,7 @@ impl Events {
             let result = family
                 .hooks
                 .iter()
-                .try_for_each(|h| attach(ebpf, layout, *h, fresh, &mut linked));
+                .try_for_each(|h| attach(ebpf, layout, *h, unified, fresh, &mut linked));
             match result {
                 Ok(()) => {
                     attached.push(family.what);
@@ -288,6 +336,7 @@ impl Events {
             latency: super::take_map(ebpf, names::BLOCK_LATENCY)?,
             sched: super::take_map(ebpf, names::SCHED_STATS)?,
             tasks: super::take_map(ebpf, names::TASKS)?,
+            sockets: super::take_map(ebpf, names::SOCKET_TRAFFIC)?,
             attached,
             hooks,
         })
@@ -395,6 +444,17 @@ impl Events {
             }
             out.sched = Some(sched);
         }
+        if has("socket traffic") {
+            let mut sockets = HashMap::new();
+            for entry in &self.sockets {
+                let (id, per_cpu) = entry?;
+                let sum = per_cpu
+                    .iter()
+                    .fold(SocketCounters::default(), SocketCounters::plus);
+                sockets.insert(id, sum);
+            }
+            out.sockets = Some(sockets);
+        }
         Ok(out)
     }
 }
@@ -405,6 +465,7 @@ fn attach(
     ebpf: &mut Ebpf,
     layout: &Layout,
     hook: Hook,
+    unified: Option<&Path>,
     fresh: bool,
     linked: &mut Vec<std::path::PathBuf>,
 ) -> Result<(), DatapathError> {
@@ -417,25 +478,48 @@ fn attach(
     let prog_err = program_err(name);
     let program = ebpf.program_mut(name).ok_or(DatapathError::Missing(name))?;
     let pin = layout.progs().join(name);
-    let made: Option<FdLink> = if let Some(category) = hook.category {
-        let prog: &mut TracePoint = program.try_into().map_err(&prog_err)?;
-        prog.load().map_err(&prog_err)?;
-        super::repin(&pin, |path| prog.pin(path))?;
-        if new_link {
-            let id = prog.attach(category, hook.tracepoint).map_err(&prog_err)?;
-            Some(fd_link(prog.take_link(id).map_err(&prog_err)?, &link)?)
-        } else {
-            None
+    let made: Option<FdLink> = match hook.kind {
+        Kind::Tracepoint(category) => {
+            let prog: &mut TracePoint = program.try_into().map_err(&prog_err)?;
+            prog.load().map_err(&prog_err)?;
+            super::repin(&pin, |path| prog.pin(path))?;
+            if new_link {
+                let id = prog.attach(category, hook.tracepoint).map_err(&prog_err)?;
+                Some(fd_link(prog.take_link(id).map_err(&prog_err)?, &link)?)
+            } else {
+                None
+            }
         }
-    } else {
-        let prog: &mut RawTracePoint = program.try_into().map_err(&prog_err)?;
-        prog.load().map_err(&prog_err)?;
-        super::repin(&pin, |path| prog.pin(path))?;
-        if new_link {
-            let id = prog.attach(hook.tracepoint).map_err(&prog_err)?;
-            Some(FdLink::from(prog.take_link(id).map_err(&prog_err)?))
-        } else {
-            None
+        Kind::Raw => {
+            let prog: &mut RawTracePoint = program.try_into().map_err(&prog_err)?;
+            prog.load().map_err(&prog_err)?;
+            super::repin(&pin, |path| prog.pin(path))?;
+            if new_link {
+                let id = prog.attach(hook.tracepoint).map_err(&prog_err)?;
+                Some(FdLink::from(prog.take_link(id).map_err(&prog_err)?))
+            } else {
+                None
+            }
+        }
+        Kind::Cgroup { egress } => {
+            let root = unified.ok_or(DatapathError::NoUnifiedCgroup)?;
+            let prog: &mut CgroupSkb = program.try_into().map_err(&prog_err)?;
+            prog.load().map_err(&prog_err)?;
+            super::repin(&pin, |path| prog.pin(path))?;
+            if new_link {
+                let cgroup = File::open(root).map_err(|source| DatapathError::Io {
+                    path: root.to_owned(),
+                    source,
+                })?;
+                // A link is one of many on the cgroup whatever the mode (and 6.18 rejects
+                // BPF_F_ALLOW_MULTI in link flags).
+                let id = prog
+                    .attach(cgroup, attach_type(egress), CgroupAttachMode::Single)
+                    .map_err(&prog_err)?;
+                Some(fd_link(prog.take_link(id).map_err(&prog_err)?, &link)?)
+            } else {
+                None
+            }
         }
     };
     if let Some(made) = made {
@@ -458,6 +542,14 @@ where
     })
 }
 
+const fn attach_type(egress: bool) -> CgroupSkbAttachType {
+    if egress {
+        CgroupSkbAttachType::Egress
+    } else {
+        CgroupSkbAttachType::Ingress
+    }
+}
+
 /// Attaches the program pinned for `hook` (this build's, after an upgrade) in place of the
 /// one its pinned link runs, if they differ: the new link first, then the old one goes,
 /// so the tracepoint is never without a program.
@@ -476,20 +568,35 @@ pub(super) fn swap(layout: &Layout, hook: Hook) -> Result<(), DatapathError> {
     let old = FdLink::from(PinnedLink::from_pin(&link).map_err(link_err)?);
     let running = old.info().map_err(link_err)?.program_id();
     let next = layout.global().join(format!("{}-next", hook.tracepoint));
-    let made = if let Some(category) = hook.category {
-        let mut prog = TracePoint::from_pin(&pin).map_err(&prog_err)?;
-        if prog.info().map_err(&prog_err)?.id() == running {
+    let made = match hook.kind {
+        Kind::Tracepoint(category) => {
+            let mut prog = TracePoint::from_pin(&pin).map_err(&prog_err)?;
+            if prog.info().map_err(&prog_err)?.id() == running {
+                return Ok(());
+            }
+            let id = prog.attach(category, hook.tracepoint).map_err(&prog_err)?;
+            fd_link(prog.take_link(id).map_err(&prog_err)?, &next)?
+        }
+        Kind::Raw => {
+            let mut prog = RawTracePoint::from_pin(&pin).map_err(&prog_err)?;
+            if prog.info().map_err(&prog_err)?.id() == running {
+                return Ok(());
+            }
+            let id = prog.attach(hook.tracepoint).map_err(&prog_err)?;
+            FdLink::from(prog.take_link(id).map_err(&prog_err)?)
+        }
+        Kind::Cgroup { egress } => {
+            // A cgroup link takes a new program in place.
+            let prog = CgroupSkb::from_pin(&pin, attach_type(egress)).map_err(&prog_err)?;
+            if prog.info().map_err(&prog_err)?.id() != running {
+                let fd = prog.fd().map_err(&prog_err)?;
+                super::sys::link_update(&link, fd.as_fd()).map_err(|source| DatapathError::Io {
+                    path: link.clone(),
+                    source,
+                })?;
+            }
             return Ok(());
         }
-        let id = prog.attach(category, hook.tracepoint).map_err(&prog_err)?;
-        fd_link(prog.take_link(id).map_err(&prog_err)?, &next)?
-    } else {
-        let mut prog = RawTracePoint::from_pin(&pin).map_err(&prog_err)?;
-        if prog.info().map_err(&prog_err)?.id() == running {
-            return Ok(());
-        }
-        let id = prog.attach(hook.tracepoint).map_err(&prog_err)?;
-        FdLink::from(prog.take_link(id).map_err(&prog_err)?)
     };
     made.pin(&next).map_err(|source| DatapathError::Pin {
         path: next.clone(),

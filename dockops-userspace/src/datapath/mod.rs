@@ -32,7 +32,7 @@ pub use bpffs::tracefs;
 use dockops_common::{
     BlockCounters, BlockKey, Caps, InsertFailures, TcCap, TrafficCounters, names,
 };
-pub use events::{EventReadings, LatencyByCgroup, SchedByCgroup};
+pub use events::{EventReadings, LatencyByCgroup, SchedByCgroup, SocketsByCgroup};
 pub use pins::Direction;
 use pins::{Layout, PinName};
 pub use queue::QueueError;
@@ -122,6 +122,8 @@ pub enum DatapathError {
         "bandwidth caps need a cgroup v2 hierarchy (none is mounted) and the sock_ops program (see the warning above)"
     )]
     NoPacing,
+    #[error("no cgroup v2 hierarchy is mounted to attach to")]
+    NoUnifiedCgroup,
     #[error(
         "container {0} has no IP address of its own (--network host or none?): it cannot be capped"
     )]
@@ -259,7 +261,7 @@ impl Datapath {
         let tc_caps = take_map(&mut ebpf, names::TC_CAPS)?;
         let insert_failures = take_map(&mut ebpf, names::INSERT_FAILURES)?;
         let ecn_flows = take_map(&mut ebpf, names::ECN_FLOWS)?;
-        let events = events::Events::open(&mut ebpf, &layout, &plan, fresh)?;
+        let events = events::Events::open(&mut ebpf, &layout, &plan, unified, fresh)?;
         let pacing = match unified {
             Some(root) => caps::Pacing::open(&mut ebpf, &layout, root, fresh)
                 .inspect_err(|error| {

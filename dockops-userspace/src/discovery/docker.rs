@@ -323,7 +323,8 @@ fn network_note(mode: &str, pid: u32) -> Option<String> {
         let short = &other[..other.len().min(12)];
         return Some(format!(
             "shares the network namespace of container {short} (--network container:): its \
-             traffic is counted and capped with that container"
+             interface traffic is counted and capped with that container (its own sockets' in \
+             network.socket_*)"
         ));
     }
     if mode == "none" {
@@ -331,8 +332,8 @@ fn network_note(mode: &str, pid: u32) -> Option<String> {
     }
     if mode == "host" || netns::is_host_netns(pid).unwrap_or(false) {
         return Some(
-            "uses the host's network namespace (--network host): its traffic is not \
-             counted per container, and it cannot be capped"
+            "uses the host's network namespace (--network host): it has no interface to \
+             count or cap; its sockets' traffic is in network.socket_*"
                 .to_owned(),
         );
     }

@@ -96,6 +96,36 @@ pub(super) fn register(
     snapshot: &Snapshot,
     labels: &impl Fn(&ContainerStats) -> Labels,
 ) {
+    for (name, help, get) in [
+        (
+            "dockops_network_socket_receive_bytes",
+            "Bytes the container's sockets received (IP layer; host network included)",
+            (|c| c.network.socket_rx_bytes_total) as fn(&ContainerStats) -> Option<u64>,
+        ),
+        (
+            "dockops_network_socket_transmit_bytes",
+            "Bytes the container's sockets sent (IP layer; host network included)",
+            |c| c.network.socket_tx_bytes_total,
+        ),
+        (
+            "dockops_network_socket_receive_packets",
+            "Packets the container's sockets received",
+            |c| c.network.socket_rx_packets_total,
+        ),
+        (
+            "dockops_network_socket_transmit_packets",
+            "Packets the container's sockets sent (segments of a GSO aggregate each count)",
+            |c| c.network.socket_tx_packets_total,
+        ),
+    ] {
+        let family = Family::<Labels, Counter>::default();
+        for c in &snapshot.containers {
+            if let Some(n) = get(c) {
+                family.get_or_create(&labels(c)).inc_by(n);
+            }
+        }
+        registry.register(name, help, family);
+    }
     let switches = Family::<KindLabels, Counter>::default();
     for c in &snapshot.containers {
         if let (Some(all), Some(involuntary)) = (

@@ -322,6 +322,7 @@ mod tests {
                 },
                 network: NetworkStats {
                     rx_bytes_total: 1234,
+                    socket_rx_bytes_total: Some(4321),
                     ..NetworkStats::default()
                 },
                 pids: PidsStats {
@@ -417,6 +418,7 @@ mod tests {
                 format!("dockops_cpu_runqueue_latency_seconds_sum{{{bare}}} 0.0050065"),
                 io("write", 3),
                 io("read", 0),
+                format!("dockops_network_socket_receive_bytes_total{{{bare}}} 4321"),
             ],
         );
     }
