@@ -295,11 +295,13 @@ impl Agent {
     pub fn snapshot(&mut self, keep: impl Fn(&Container) -> bool) -> Result<Snapshot, AgentError> {
         let traffic = self.datapath.counters()?;
         let events = self.datapath.events()?;
+        let interfaces = crate::collection::netdev::read();
         let caps = self.datapath.caps()?;
         let mut sources = Sources {
             cgroup: &self.caps.cgroup,
             dirs: &mut self.dirs,
             traffic: &traffic,
+            interfaces: &interfaces,
             events: &events,
             caps: &caps,
         };

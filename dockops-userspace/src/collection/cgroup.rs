@@ -60,6 +60,11 @@ pub struct MemoryStats {
     pub limit_bytes: Option<u64>,
     pub swap_bytes: u64,
     pub oom_events_total: u64,
+    /// Page cache, anonymous memory and mapped files (`memory.stat`: v1 `total_cache`,
+    /// `total_rss`, `total_mapped_file`; v2 `file`, `anon`, `file_mapped`).
+    pub cache_bytes: u64,
+    pub rss_bytes: u64,
+    pub mapped_file_bytes: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -100,7 +105,10 @@ impl BlkioStats {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PidsStats {
+    /// Tasks (threads) in the container, from the pids controller.
     pub current: u64,
+    /// Processes in the container's own cgroup (`cgroup.procs`).
+    pub processes: u64,
     /// `null` when unlimited.
     pub limit: Option<u64>,
 }
@@ -139,6 +147,57 @@ pub struct CgroupStats {
     /// From `io.stat` on v2; `None` on v1, whose blkio counters stay at zero on current
     /// kernels (the eBPF block accounting fills in).
     pub blkio: Option<BlkioStats>,
+    /// From the v2 directory's `*.pressure` files (also beside v1, in the hybrid layout);
+    /// `None` without PSI.
+    pub pressure: Option<Pressure>,
+    /// False when the container's directory could not be opened (it is exiting, or the
+    /// path is wrong): the figures are zeros, not readings.
+    pub readable: bool,
+}
+
+/// Pressure stall information: time some (`waiting`) or all (`stalled`) of the
+/// container's runnable tasks were delayed for lack of a resource, as cAdvisor names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Pressure {
+    pub cpu: Stall,
+    pub memory: Stall,
+    pub io: Stall,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Stall {
+    /// `some`: at least one task waited.
+    pub waiting_seconds_total: f64,
+    /// `full`: every non-idle task waited at once.
+    pub stalled_seconds_total: f64,
+}
+
+impl Stall {
+    /// Parses `some avg10=0.00 avg60=0.00 avg300=0.00 total=12345` (µs) and its `full`
+    /// line; `None` unless the `some` line is there.
+    fn parse(text: &str) -> Option<Self> {
+        let total = |kind: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(kind))
+                .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+                .and_then(|n| n.parse::<u64>().ok())
+                .map(seconds_from_us)
+        };
+        Some(Self {
+            waiting_seconds_total: total("some ")?,
+            stalled_seconds_total: total("full ").unwrap_or(0.0),
+        })
+    }
+}
+
+/// The pressure files of a v2 directory.
+fn pressure(dir: &Dir) -> Option<Pressure> {
+    let stall = |file: &str| dir.read(file).as_deref().and_then(Stall::parse);
+    Some(Pressure {
+        cpu: stall("cpu.pressure")?,
+        memory: stall("memory.pressure")?,
+        io: stall("io.pressure")?,
+    })
 }
 
 pub fn read(dirs: &mut Dirs, mode: &CgroupMode, paths: &CgroupPaths) -> CgroupStats {
@@ -150,6 +209,14 @@ pub fn read(dirs: &mut Dirs, mode: &CgroupMode, paths: &CgroupPaths) -> CgroupSt
         CgroupMode::V2 { .. } => v2_dir(dirs).map(|dir| read_v2(&dir)).unwrap_or_default(),
         CgroupMode::V1 { .. } => read_v1(dirs, Path::new(V1_ROOT), paths),
     };
+    let unified = match mode {
+        CgroupMode::V2 { root } => Some(root.as_path()),
+        CgroupMode::V1 { unified } => unified.as_deref(),
+    };
+    stats.pressure = unified
+        .zip(paths.v2.as_deref())
+        .and_then(|(root, p)| dirs.get(join(root, p)))
+        .and_then(|dir| pressure(&dir));
     // Limits change on events (`limit`, `docker update`, a restart), not every tick: they
     // are read again only after `Dirs::reread_limits`.
     let key = paths
@@ -345,15 +412,25 @@ fn read_v1(dirs: &mut Dirs, root: &Path, paths: &CgroupPaths) -> CgroupStats {
             limit_bytes: None,
             swap_bytes: value(&stat, "total_swap"),
             oom_events_total: value(&text(&d, "memory.oom_control"), "oom_kill"),
+            cache_bytes: value(&stat, "total_cache"),
+            rss_bytes: value(&stat, "total_rss"),
+            mapped_file_bytes: value(&stat, "total_mapped_file"),
         };
+        stats.readable = true;
     }
     if let Some(d) = dir("pids") {
         stats.pids = PidsStats {
             current: number(&d, "pids.current"),
+            processes: lines(&d, "cgroup.procs"),
             limit: None,
         };
     }
     stats
+}
+
+/// Lines of a file read every tick (`cgroup.procs`: one process per line).
+fn lines(dir: &Dir, file: &str) -> u64 {
+    dir.read(file).map_or(0, |t| t.lines().count() as u64)
 }
 
 /// v1 limits, read again only after an event (`Dirs::reread_limits`).
@@ -426,16 +503,23 @@ fn read_v2(dir: &Dir) -> CgroupStats {
             limit_bytes: None,
             swap_bytes: number(dir, "memory.swap.current"),
             oom_events_total: value(&text(dir, "memory.events"), "oom_kill"),
+            cache_bytes: value(&memory, "file"),
+            rss_bytes: value(&memory, "anon"),
+            mapped_file_bytes: value(&memory, "file_mapped"),
         },
         pids: PidsStats {
             current: number(dir, "pids.current"),
+            processes: lines(dir, "cgroup.procs"),
             limit: None,
         },
+        readable: true,
         limits: ResourceLimits::default(),
         // Without the io controller enabled for the cgroup there is no io.stat at all.
         blkio: dir
             .read("io.stat")
             .map(|io| BlkioStats::from_devices(io_stat(&io))),
+        // Read for v1 and v2 alike in `read`.
+        pressure: None,
     }
 }
 
@@ -516,6 +600,30 @@ fn io_stat(text: &str) -> Vec<DeviceIo> {
 }
 
 #[cfg(test)]
+mod pressure_tests {
+    use super::Stall;
+
+    #[test]
+    fn pressure_totals_are_seconds() {
+        let text = "some avg10=1.00 avg60=0.50 avg300=0.10 total=2500000\n\
+                    full avg10=0.00 avg60=0.00 avg300=0.00 total=1000\n";
+        assert_eq!(
+            Stall::parse(text),
+            Some(Stall {
+                waiting_seconds_total: 2.5,
+                stalled_seconds_total: 0.001
+            })
+        );
+        let some_only = "some avg10=0.00 avg60=0.00 avg300=0.00 total=7\n";
+        assert_eq!(
+            Stall::parse(some_only).map(|s| s.stalled_seconds_total),
+            Some(0.0)
+        );
+        assert_eq!(Stall::parse(""), None);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -537,8 +645,10 @@ mod tests {
             ("memory.max", "max\n"),
             (
                 "memory.stat",
-                "anon 1048576\nfile 8388608\ninactive_file 4194304\nactive_file 4194304\n",
+                "anon 1048576\nfile 8388608\nfile_mapped 65536\ninactive_file 4194304\n\
+                 active_file 4194304\n",
             ),
+            ("cgroup.procs", "1\n42\n"),
             ("memory.swap.current", "4096\n"),
             (
                 "memory.events",
@@ -567,12 +677,16 @@ mod tests {
                 limit_bytes: None,
                 swap_bytes: 4096,
                 oom_events_total: 1,
+                cache_bytes: 8_388_608,
+                rss_bytes: 1_048_576,
+                mapped_file_bytes: 65536,
             }
         );
         assert_eq!(
             s.pids,
             PidsStats {
                 current: 7,
+                processes: 2,
                 limit: None
             },
             "read_v2 reads what changes every tick; `read` adds the limits"
@@ -704,8 +818,10 @@ mod tests {
             (
                 "memory",
                 "memory.stat",
-                "cache 8388608\ntotal_inactive_file 4194304\ntotal_swap 0\n",
+                "cache 8388608\ntotal_cache 8388608\ntotal_rss 2097152\ntotal_mapped_file 4096\n\
+                 total_inactive_file 4194304\ntotal_swap 0\n",
             ),
+            ("pids", "cgroup.procs", "7\n"),
             (
                 "memory",
                 "memory.oom_control",
@@ -739,15 +855,20 @@ mod tests {
                 limit_bytes: None,
                 swap_bytes: 0,
                 oom_events_total: 2,
+                cache_bytes: 8_388_608,
+                rss_bytes: 2_097_152,
+                mapped_file_bytes: 4096,
             }
         );
         assert_eq!(
             s.pids,
             PidsStats {
                 current: 5,
+                processes: 1,
                 limit: None
             }
         );
+        assert!(s.readable);
         assert_eq!(s.blkio, None, "v1 blkio comes from eBPF");
     }
 

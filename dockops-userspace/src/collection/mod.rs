@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod latency;
+pub mod netdev;
 
 use std::{collections::HashMap, net::IpAddr, time::Instant};
 
@@ -10,7 +11,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 pub use self::{
-    cgroup::{BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats, ResourceLimits},
+    cgroup::{
+        BlkioStats, CpuStats, DeviceIo, MemoryStats, PidsStats, Pressure, ResourceLimits, Stall,
+    },
     latency::LatencyStats,
 };
 use crate::{
@@ -101,6 +104,13 @@ pub struct NetworkStats {
     pub socket_tx_bytes_total: Option<u64>,
     pub socket_rx_packets_total: Option<u64>,
     pub socket_tx_packets_total: Option<u64>,
+    /// The kernel's receive and transmit errors and drops on the container's interfaces
+    /// (its host veths seen from the container: what the veth failed to deliver into it
+    /// is a receive drop).
+    pub rx_errors_total: u64,
+    pub tx_errors_total: u64,
+    pub rx_interface_dropped_total: u64,
+    pub tx_interface_dropped_total: u64,
 }
 
 impl From<TrafficCounters> for NetworkStats {
@@ -126,11 +136,22 @@ pub struct ContainerStats {
     pub id: String,
     pub name: String,
     pub image: String,
+    /// Its Docker labels (Prometheus: `container_label_<key>`).
+    #[serde(skip)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its cgroup path, cAdvisor's `id` label (`/docker/<id>`).
+    #[serde(skip)]
+    pub cgroup: String,
+    /// When it last started, since the epoch.
+    #[serde(skip)]
+    pub started_at: Option<std::time::Duration>,
     pub cpu: CpuStats,
     pub memory: MemoryStats,
     pub blkio: BlkioStats,
     pub network: NetworkStats,
     pub pids: PidsStats,
+    /// Pressure stall information; `null` where the kernel has none.
+    pub pressure: Option<Pressure>,
     pub storage: StorageStats,
     pub limits: Limits,
     /// What dockops cannot count or cap for this container, and what failed for it.
@@ -200,6 +221,8 @@ pub struct Sources<'a> {
     /// Cgroup directories kept open between snapshots.
     pub dirs: &'a mut cgroup::Dirs,
     pub traffic: &'a HashMap<u32, TrafficCounters>,
+    /// Error and drop counts of the host's interfaces, by name ([`netdev::read`]).
+    pub interfaces: &'a HashMap<String, netdev::InterfaceErrors>,
     /// What the host-wide tracepoints counted, by cgroup id; block IO counters are used
     /// where cgroup files have none.
     pub events: &'a EventReadings,
@@ -216,6 +239,35 @@ pub struct Snapshot {
     pub containers: Vec<ContainerStats>,
     /// Host-wide: inserts the eBPF programs could not make because a map was full, by map.
     pub insert_failures: Vec<(&'static str, u64)>,
+    /// Containers whose cgroup directory could not be read (their figures are zeros).
+    pub unreadable: usize,
+    pub machine: Machine,
+}
+
+/// The host, as cAdvisor's `machine_*` metrics describe it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Machine {
+    /// Online CPUs.
+    pub cpu_cores: u64,
+    /// `MemTotal` of `/proc/meminfo`.
+    pub memory_bytes: u64,
+}
+
+impl Machine {
+    /// Read once: neither changes while dockops runs (CPU hotplug aside).
+    pub fn get() -> Self {
+        static MACHINE: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
+        *MACHINE.get_or_init(|| Self {
+            cpu_cores: std::thread::available_parallelism().map_or(0, |n| n.get() as u64),
+            memory_bytes: std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|text| {
+                    let kib = text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+                    kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                })
+                .map_or(0, |kib| kib * 1024),
+        })
+    }
 }
 
 impl Snapshot {
@@ -224,9 +276,14 @@ impl Snapshot {
         containers: impl IntoIterator<Item = &'c Container>,
         sources: &mut Sources<'_>,
     ) -> Self {
+        let mut unreadable = 0;
         let mut stats: Vec<ContainerStats> = containers
             .into_iter()
-            .map(|c| container(c, sources))
+            .map(|c| {
+                let (stats, readable) = container(c, sources);
+                unreadable += usize::from(!readable);
+                stats
+            })
             .collect();
         sources.dirs.sweep();
         stats.sort_by(|a, b| a.name.cmp(&b.name));
@@ -235,6 +292,8 @@ impl Snapshot {
             at: Instant::now(),
             containers: stats,
             insert_failures: Vec::new(),
+            unreadable,
+            machine: Machine::get(),
         }
     }
 
@@ -258,13 +317,20 @@ impl Snapshot {
     }
 }
 
-fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
+/// One container's readings, and whether its cgroup directory could be read.
+fn container(c: &Container, sources: &mut Sources<'_>) -> (ContainerStats, bool) {
     let traffic = c
         .interfaces
         .iter()
         .flatten()
         .filter_map(|i| sources.traffic.get(&i.ifindex))
         .fold(TrafficCounters::default(), |acc, x| acc.plus(*x));
+    let errors = c
+        .interfaces
+        .iter()
+        .flatten()
+        .filter_map(|i| sources.interfaces.get(&i.name))
+        .fold(netdev::InterfaceErrors::default(), |acc, x| acc.plus(*x));
     let cg = cgroup::read(sources.dirs, sources.cgroup, &c.cgroup);
     let events = sources.events;
     let mut blkio = cg.blkio.unwrap_or_else(|| {
@@ -283,6 +349,11 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
         )
     });
     let mut network = NetworkStats::from(traffic);
+    // The host side's transmit is the container's receive.
+    network.rx_errors_total = errors.tx_errors;
+    network.rx_interface_dropped_total = errors.tx_dropped;
+    network.tx_errors_total = errors.rx_errors;
+    network.tx_interface_dropped_total = errors.rx_dropped;
     if let Some(by_cgroup) = &events.sockets {
         let s = c
             .cgroup_id
@@ -308,16 +379,26 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
     let (usage_bytes, storage_limit) = c.storage.as_ref().map_or((None, None), storage);
     let mut resources = cg.limits;
     resources.storage_bytes = storage_limit;
-    ContainerStats {
+    let readable = cg.readable;
+    let stats = ContainerStats {
         id: c.id.clone(),
         name: c.name.clone(),
         image: c.image.clone(),
+        labels: c.labels.clone(),
+        cgroup: c
+            .cgroup
+            .v2
+            .clone()
+            .or_else(|| c.cgroup.v1.get("cpu").cloned())
+            .unwrap_or_default(),
+        started_at: c.started_at,
         storage: StorageStats { usage_bytes },
         cpu,
         memory: cg.memory,
         blkio,
         network,
         pids: cg.pids,
+        pressure: cg.pressure,
         limits: Limits {
             resources,
             ..c.addresses()
@@ -328,7 +409,8 @@ fn container(c: &Container, sources: &mut Sources<'_>) -> ContainerStats {
                 .unwrap_or_default()
         },
         notes: c.notes.clone(),
-    }
+    };
+    (stats, readable)
 }
 
 /// What the writable layer uses, and its limit: a btrfs qgroup's sysfs files, or an
@@ -457,6 +539,7 @@ mod tests {
             ipv6: Vec::new(),
             storage: None,
             resources: crate::discovery::DockerResources::default(),
+            started_at: None,
         }
     }
 
@@ -479,6 +562,7 @@ mod tests {
                 cgroup: &mode,
                 dirs: &mut cgroup::Dirs::default(),
                 traffic,
+                interfaces: &HashMap::new(),
                 events: &EventReadings::default(),
                 caps: &HashMap::new(),
             },
@@ -533,6 +617,7 @@ mod tests {
                 cgroup: &mode,
                 dirs: &mut cgroup::Dirs::default(),
                 traffic: &HashMap::new(),
+                interfaces: &HashMap::new(),
                 events: &EventReadings {
                     block: Some(block),
                     ..EventReadings::default()

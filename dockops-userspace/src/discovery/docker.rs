@@ -19,6 +19,7 @@ use super::{
 /// What an inspect (and a visit to the network namespace) adds to a listed container.
 struct Inspected {
     pid: u32,
+    started_at: Option<std::time::Duration>,
     resources: DockerResources,
     storage: Option<WritableLayer>,
     interfaces: Option<Vec<HostInterface>>,
@@ -152,6 +153,7 @@ impl Docker {
                     cgroup_id: self.unified.as_deref().and_then(|u| cgroup.id(u)),
                     cgroup,
                     pid: found.pid,
+                    started_at: found.started_at,
                     interfaces: found.interfaces,
                     notes: found.notes,
                     ipv4: found.ipv4,
@@ -196,8 +198,17 @@ impl Docker {
             .into_iter()
             .flat_map(HashMap::into_values)
             .collect();
-        let pid = inspect.state.and_then(|s| s.pid).unwrap_or(0);
-        let pid = u32::try_from(pid).ok().filter(|&p| p != 0)?;
+        let state = inspect.state.unwrap_or_default();
+        let pid = u32::try_from(state.pid.unwrap_or(0))
+            .ok()
+            .filter(|&p| p != 0)?;
+        let started_at = state.started_at.as_deref().and_then(|t| {
+            let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .ok()?;
+            u64::try_from(at.unix_timestamp_nanos())
+                .ok()
+                .map(std::time::Duration::from_nanos)
+        });
         let storage = self.storage.as_ref().map(|(driver, root)| {
             let upper = inspect
                 .graph_driver
@@ -220,6 +231,7 @@ impl Docker {
         };
         Some(Inspected {
             pid,
+            started_at,
             resources,
             storage,
             interfaces,

@@ -66,6 +66,8 @@ pub struct Container {
     /// Its resource settings as Docker held them at the last inspect (discovery inspects a
     /// container again on each of its events, `docker update` included).
     pub resources: DockerResources,
+    /// When it last started, since the epoch (`State.StartedAt`).
+    pub started_at: Option<std::time::Duration>,
 }
 
 /// A container's `HostConfig` resource fields as `inspect` reports them (0 or "": never set).
@@ -193,6 +195,7 @@ mod tests {
             ipv6: Vec::new(),
             storage: None,
             resources: DockerResources::default(),
+            started_at: None,
         }
     }
 

@@ -41,6 +41,8 @@ mod tests {
             ts: datetime!(2026-11-27 10:00:00 UTC),
             at: Instant::now(),
             insert_failures: Vec::new(),
+            unreadable: 0,
+            machine: crate::collection::Machine::default(),
             containers: vec![ContainerStats {
                 id: "abc".into(),
                 name: "web".into(),

@@ -261,11 +261,12 @@ mod tests {
             },
             pids: PidsStats {
                 current: pids,
+                processes: 1,
                 limit: None,
             },
             storage: crate::collection::StorageStats::default(),
             limits: crate::collection::Limits::default(),
-            notes: Vec::new(),
+            ..ContainerStats::default()
         }
     }
 
@@ -274,6 +275,8 @@ mod tests {
             ts: OffsetDateTime::UNIX_EPOCH,
             at: Instant::now(),
             insert_failures: Vec::new(),
+            unreadable: 0,
+            machine: crate::collection::Machine::default(),
             containers: vec![
                 stats(
                     "0123456789abcdef",

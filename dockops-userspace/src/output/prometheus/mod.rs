@@ -2,23 +2,47 @@
 //! (dashboards and alerts written for cAdvisor work unchanged); dockops-only metrics start
 //! with `dockops_`.
 
+mod cadvisor;
 mod events;
 
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text},
+    encoding::{EncodeLabelSet, LabelSetEncoder, text},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
 use crate::collection::{ContainerStats, Snapshot};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Labels {
-    id: String,
-    name: String,
-    image: String,
+/// A container's labels as cAdvisor sets them: `id` (its cgroup path), `name`, `image`,
+/// and each Docker label as `container_label_<key>` (characters Prometheus does not allow
+/// in a name turned into `_`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Labels(Vec<(String, String)>);
+
+impl Labels {
+    fn of(c: &ContainerStats) -> Self {
+        let mut labels = vec![
+            ("id".to_owned(), c.cgroup.clone()),
+            ("name".to_owned(), c.name.clone()),
+            ("image".to_owned(), c.image.clone()),
+        ];
+        labels.extend(c.labels.iter().map(|(key, value)| {
+            let key: String = key
+                .chars()
+                .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+                .collect();
+            (format!("container_label_{key}"), value.clone())
+        }));
+        Self(labels)
+    }
+}
+
+impl EncodeLabelSet for Labels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +127,26 @@ const INT_COUNTERS: &[(&str, &str, Get<u64>)] = &[
         |c| c.network.tx_packets_total,
     ),
     (
+        "container_network_receive_errors",
+        "Receive errors on the container's interfaces",
+        |c| c.network.rx_errors_total,
+    ),
+    (
+        "container_network_transmit_errors",
+        "Transmit errors on the container's interfaces",
+        |c| c.network.tx_errors_total,
+    ),
+    (
+        "container_network_receive_packets_dropped",
+        "Packets the kernel dropped on their way into the container",
+        |c| c.network.rx_interface_dropped_total,
+    ),
+    (
+        "container_network_transmit_packets_dropped",
+        "Packets the kernel dropped on their way out of the container",
+        |c| c.network.tx_interface_dropped_total,
+    ),
+    (
         "dockops_network_receive_dropped_packets",
         "Packets to the container the hard cap dropped",
         |c| c.network.rx_dropped_total,
@@ -181,19 +225,40 @@ const GAUGES: &[(&str, &str, Get<i64>)] = &[
     ),
     (
         "container_processes",
-        "Processes and threads in the container",
+        "Processes in the container's own cgroup",
+        |c| c.pids.processes as i64,
+    ),
+    (
+        "container_threads",
+        "Threads (tasks) in the container",
         |c| c.pids.current as i64,
+    ),
+    (
+        "container_threads_max",
+        "Task limit of the container (pids.max); 0 when unlimited",
+        |c| c.pids.limit.unwrap_or(0) as i64,
+    ),
+    (
+        "container_memory_cache",
+        "Page cache of the container",
+        |c| c.memory.cache_bytes as i64,
+    ),
+    (
+        "container_memory_rss",
+        "Anonymous memory of the container (RSS)",
+        |c| c.memory.rss_bytes as i64,
+    ),
+    (
+        "container_memory_mapped_file",
+        "Memory-mapped files of the container",
+        |c| c.memory.mapped_file_bytes as i64,
     ),
 ];
 
 /// The snapshot in the `OpenMetrics` text format.
 pub fn encode(snapshot: &Snapshot) -> String {
     let mut registry = Registry::default();
-    let labels = |c: &ContainerStats| Labels {
-        id: c.id.clone(),
-        name: c.name.clone(),
-        image: c.image.clone(),
-    };
+    let labels = Labels::of;
     for &(name, help, get) in COUNTERS {
         let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
         for c in &snapshot.containers {
@@ -248,6 +313,7 @@ pub fn encode(snapshot: &Snapshot) -> String {
         registry.register(name, help, family);
     }
     events::register(&mut registry, snapshot, &labels);
+    cadvisor::register(&mut registry, snapshot, &labels);
     let failures = Family::<MapLabel, Counter>::default();
     for &(map, count) in &snapshot.insert_failures {
         failures
@@ -291,10 +357,25 @@ mod tests {
             ts: OffsetDateTime::UNIX_EPOCH,
             at: Instant::now(),
             insert_failures: vec![("BLOCK_IO", 7), ("WINDOWS", 0)],
+            unreadable: 0,
+            machine: crate::collection::Machine {
+                cpu_cores: 2,
+                memory_bytes: 4096,
+            },
             containers: vec![ContainerStats {
                 id: "abc".into(),
                 name: "web".into(),
                 image: "nginx".into(),
+                cgroup: "/docker/abc".into(),
+                labels: [("com.docker.compose.project".to_owned(), "shop".to_owned())].into(),
+                started_at: Some(std::time::Duration::from_millis(1_700_000_000_500)),
+                pressure: Some(crate::collection::Pressure {
+                    io: crate::collection::Stall {
+                        waiting_seconds_total: 2.5,
+                        stalled_seconds_total: 1.0,
+                    },
+                    ..Default::default()
+                }),
                 cpu: CpuStats {
                     usage_seconds_total: 1.5,
                     runqueue_latency_us: Some(runqueue.into()),
@@ -327,6 +408,7 @@ mod tests {
                 },
                 pids: PidsStats {
                     current: 3,
+                    processes: 1,
                     limit: None,
                 },
                 storage: StorageStats {
@@ -344,7 +426,7 @@ mod tests {
                         ..ResourceLimits::default()
                     },
                 },
-                notes: Vec::new(),
+                ..ContainerStats::default()
             }],
         }
     }
@@ -362,7 +444,7 @@ mod tests {
     fn exposes_cadvisor_names_with_labels() {
         let snapshot = sample();
         let text = encode(&snapshot);
-        let labels = r#"{id="abc",name="web",image="nginx"}"#;
+        let labels = r#"{id="/docker/abc",name="web",image="nginx",container_label_com_docker_compose_project="shop"}"#;
         assert_has(
             &text,
             &[
@@ -377,7 +459,16 @@ mod tests {
                 format!("container_spec_cpu_shares{labels} 512"),
                 format!("container_spec_memory_swap_limit_bytes{labels} 67108864"),
                 format!("container_spec_memory_reservation_limit_bytes{labels} 0"),
-                format!("container_processes{labels} 3"),
+                format!("container_threads{labels} 3"),
+                format!("container_processes{labels} 1"),
+                format!("container_pressure_io_waiting_seconds_total{labels} 2.5"),
+                format!("container_pressure_io_stalled_seconds_total{labels} 1.0"),
+                format!("container_pressure_cpu_waiting_seconds_total{labels} 0.0"),
+                format!("container_start_time_seconds{labels} 1700000000.5"),
+                format!("container_last_seen{labels} 0.0"),
+                "container_scrape_error 0".to_owned(),
+                "machine_cpu_cores 2".to_owned(),
+                "machine_memory_bytes 4096".to_owned(),
                 "# TYPE container_oom_events counter".to_owned(),
                 format!("dockops_network_egress_limit_bits{labels} 50000000"),
                 r#"dockops_map_insert_failures_total{map="BLOCK_IO"} 7"#.to_owned(),
@@ -394,7 +485,7 @@ mod tests {
     #[test]
     fn exposes_latency_as_histograms_and_switches_by_kind() {
         let text = encode(&sample());
-        let bare = r#"id="abc",name="web",image="nginx""#;
+        let bare = r#"id="/docker/abc",name="web",image="nginx",container_label_com_docker_compose_project="shop""#;
         let bucket = |le: &str, n: u32| {
             format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"{le}\",{bare}}} {n}")
         };
