@@ -218,7 +218,13 @@ fn prometheus_scrapes_the_exporter() {
         },
     );
     let series = &answer["data"]["result"][0];
-    assert_eq!(series["metric"]["id"], c.id.as_str());
+    // cAdvisor's id: the cgroup path (`/docker/<id>`).
+    assert!(
+        series["metric"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with('/') && id.ends_with(&c.id)),
+        "{series}"
+    );
     assert_eq!(
         series["metric"]["image"],
         std::env::var("DOCKOPS_TEST_IMAGE").unwrap().as_str()
