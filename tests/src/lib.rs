@@ -381,6 +381,22 @@ pub fn http_get(url: &str, unix_socket: Option<&str>) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Writes `dir/prometheus.yml`, a configuration that scrapes the exporter on loopback port
+/// `exporter` every second; returns its path.
+pub fn scrape_config(dir: &Path, exporter: u16) -> PathBuf {
+    fs::create_dir_all(dir).expect("a directory for Prometheus");
+    let config = dir.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dockops\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n"
+        ),
+    )
+    .expect("writing prometheus.yml");
+    config
+}
+
 /// A Prometheus server on a free loopback port, from the configuration at `config`, its data
 /// under `dir`; killed on drop. Returns it and its port.
 pub fn prometheus(config: &Path, dir: &Path) -> (Process, u16) {

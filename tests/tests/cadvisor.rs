@@ -7,7 +7,7 @@
 use std::{fs, thread, time::Duration};
 
 use dockops_integration::{
-    Background, Container, docker, free_port, http_get, prometheus, wait_for,
+    Background, Container, docker, free_port, http_get, prometheus, scrape_config, wait_for,
 };
 use serde_json::Value;
 
@@ -129,16 +129,7 @@ fn setup() -> Setup {
         &exporter.to_string(),
     ]);
     let dir = std::env::temp_dir().join(format!("dockops-it-cadvisor-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dockops\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n"
-        ),
-    )
-    .unwrap();
+    let config = scrape_config(&dir, exporter);
     let (server, web) = prometheus(&config, &dir);
     wait_for(Duration::from_mins(1), "Prometheus to scrape", || {
         http_get(

@@ -4,8 +4,8 @@
 use std::{fs, process::Command, time::Duration};
 
 use dockops_integration::{
-    Background, Container, docker, dockops_ok, field, free_port, http_get, prometheus, stats_json,
-    wait_for,
+    Background, Container, docker, dockops_ok, field, free_port, http_get, prometheus,
+    scrape_config, stats_json, wait_for,
 };
 use serde_json::Value;
 
@@ -189,16 +189,7 @@ fn prometheus_scrapes_the_exporter() {
         );
     }
     let dir = std::env::temp_dir().join(format!("dockops-it-prometheus-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("prometheus.yml");
-    fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dockops\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{exporter}']\n"
-        ),
-    )
-    .unwrap();
+    let config = scrape_config(&dir, exporter);
     let (_prometheus, web) = prometheus(&config, &dir);
     let query = format!(
         "http://127.0.0.1:{web}/api/v1/query?query=container_network_receive_bytes_total%7Bname%3D%22{}%22%7D",

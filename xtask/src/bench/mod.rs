@@ -2,6 +2,7 @@
 //! docs/BENCHMARKS.md.
 
 mod agent;
+mod events;
 mod limits;
 mod shaping;
 mod stats;
@@ -84,6 +85,17 @@ enum Which {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// What the CPU and IO hooks cost: `stress-ng --switch` and `fio` 4 KiB direct random
+    /// writes in a watched container, with and without the programs; their run time per
+    /// event; the Prometheus scrape time and the agent's CPU with a scrape every second.
+    Events {
+        /// Container counts to measure the scrape at.
+        #[arg(long, value_delimiter = ',', default_value = "100,500")]
+        containers: Vec<usize>,
+        /// Seconds of the agent to measure CPU over, per count.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Bandwidth caps: dockops against tc tbf and no cap, egress and ingress, at 10, 100 and
     /// 1000 Mbit/s: goodput, first second, retransmits, ping under load, overhead.
     Shaping {
@@ -105,6 +117,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             ref containers,
             seconds,
         } => agent::run(containers, seconds),
+        Which::Events {
+            ref containers,
+            seconds,
+        } => events::run(containers, seconds),
     }
 }
 

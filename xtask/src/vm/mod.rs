@@ -73,6 +73,13 @@ const SUITE: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "events",
+        &[
+            "block_latency_counts_each_direct_write_and_nested_cgroups",
+            "socket_bytes_are_counted_for_a_host_network_container",
+        ],
+    ),
+    (
         "agent",
         &[
             "labels_and_the_policy_file_set_every_limit_cli_over_label_over_file",
