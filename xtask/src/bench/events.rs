@@ -69,7 +69,9 @@ pub fn run(counts: &[usize], seconds: u64) -> anyhow::Result<()> {
 
 /// The workload rows: ops/s without and with the programs, and each program's run time.
 fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<String> {
-    let _fleet = super::Containers { engine };
+    let fleet = super::Containers { engine };
+    // A run stopped short leaves its container behind.
+    fleet.remove();
     let id = sh::output(&mut run_labelled(
         engine,
         "dockops-bench-events",
@@ -90,18 +92,16 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
             if measuring && !attached {
                 continue;
             }
-            // With: a running agent watches the container; without: nothing is attached.
-            let agent = if attached {
-                let mut agent = dockops()
-                    .args(["watch", "--format", "none", "--interval", "1s"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()?;
-                wait_attached(&mut agent)?;
-                Some(agent)
-            } else {
-                None
-            };
+            // With: the programs attached and the container watched (a one-shot command
+            // does both; the pinned programs go on counting after it exits, so the agent's
+            // own CPU is not in the figure); without: nothing of dockops is attached.
+            if attached {
+                sh::run(
+                    dockops()
+                        .args(["stats", "--sample", "0"])
+                        .stdout(Stdio::null()),
+                )?;
+            }
             if measuring {
                 fs::write(STATS_ENABLED, "1")?;
             }
@@ -115,11 +115,7 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
                 switch[i].push(ops);
                 iops[i].push(io);
             }
-            if let Some(mut agent) = agent {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &agent.id().to_string()])
-                    .status();
-                agent.wait()?;
+            if attached {
                 sh::run(dockops().arg("reset").stdout(Stdio::null()))?;
             }
             eprintln!(
@@ -235,20 +231,6 @@ fn fio_randwrite(cgroup: &str, file: &std::path::Path) -> anyhow::Result<f64> {
     json["jobs"][0]["write"]["iops"]
         .as_f64()
         .context("no write iops in fio's output")
-}
-
-/// Waits until the agent has attached the host-wide programs.
-fn wait_attached(agent: &mut std::process::Child) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::path::Path::new("/sys/fs/bpf/dockops/global/sched_switch").exists() {
-        if Instant::now() > deadline || agent.try_wait()?.is_some() {
-            bail!("the agent did not attach its programs");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    // Its first reconcile watches the container.
-    thread::sleep(Duration::from_secs(2));
-    Ok(())
 }
 
 const STATS_ENABLED: &str = "/proc/sys/kernel/bpf_stats_enabled";

@@ -1,67 +1,124 @@
-//! What the host-wide tracepoints counted: latency histograms and context switches.
+//! What the host-wide hooks counted: latency histograms, context switches and socket
+//! traffic, written straight from the snapshot when scraped.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use dockops_common::{LATENCY_SLOTS, Latency};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
-    metrics::{MetricType, counter::Counter, family::Family},
+    encoding::{DescriptorEncoder, EncodeLabelSet, LabelSetEncoder, NoLabelSet},
+    metrics::MetricType,
     registry::Registry,
 };
 
-use super::Labels;
-use crate::collection::{ContainerStats, Snapshot, latency::slot_bound_us};
+use super::{Get, Labels, Shared, per_container};
+use crate::collection::latency::slot_bound_us;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    #[prometheus(flatten)]
-    container: Labels,
-    kind: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IoLabels {
-    #[prometheus(flatten)]
-    container: Labels,
-    op: &'static str,
-    device: String,
-}
-
-/// A histogram family whose buckets the eBPF programs counted: log2 buckets of
-/// microseconds, exposed in seconds.
+/// A container's labels and some of the family's own.
 #[derive(Debug)]
-struct Histograms<L> {
-    name: &'static str,
-    help: &'static str,
-    series: Vec<(L, Latency)>,
+struct With<'a> {
+    base: &'a Labels,
+    extra: &'a [(&'static str, &'a str)],
 }
 
-impl<L: EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> Collector for Histograms<L> {
+impl EncodeLabelSet for With<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        self.base.encode(encoder)?;
+        self.extra.encode(encoder)
+    }
+}
+
+/// The log2 microsecond buckets of `histogram`, in seconds, for the encoder.
+fn buckets(histogram: &Latency) -> (f64, u64, Vec<(f64, u64)>) {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "bucket bounds and sums in seconds"
+    )]
+    let buckets = (0..LATENCY_SLOTS)
+        .map(|i| {
+            let bound = slot_bound_us(i).map_or(f64::INFINITY, |us| us as f64 / 1e6);
+            (bound, histogram.slots[i])
+        })
+        .collect();
+    #[expect(clippy::cast_precision_loss, reason = "a sum in seconds")]
+    let sum = histogram.sum_ns as f64 / 1e9;
+    (sum, histogram.slots.iter().sum(), buckets)
+}
+
+/// The families that need labels of their own: switches by kind, the two histograms.
+#[derive(Debug)]
+struct EventFamilies(Arc<Shared>);
+
+impl Collector for EventFamilies {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut family =
-            encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
-        for (labels, histogram) in &self.series {
-            #[expect(
-                clippy::cast_precision_loss,
-                reason = "bucket bounds and sums in seconds"
-            )]
-            let buckets: Vec<(f64, u64)> = (0..LATENCY_SLOTS)
-                .map(|i| {
-                    let bound = slot_bound_us(i).map_or(f64::INFINITY, |us| us as f64 / 1e6);
-                    (bound, histogram.slots[i])
-                })
-                .collect();
-            #[expect(clippy::cast_precision_loss, reason = "a sum in seconds")]
-            let sum = histogram.sum_ns as f64 / 1e9;
+        let mut family = encoder.encode_descriptor(
+            "dockops_cpu_context_switches",
+            "Context switches of the container's threads: voluntary (they blocked) or \
+             involuntary (preempted, or yielded while runnable)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, labels) in self.0.containers() {
+            let (Some(all), Some(involuntary)) = (
+                c.cpu.context_switches_total,
+                c.cpu.involuntary_context_switches_total,
+            ) else {
+                continue;
+            };
+            for (kind, n) in [
+                ("voluntary", all.saturating_sub(involuntary)),
+                ("involuntary", involuntary),
+            ] {
+                let extra = [("kind", kind)];
+                family
+                    .encode_family(&With {
+                        base: labels,
+                        extra: &extra,
+                    })?
+                    .encode_counter::<NoLabelSet, u64, f64>(&n, None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "dockops_cpu_runqueue_latency_seconds",
+            "How long the container's threads waited runnable before they ran",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (c, labels) in self.0.containers() {
+            let Some(latency) = &c.cpu.runqueue_latency_us else {
+                continue;
+            };
+            let (sum, count, buckets) = buckets(&latency.histogram);
             family
                 .encode_family(labels)?
-                .encode_histogram::<NoLabelSet>(
-                    sum,
-                    histogram.slots.iter().sum(),
-                    &buckets,
-                    None,
-                )?;
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "dockops_blkio_latency_seconds",
+            "Block requests of the container, from submission to completion",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (c, labels) in self.0.containers() {
+            let Some(latency) = &c.blkio.latency_us else {
+                continue;
+            };
+            for d in &latency.devices {
+                let device = device_name(d.major, d.minor);
+                for (op, histogram) in [("read", &d.read), ("write", &d.write)] {
+                    let extra = [("op", op), ("device", device.as_str())];
+                    let (sum, count, buckets) = buckets(histogram);
+                    family
+                        .encode_family(&With {
+                            base: labels,
+                            extra: &extra,
+                        })?
+                        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+                }
+            }
         }
         Ok(())
     }
@@ -90,17 +147,14 @@ fn device_name(major: u32, minor: u32) -> String {
         .clone()
 }
 
-/// Registers the context switch counters and the latency histograms of every container.
-pub(super) fn register(
-    registry: &mut Registry,
-    snapshot: &Snapshot,
-    labels: &impl Fn(&ContainerStats) -> Labels,
-) {
-    for (name, help, get) in [
+/// Registers the socket counters, the context switch counters and the latency histograms
+/// of every container.
+pub(super) fn register(registry: &mut Registry, shared: &Arc<Shared>) {
+    let sockets: [(&str, &str, super::Read<Option<u64>>); 4] = [
         (
             "dockops_network_socket_receive_bytes",
             "Bytes the container's sockets received (IP layer; host network included)",
-            (|c| c.network.socket_rx_bytes_total) as fn(&ContainerStats) -> Option<u64>,
+            |c| c.network.socket_rx_bytes_total,
         ),
         (
             "dockops_network_socket_transmit_bytes",
@@ -117,69 +171,9 @@ pub(super) fn register(
             "Packets the container's sockets sent (segments of a GSO aggregate each count)",
             |c| c.network.socket_tx_packets_total,
         ),
-    ] {
-        let family = Family::<Labels, Counter>::default();
-        for c in &snapshot.containers {
-            if let Some(n) = get(c) {
-                family.get_or_create(&labels(c)).inc_by(n);
-            }
-        }
-        registry.register(name, help, family);
+    ];
+    for (name, help, get) in sockets {
+        per_container(registry, shared, (name, help, true), Get::Maybe(get));
     }
-    let switches = Family::<KindLabels, Counter>::default();
-    for c in &snapshot.containers {
-        if let (Some(all), Some(involuntary)) = (
-            c.cpu.context_switches_total,
-            c.cpu.involuntary_context_switches_total,
-        ) {
-            for (kind, n) in [
-                ("voluntary", all.saturating_sub(involuntary)),
-                ("involuntary", involuntary),
-            ] {
-                switches
-                    .get_or_create(&KindLabels {
-                        container: labels(c),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
-        }
-    }
-    registry.register(
-        "dockops_cpu_context_switches",
-        "Context switches of the container's threads: voluntary (they blocked) or \
-         involuntary (preempted, or yielded while runnable)",
-        switches,
-    );
-    registry.register_collector(Box::new(Histograms {
-        name: "dockops_cpu_runqueue_latency_seconds",
-        help: "How long the container's threads waited runnable before they ran",
-        series: snapshot
-            .containers
-            .iter()
-            .filter_map(|c| Some((labels(c), c.cpu.runqueue_latency_us.as_ref()?.histogram)))
-            .collect(),
-    }));
-    registry.register_collector(Box::new(Histograms {
-        name: "dockops_blkio_latency_seconds",
-        help: "Block requests of the container, from submission to completion",
-        series: snapshot
-            .containers
-            .iter()
-            .filter_map(|c| Some((c, c.blkio.latency_us.as_ref()?)))
-            .flat_map(|(c, l)| {
-                l.devices.iter().flat_map(move |d| {
-                    let device = device_name(d.major, d.minor);
-                    [("read", d.read), ("write", d.write)].map(|(op, histogram)| {
-                        let labels = IoLabels {
-                            container: labels(c),
-                            op,
-                            device: device.clone(),
-                        };
-                        (labels, histogram)
-                    })
-                })
-            })
-            .collect(),
-    }));
+    registry.register_collector(Box::new(EventFamilies(Arc::clone(shared))));
 }

@@ -5,11 +5,15 @@
 mod cadvisor;
 mod events;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder, text},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, LabelSetEncoder,
+        NoLabelSet, text,
+    },
+    metrics::{MetricType, counter::Counter, family::Family},
     registry::Registry,
 };
 
@@ -53,10 +57,10 @@ struct MapLabel {
 /// Content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-type Get<T> = fn(&ContainerStats) -> T;
+type Read<T> = fn(&ContainerStats) -> T;
 
 /// Counters, named as exposed less the `_total` the encoder appends.
-const COUNTERS: &[(&str, &str, Get<f64>)] = &[
+const COUNTERS: &[(&str, &str, Read<f64>)] = &[
     ("container_cpu_usage_seconds", "CPU time consumed", |c| {
         c.cpu.usage_seconds_total
     }),
@@ -75,7 +79,7 @@ const COUNTERS: &[(&str, &str, Get<f64>)] = &[
     ),
 ];
 
-const INT_COUNTERS: &[(&str, &str, Get<u64>)] = &[
+const INT_COUNTERS: &[(&str, &str, Read<u64>)] = &[
     (
         "container_cpu_cfs_throttled_periods",
         "CFS periods in which the container was throttled",
@@ -178,142 +182,216 @@ const INT_COUNTERS: &[(&str, &str, Get<u64>)] = &[
     ),
 ];
 
-#[expect(clippy::cast_possible_wrap, reason = "byte counts stay below 2^63")]
-const GAUGES: &[(&str, &str, Get<i64>)] = &[
+const GAUGES: &[(&str, &str, Read<u64>)] = &[
     (
         "container_memory_usage_bytes",
         "Memory in use, page cache included",
-        |c| c.memory.usage_bytes as i64,
+        |c| c.memory.usage_bytes,
     ),
     (
         "container_memory_working_set_bytes",
         "Memory in use less inactive file cache",
-        |c| c.memory.working_set_bytes as i64,
+        |c| c.memory.working_set_bytes,
     ),
     ("container_memory_swap", "Swap in use", |c| {
-        c.memory.swap_bytes as i64
+        c.memory.swap_bytes
     }),
     (
         "container_spec_memory_limit_bytes",
         "Memory limit; 0 when unlimited",
-        |c| c.memory.limit_bytes.unwrap_or(0) as i64,
+        |c| c.memory.limit_bytes.unwrap_or(0),
     ),
     (
         "container_spec_memory_swap_limit_bytes",
         "Memory plus swap limit; 0 when unlimited",
-        |c| c.limits.resources.memory_swap_bytes.unwrap_or(0) as i64,
+        |c| c.limits.resources.memory_swap_bytes.unwrap_or(0),
     ),
     (
         "container_spec_memory_reservation_limit_bytes",
         "Memory soft limit (reservation); 0 when none",
-        |c| c.limits.resources.memory_reservation_bytes.unwrap_or(0) as i64,
+        |c| c.limits.resources.memory_reservation_bytes.unwrap_or(0),
     ),
     (
         "container_spec_cpu_period",
         "CFS period, microseconds",
-        |c| c.limits.resources.cpu_period_us.unwrap_or(0) as i64,
+        |c| c.limits.resources.cpu_period_us.unwrap_or(0),
     ),
     (
         "container_spec_cpu_quota",
         "CFS quota per period, microseconds; 0 when unlimited",
-        |c| c.limits.resources.cpu_quota_us.unwrap_or(0) as i64,
+        |c| c.limits.resources.cpu_quota_us.unwrap_or(0),
     ),
     (
         "container_spec_cpu_shares",
         "CPU shares (cgroup v2: from cpu.weight as runc converts)",
-        |c| c.limits.resources.cpu_shares.unwrap_or(0) as i64,
+        |c| c.limits.resources.cpu_shares.unwrap_or(0),
     ),
     (
         "container_processes",
         "Processes in the container's own cgroup",
-        |c| c.pids.processes as i64,
+        |c| c.pids.processes,
     ),
     (
         "container_threads",
         "Threads (tasks) in the container",
-        |c| c.pids.current as i64,
+        |c| c.pids.current,
     ),
     (
         "container_threads_max",
         "Task limit of the container (pids.max); 0 when unlimited",
-        |c| c.pids.limit.unwrap_or(0) as i64,
+        |c| c.pids.limit.unwrap_or(0),
     ),
     (
         "container_memory_cache",
         "Page cache of the container",
-        |c| c.memory.cache_bytes as i64,
+        |c| c.memory.cache_bytes,
     ),
     (
         "container_memory_rss",
         "Anonymous memory of the container (RSS)",
-        |c| c.memory.rss_bytes as i64,
+        |c| c.memory.rss_bytes,
     ),
     (
         "container_memory_mapped_file",
         "Memory-mapped files of the container",
-        |c| c.memory.mapped_file_bytes as i64,
+        |c| c.memory.mapped_file_bytes,
     ),
 ];
 
-/// The snapshot in the `OpenMetrics` text format.
-pub fn encode(snapshot: &Snapshot) -> String {
-    let mut registry = Registry::default();
-    let labels = Labels::of;
-    for &(name, help, get) in COUNTERS {
-        let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
-        for c in &snapshot.containers {
-            family.get_or_create(&labels(c)).inc_by(get(c));
+/// Gauges only some containers have.
+const OPTIONAL_GAUGES: &[(&str, &str, Read<Option<u64>>)] = &[
+    (
+        "container_fs_usage_bytes",
+        "Writable layer usage, bytes (btrfs qgroup or overlay2 project quota)",
+        |c| c.storage.usage_bytes,
+    ),
+    (
+        "container_fs_limit_bytes",
+        "Size limit of the writable layer, bytes",
+        |c| c.limits.resources.storage_bytes,
+    ),
+    (
+        "dockops_network_egress_limit_bits",
+        "Bandwidth cap on what the container sends, bit/s",
+        |c| c.limits.egress_bps,
+    ),
+    (
+        "dockops_network_ingress_limit_bits",
+        "Bandwidth cap on what the container receives, bit/s",
+        |c| c.limits.ingress_bps,
+    ),
+];
+
+/// What every collector of one scrape reads: the snapshot, and each container's labels,
+/// built once (not once per family).
+#[derive(Debug)]
+struct Shared {
+    snapshot: Arc<Snapshot>,
+    labels: Vec<Labels>,
+}
+
+impl Shared {
+    /// The containers with their labels.
+    fn containers(&self) -> impl Iterator<Item = (&ContainerStats, &Labels)> {
+        self.snapshot.containers.iter().zip(&self.labels)
+    }
+}
+
+/// How a family reads a container's value: always there, or only for some containers.
+#[derive(Clone, Copy, Debug)]
+enum Get<V> {
+    Always(fn(&ContainerStats) -> V),
+    Maybe(fn(&ContainerStats) -> Option<V>),
+}
+
+/// One family with a value per container, encoded straight from the snapshot when scraped.
+#[derive(Debug)]
+struct PerContainer<V: 'static> {
+    name: &'static str,
+    help: &'static str,
+    counter: bool,
+    get: Get<V>,
+    shared: Arc<Shared>,
+}
+
+impl<V> Collector for PerContainer<V>
+where
+    V: EncodeCounterValue + EncodeGaugeValue + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let kind = if self.counter {
+            MetricType::Counter
+        } else {
+            MetricType::Gauge
+        };
+        let mut family = encoder.encode_descriptor(self.name, self.help, None, kind)?;
+        for (c, labels) in self.shared.containers() {
+            let value = match self.get {
+                Get::Always(get) => get(c),
+                Get::Maybe(get) => match get(c) {
+                    Some(value) => value,
+                    None => continue,
+                },
+            };
+            let mut metric = family.encode_family(labels)?;
+            if self.counter {
+                metric.encode_counter::<NoLabelSet, V, f64>(&value, None)?;
+            } else {
+                metric.encode_gauge(&value)?;
+            }
         }
-        registry.register(name, help, family);
+        Ok(())
+    }
+}
+
+/// Registers a per-container family: `(name, help, counter)`; a counter's name without
+/// the `_total` the encoder appends.
+fn per_container<V>(
+    registry: &mut Registry,
+    shared: &Arc<Shared>,
+    (name, help, counter): (&'static str, &'static str, bool),
+    get: Get<V>,
+) where
+    V: EncodeCounterValue + EncodeGaugeValue + std::fmt::Debug + Send + Sync + 'static,
+{
+    registry.register_collector(Box::new(PerContainer {
+        name,
+        help,
+        counter,
+        get,
+        shared: Arc::clone(shared),
+    }));
+}
+
+/// The snapshot in the `OpenMetrics` text format. Each container's labels are built once,
+/// and every family is written straight from the snapshot.
+pub fn encode(snapshot: &Arc<Snapshot>) -> String {
+    let shared = Arc::new(Shared {
+        labels: snapshot.containers.iter().map(Labels::of).collect(),
+        snapshot: Arc::clone(snapshot),
+    });
+    let mut registry = Registry::default();
+    for &(name, help, get) in COUNTERS {
+        per_container(&mut registry, &shared, (name, help, true), Get::Always(get));
     }
     for &(name, help, get) in INT_COUNTERS {
-        let family = Family::<Labels, Counter>::default();
-        for c in &snapshot.containers {
-            family.get_or_create(&labels(c)).inc_by(get(c));
-        }
-        registry.register(name, help, family);
+        per_container(&mut registry, &shared, (name, help, true), Get::Always(get));
     }
     for &(name, help, get) in GAUGES {
-        let family = Family::<Labels, Gauge>::default();
-        for c in &snapshot.containers {
-            family.get_or_create(&labels(c)).set(get(c));
-        }
-        registry.register(name, help, family);
+        per_container(
+            &mut registry,
+            &shared,
+            (name, help, false),
+            Get::Always(get),
+        );
     }
     // Only capped containers have a limit series: an absent series means "no cap"; only
     // containers whose storage driver counts it have a filesystem series.
-    for (name, help, get) in [
-        (
-            "container_fs_usage_bytes",
-            "Writable layer usage, bytes (btrfs qgroup or overlay2 project quota)",
-            (|c| c.storage.usage_bytes) as Get<Option<u64>>,
-        ),
-        (
-            "container_fs_limit_bytes",
-            "Size limit of the writable layer, bytes",
-            |c| c.limits.resources.storage_bytes,
-        ),
-        (
-            "dockops_network_egress_limit_bits",
-            "Bandwidth cap on what the container sends, bit/s",
-            |c| c.limits.egress_bps,
-        ),
-        (
-            "dockops_network_ingress_limit_bits",
-            "Bandwidth cap on what the container receives, bit/s",
-            |c| c.limits.ingress_bps,
-        ),
-    ] {
-        let family = Family::<Labels, Gauge>::default();
-        for c in &snapshot.containers {
-            if let Some(bits) = get(c).and_then(|b| i64::try_from(b).ok()) {
-                family.get_or_create(&labels(c)).set(bits);
-            }
-        }
-        registry.register(name, help, family);
+    for &(name, help, get) in OPTIONAL_GAUGES {
+        per_container(&mut registry, &shared, (name, help, false), Get::Maybe(get));
     }
-    events::register(&mut registry, snapshot, &labels);
-    cadvisor::register(&mut registry, snapshot, &labels);
+    events::register(&mut registry, &shared);
+    cadvisor::register(&mut registry, &shared);
     let failures = Family::<MapLabel, Counter>::default();
     for &(map, count) in &snapshot.insert_failures {
         failures
@@ -443,7 +521,7 @@ mod tests {
     #[test]
     fn exposes_cadvisor_names_with_labels() {
         let snapshot = sample();
-        let text = encode(&snapshot);
+        let text = encode(&Arc::new(snapshot));
         let labels = r#"{id="/docker/abc",name="web",image="nginx",container_label_com_docker_compose_project="shop"}"#;
         assert_has(
             &text,
@@ -484,7 +562,7 @@ mod tests {
 
     #[test]
     fn exposes_latency_as_histograms_and_switches_by_kind() {
-        let text = encode(&sample());
+        let text = encode(&Arc::new(sample()));
         let bare = r#"id="/docker/abc",name="web",image="nginx",container_label_com_docker_compose_project="shop""#;
         let bucket = |le: &str, n: u32| {
             format!("dockops_cpu_runqueue_latency_seconds_bucket{{le=\"{le}\",{bare}}} {n}")
