@@ -21,7 +21,8 @@ use crate::collection::{ContainerStats, Snapshot};
 
 /// A container's labels as cAdvisor sets them: `id` (its cgroup path), `name`, `image`,
 /// and each Docker label as `container_label_<key>` (characters Prometheus does not allow
-/// in a name turned into `_`).
+/// in a name turned into `_`; of two keys that become the same name, the first in key
+/// order is kept: a label name may appear once).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Labels(Vec<(String, String)>);
 
@@ -32,13 +33,16 @@ impl Labels {
             ("name".to_owned(), c.name.clone()),
             ("image".to_owned(), c.image.clone()),
         ];
-        labels.extend(c.labels.iter().map(|(key, value)| {
+        for (key, value) in &c.labels {
             let key: String = key
                 .chars()
                 .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
                 .collect();
-            (format!("container_label_{key}"), value.clone())
-        }));
+            let name = format!("container_label_{key}");
+            if !labels.iter().any(|(n, _)| *n == name) {
+                labels.push((name, value.clone()));
+            }
+        }
         Self(labels)
     }
 }
@@ -558,6 +562,41 @@ mod tests {
             "no series without a cap"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn docker_labels_become_valid_unique_label_names() {
+        let c = ContainerStats {
+            name: "web".into(),
+            labels: [
+                ("com.example/tier".to_owned(), "front".to_owned()),
+                ("com_example_tier".to_owned(), "shadowed".to_owned()),
+                ("version".to_owned(), "a\"b".to_owned()),
+            ]
+            .into(),
+            ..ContainerStats::default()
+        };
+        let names: Vec<String> = Labels::of(&c).0.into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "name",
+                "image",
+                "container_label_com_example_tier",
+                "container_label_version"
+            ]
+        );
+        let text = encode(&Arc::new(Snapshot {
+            containers: vec![c],
+            ..sample()
+        }));
+        assert!(
+            text.contains(
+                r#"container_label_com_example_tier="front",container_label_version="a\"b"}"#
+            ),
+            "{text}"
+        );
     }
 
     #[test]
