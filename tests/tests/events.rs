@@ -20,9 +20,14 @@ fn number(stats: &HashMap<String, Value>, name: &str, pointer: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name}{pointer} is not a number: {stats:?}"))
 }
 
-/// The 99th percentile (µs, a bucket's upper bound) of a histogram's `buckets` since the
-/// hooks began counting for the container, and how many waits it holds.
-fn p99(stats: &HashMap<String, Value>, c: &Container, pointer: &str) -> (u64, u64) {
+/// A percentile (µs, a bucket's upper bound) of a histogram's `buckets` since the hooks
+/// began counting for the container, and how many waits it holds.
+fn percentile(
+    stats: &HashMap<String, Value>,
+    c: &Container,
+    pointer: &str,
+    percent: u64,
+) -> (u64, u64) {
     let buckets = field(stats, &c.name, &format!("{pointer}/buckets"));
     let mut buckets: Vec<(u64, u64)> = buckets
         .as_object()
@@ -37,17 +42,24 @@ fn p99(stats: &HashMap<String, Value>, c: &Container, pointer: &str) -> (u64, u6
         .collect();
     buckets.sort_unstable();
     let count: u64 = buckets.iter().map(|b| b.1).sum();
-    let rank = (count * 99).div_ceil(100);
+    let rank = (count * percent).div_ceil(100);
     let mut seen = 0;
-    let p99 = buckets
+    let value = buckets
         .iter()
         .find(|(_, n)| {
             seen += n;
             seen >= rank
         })
         .map_or(0, |b| b.0);
-    eprintln!("{}: p99 {p99} µs of {count} waits: {buckets:?}", c.name);
-    (p99, count)
+    eprintln!(
+        "{}: p{percent} {value} µs of {count} waits: {buckets:?}",
+        c.name
+    );
+    (value, count)
+}
+
+fn p99(stats: &HashMap<String, Value>, c: &Container, pointer: &str) -> (u64, u64) {
+    percentile(stats, c, pointer, 99)
 }
 
 const SPIN: &str = "while :; do :; done";
@@ -70,12 +82,12 @@ fn on(cpu: &str) -> [&str; 2] {
 fn runqueue_latency_is_charged_to_the_thread_that_waited() {
     let _one = exclusive();
     // Two spinners share CPU 0: each waits while the other runs. A sleeper alone on CPU 1
-    // wakes every 2 ms to an idle CPU (hundreds of times a second, so that the host's
-    // own work on that CPU stays below 1 % of its waits).
+    // wakes every millisecond to an idle CPU (thousands of waits, so that the host's own
+    // work on that CPU stays below 1 % of them).
     let spin_a = Container::start_with("rq-spin-a", &on("0"), SPIN);
     let spin_b = Container::start_with("rq-spin-b", &on("0"), SPIN);
-    let sleeper = Container::start_with("rq-sleeper", &on("1"), "while :; do sleep 0.002; done");
-    let stats = counted_over(3);
+    let sleeper = Container::start_with("rq-sleeper", &on("1"), "while :; do sleep 0.001; done");
+    let stats = counted_over(4);
     let (sleeper_p99, waits) = p99(&stats, &sleeper, RUNQUEUE);
     assert!(waits >= 100, "the sleeper woke {waits} times");
     for spinner in [&spin_a, &spin_b] {
@@ -136,13 +148,15 @@ fn runqueue_latency_is_charged_to_the_thread_that_waited() {
          echo x >/shared/fifo; done",
     );
     let stats = counted_over(3);
-    let (reader_p99, reader_waits) = p99(&stats, &reader, RUNQUEUE);
-    let (writer_p99, _) = p99(&stats, &writer, RUNQUEUE);
+    // The 90th percentile: the reader's last few per cent are the host's own work on its
+    // CPU (dockerd, this test), which woke it late now and then in CI runs.
+    let (reader_p90, reader_waits) = percentile(&stats, &reader, RUNQUEUE, 90);
+    let (writer_p90, _) = percentile(&stats, &writer, RUNQUEUE, 90);
     assert!(reader_waits >= 100, "the reader woke {reader_waits} times");
     assert!(
-        writer_p99 >= 10 * reader_p99,
-        "the reader on an idle CPU waited {reader_p99} µs at p99, its busy waker \
-         {writer_p99} µs: the waker's waits are charged to the reader"
+        writer_p90 >= 10 * reader_p90,
+        "the reader on an idle CPU waited {reader_p90} µs at p90, its busy waker \
+         {writer_p90} µs: the waker's waits are charged to the reader"
     );
     drop((spin_a, reader, writer));
     let _ = fs::remove_dir_all(&dir);
