@@ -13,8 +13,13 @@ pub mod names {
     pub const TC_INGRESS_ACCT: &str = "tc_ingress_acct";
     /// tc egress of the host-side veth: packets delivered into the container.
     pub const TC_EGRESS_ACCT: &str = "tc_egress_acct";
-    /// Hash map: cgroup v2 id (`u64`) of each container → 1. Host-wide hooks count only these.
+    /// Hash map: cgroup v2 id (`u64`) of each container → its slot in [`SCHED_STATS`]
+    /// (`u32`, [`super::NO_SLOT`] when none is left). Host-wide hooks count only these.
     pub const WATCHED_CGROUPS: &str = "WATCHED_CGROUPS";
+    /// Array of one `u64`, bumped by userspace after each change of `WATCHED_CGROUPS`:
+    /// the scheduler hooks' per-CPU memo of the current cgroup's container is good while
+    /// it holds.
+    pub const WATCHED_VERSION: &str = "WATCHED_VERSION";
     /// Per-CPU hash map: [`super::BlockKey`] → [`super::BlockCounters`].
     pub const BLOCK_IO: &str = "BLOCK_IO";
     /// Tracepoint `block:block_bio_queue`: every bio, in the submitting task's context.
@@ -47,8 +52,12 @@ pub mod names {
     /// LRU hash map: a thread's `task_struct` address (`u64`) → [`super::TaskState`],
     /// containers' threads.
     pub const TASKS: &str = "TASKS";
-    /// Per-CPU hash map: container cgroup id (`u64`) → [`super::SchedStats`].
+    /// Per-CPU array: a container's slot (the value of `WATCHED_CGROUPS`) →
+    /// [`super::SchedStats`]. An array, not a hash keyed by cgroup id: `sched_switch` runs on
+    /// every context switch of the host, and an array lookup is inlined.
     pub const SCHED_STATS: &str = "SCHED_STATS";
+    /// Per-CPU array of one entry: what `sched_switch` remembers about the CPU between runs.
+    pub const SCHED_CPU: &str = "SCHED_CPU";
     /// Hash map: container IPv4 address (network byte order) → [`super::Caps`].
     pub const CAPS: &str = "CAPS";
     /// Hash map: container IPv6 address (its 16 bytes) → [`super::Caps`].
@@ -73,17 +82,16 @@ pub enum InsertFailures {
     BlockIo = 0,
     Windows = 1,
     PacedSockets = 2,
-    SchedStats = 3,
+    // 3 was SCHED_STATS, a hash map until it became an array of slots.
     BlockLatency = 4,
     SocketTraffic = 5,
 }
 
 impl InsertFailures {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 5] = [
         Self::BlockIo,
         Self::Windows,
         Self::PacedSockets,
-        Self::SchedStats,
         Self::BlockLatency,
         Self::SocketTraffic,
     ];
@@ -94,7 +102,6 @@ impl InsertFailures {
             Self::BlockIo => names::BLOCK_IO,
             Self::Windows => names::WINDOWS,
             Self::PacedSockets => "PACED_SOCKETS",
-            Self::SchedStats => names::SCHED_STATS,
             Self::BlockLatency => names::BLOCK_LATENCY,
             Self::SocketTraffic => names::SOCKET_TRAFFIC,
         }
@@ -237,6 +244,8 @@ pub const MAX_TC_CAPS: u32 = 16384;
 pub const MAX_INTERFACES: u32 = 8192;
 /// Room for this many containers' cgroups.
 pub const MAX_CGROUPS: u32 = 8192;
+/// The slot of a watched container that got none in `SCHED_STATS` (all taken).
+pub const NO_SLOT: u32 = u32::MAX;
 /// Room for this many (cgroup, block device) pairs.
 pub const MAX_BLOCK_KEYS: u32 = 32768;
 /// Room for this many threads in containers (least recently used go first).
@@ -445,16 +454,18 @@ impl SchedStats {
     }
 }
 
-/// A container's thread, as the scheduler hooks remember it: its container's cgroup id,
-/// and since when it has been runnable without running (0: it is not waiting).
+/// A container's thread, as the scheduler hooks remember it: its container's cgroup id and
+/// slot, and since when it has been runnable without running (0: it is not waiting).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskState {
     pub container: u64,
     pub queued_at: u64,
+    pub slot: u32,
+    pub pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<TaskState>() == 16);
+const _: () = assert!(core::mem::size_of::<TaskState>() == 24);
 
 /// A block request in flight: its device and first sector, as the start and completion
 /// tracepoints both report them.

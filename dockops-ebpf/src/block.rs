@@ -15,7 +15,7 @@ use dockops_common::{
     MAX_PENDING_IO,
 };
 
-use crate::cgroup::container_of_current;
+use crate::cgroup::{Watched, container_of_current};
 
 #[map(name = "BLOCK_IO")]
 static BLOCK_IO: PerCpuHashMap<BlockKey, BlockCounters> = PerCpuHashMap::pinned(MAX_BLOCK_KEYS, 0);
@@ -67,7 +67,7 @@ pub fn block_bio_acct(ctx: TracePointContext) -> u32 {
 }
 
 unsafe fn try_block_bio_acct(ctx: &TracePointContext) -> Result<(), i64> {
-    let Some(cgroup_id) = container_of_current() else {
+    let Some(Watched { id: cgroup_id, .. }) = container_of_current() else {
         return Ok(());
     };
     let dev: u32 = unsafe { ctx.read_at(offset(&BLOCK_DEV_OFFSET))? };
@@ -126,7 +126,7 @@ pub fn block_rq_start(ctx: TracePointContext) -> u32 {
 }
 
 unsafe fn try_block_rq_start(ctx: &TracePointContext) -> Result<(), i64> {
-    let Some(container) = container_of_current() else {
+    let Some(Watched { id: container, .. }) = container_of_current() else {
         return Ok(());
     };
     let rwbs: [u8; 8] = unsafe { ctx.read_at(offset(&START_RWBS_OFFSET))? };

@@ -12,9 +12,11 @@ mod tc;
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use dockops_common::InsertFailures;
 
-/// Inserts the programs could not make (a full map), by [`InsertFailures`] index.
+/// Inserts the programs could not make (a full map), by [`InsertFailures`] index (the
+/// highest one + 1: index 3 is no longer used).
 #[map(name = "INSERT_FAILURES")]
-static INSERT_FAILURES: PerCpuArray<u64> = PerCpuArray::pinned(InsertFailures::ALL.len() as u32, 0);
+static INSERT_FAILURES: PerCpuArray<u64> =
+    PerCpuArray::pinned(InsertFailures::SocketTraffic as u32 + 1, 0);
 
 /// Counts a failed insert into `map` (this CPU's slot: no race).
 #[inline(always)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use dockops_common::{InsertFailures, MAX_CGROUPS, SocketCounters};
 
-use crate::cgroup::container_of;
+use crate::cgroup::{Watched, container_of};
 
 #[map(name = "SOCKET_TRAFFIC")]
 static SOCKET_TRAFFIC: PerCpuHashMap<u64, SocketCounters> = PerCpuHashMap::pinned(MAX_CGROUPS, 0);
@@ -39,7 +39,7 @@ fn count(ctx: &SkBuffContext, ingress: bool) {
     // SAFETY: the program's own skb; 0 without a socket.
     let id = unsafe { bpf_skb_cgroup_id(skb) };
     // SAFETY: as above; 0 where the socket's cgroup is shallower than `level`.
-    let Some(container) = container_of(id, |level| unsafe {
+    let Some(Watched { id: container, .. }) = container_of(id, |level| unsafe {
         bpf_skb_ancestor_cgroup_id(skb, level)
     }) else {
         return;

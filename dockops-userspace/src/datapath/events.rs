@@ -14,14 +14,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
 use dockops_common::{
-    BlockCounters, BlockKey, Latency, LatencyKey, SchedStats, SocketCounters, TaskState, names,
+    BlockCounters, BlockKey, Latency, LatencyKey, NO_SLOT, SchedStats, SocketCounters, TaskState,
+    names,
 };
 
 use super::{BlockByCgroup, DatapathError, chain, pins::Layout, program_err};
@@ -283,11 +284,14 @@ impl Plan {
 
 /// The pinned tracepoint links and their maps.
 pub(super) struct Events {
-    watched: BpfHashMap<MapData, u64, u8>,
+    /// Container cgroup id → its slot in `sched`.
+    watched: BpfHashMap<MapData, u64, u32>,
+    version: Array<MapData, u64>,
     levels: Array<MapData, u64>,
     io: PerCpuHashMap<MapData, BlockKey, BlockCounters>,
     latency: PerCpuHashMap<MapData, LatencyKey, Latency>,
-    sched: PerCpuHashMap<MapData, u64, SchedStats>,
+    sched: PerCpuArray<MapData, SchedStats>,
+    cpus: usize,
     /// An LRU hash map; aya reads it as a hash map.
     tasks: BpfHashMap<MapData, u64, TaskState>,
     sockets: PerCpuHashMap<MapData, u64, SocketCounters>,
@@ -307,6 +311,7 @@ impl Events {
         plan: &Plan,
         unified: Option<&Path>,
         fresh: bool,
+        cpus: usize,
     ) -> Result<Self, DatapathError> {
         let mut attached = Vec::new();
         let mut hooks = Vec::new();
@@ -331,12 +336,14 @@ impl Events {
         }
         Ok(Self {
             watched: super::take_map(ebpf, names::WATCHED_CGROUPS)?,
+            version: super::take_map(ebpf, names::WATCHED_VERSION)?,
             levels: super::take_map(ebpf, names::CGROUP_LEVELS)?,
             io: super::take_map(ebpf, names::BLOCK_IO)?,
             latency: super::take_map(ebpf, names::BLOCK_LATENCY)?,
             sched: super::take_map(ebpf, names::SCHED_STATS)?,
             tasks: super::take_map(ebpf, names::TASKS)?,
             sockets: super::take_map(ebpf, names::SOCKET_TRAFFIC)?,
+            cpus,
             attached,
             hooks,
         })
@@ -356,13 +363,7 @@ impl Events {
         if self.levels.get(&0, 0)? != levels {
             self.levels.set(0, levels, 0)?;
         }
-        let watched: HashSet<u64> = self.watched.keys().filter_map(Result::ok).collect();
-        for id in watched.iter().filter(|id| !ids.contains_key(id)) {
-            self.watched.remove(id)?;
-        }
-        for id in ids.keys().filter(|id| !watched.contains(id)) {
-            self.watched.insert(id, 1, 0)?;
-        }
+        self.watch(ids)?;
         let gone = |id: &u64| !ids.contains_key(id);
         let stale: Vec<BlockKey> = self
             .io
@@ -383,15 +384,6 @@ impl Events {
             self.latency.remove(&key)?;
         }
         let stale: Vec<u64> = self
-            .sched
-            .keys()
-            .filter_map(Result::ok)
-            .filter(gone)
-            .collect();
-        for key in stale {
-            self.sched.remove(&key)?;
-        }
-        let stale: Vec<u64> = self
             .tasks
             .iter()
             .filter_map(Result::ok)
@@ -401,6 +393,53 @@ impl Events {
         for task in stale {
             // A thread that exited meanwhile is gone already.
             let _ = self.tasks.remove(&task);
+        }
+        Ok(())
+    }
+
+    /// Makes `WATCHED_CGROUPS` hold exactly `ids`, each with a slot of `SCHED_STATS` (zeroed
+    /// when given; [`NO_SLOT`] while all are taken), and bumps `WATCHED_VERSION` after a
+    /// change. A slot freed now is given
+    /// again only at a later call: a switch on another CPU may still count into it for
+    /// the container that left until it sees the new version.
+    fn watch(&mut self, ids: &HashMap<u64, u32>) -> Result<(), DatapathError> {
+        let watched: HashMap<u64, u32> = self.watched.iter().filter_map(Result::ok).collect();
+        let taken: HashSet<u32> = watched.values().copied().collect();
+        let mut changed = false;
+        for id in watched.keys().filter(|id| !ids.contains_key(id)) {
+            self.watched.remove(id)?;
+            changed = true;
+        }
+        let mut free = (0..self.sched.len()).filter(|slot| !taken.contains(slot));
+        let mut given = Vec::new();
+        for &id in ids.keys() {
+            // A container that found no slot earlier tries again.
+            let before = watched.get(&id).copied();
+            if before.is_some_and(|slot| slot != NO_SLOT) {
+                continue;
+            }
+            let slot = free.next().unwrap_or(NO_SLOT);
+            if slot != NO_SLOT {
+                self.sched
+                    .set(slot, super::zeros::<SchedStats>(self.cpus)?, 0)?;
+            } else if before.is_none() {
+                tracing::warn!(
+                    "no room for the run-queue statistics of container cgroup {id}: all {} \
+                     slots are taken",
+                    self.sched.len()
+                );
+            } else {
+                continue;
+            }
+            given.push((id, slot));
+        }
+        for (id, slot) in given {
+            self.watched.insert(id, slot, 0)?;
+            changed = true;
+        }
+        if changed {
+            let version = self.version.get(&0, 0)?;
+            self.version.set(0, version.wrapping_add(1), 0)?;
         }
         Ok(())
     }
@@ -437,10 +476,13 @@ impl Events {
         }
         if has("run-queue") {
             let mut sched = HashMap::new();
-            for entry in &self.sched {
-                let (id, per_cpu) = entry?;
-                let sum = per_cpu.iter().fold(SchedStats::default(), SchedStats::plus);
-                sched.insert(id, sum);
+            for entry in &self.watched {
+                let (id, slot) = entry?;
+                if slot != NO_SLOT {
+                    let per_cpu = self.sched.get(&slot, 0)?;
+                    let sum = per_cpu.iter().fold(SchedStats::default(), SchedStats::plus);
+                    sched.insert(id, sum);
+                }
             }
             out.sched = Some(sched);
         }

@@ -1,4 +1,4 @@
-//! This build's maps as they are created on this host: per-CPU hash maps hold one value per
+//! This build's maps as they are created on this host: per-CPU maps hold one value per
 //! possible CPU, so their size follows the CPU count. At the object's sizes a 192-CPU host
 //! would lock 125 MiB for `TRAFFIC` and 201 MiB for `BLOCK_IO`; each is held under
 //! [`PER_CPU_BUDGET`] instead (fewer entries, warned about), and a full map counts its
@@ -10,13 +10,14 @@ use aya::maps::MapInfo;
 
 use super::{DatapathError, OBJECT};
 
-/// Kernel memory one per-CPU hash map may take for its values.
+/// Kernel memory one per-CPU map may take for its values.
 pub(super) const PER_CPU_BUDGET: u64 = 32 << 20;
 /// Fewer entries than this would not be worth running with.
 const MIN_ENTRIES: u32 = 256;
 
-/// `BPF_MAP_TYPE_PERCPU_HASH` and `BPF_MAP_TYPE_LRU_PERCPU_HASH`.
-const PER_CPU_HASHES: [u32; 2] = [5, 10];
+/// `BPF_MAP_TYPE_PERCPU_HASH`, `BPF_MAP_TYPE_PERCPU_ARRAY` and
+/// `BPF_MAP_TYPE_LRU_PERCPU_HASH`.
+const PER_CPU: [u32; 3] = [5, 6, 10];
 
 /// What a map is, as the kernel reports it (`bpf_map_info`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,9 +73,9 @@ pub(super) fn wanted(cpus: usize) -> Result<BTreeMap<String, Shape>, DatapathErr
         .collect())
 }
 
-/// `max_entries` within the budget for a per-CPU hash map; the object's value otherwise.
+/// `max_entries` within the budget for a per-CPU map; the object's value otherwise.
 fn sized(shape: &Shape, cpus: usize) -> u32 {
-    if !PER_CPU_HASHES.contains(&shape.map_type) {
+    if !PER_CPU.contains(&shape.map_type) {
         return shape.max_entries;
     }
     // The kernel rounds each CPU's value up to 8 bytes.
@@ -130,6 +131,8 @@ mod tests {
     fn the_object_parses_and_has_the_per_cpu_maps() {
         let maps = wanted(192).unwrap();
         assert_eq!(maps["TRAFFIC"].max_entries, 2184);
-        assert!(maps.contains_key("INSERT_FAILURES"));
+        // A per-CPU array of 240-byte values: (32 << 20) / (240 * 192).
+        assert_eq!(maps["SCHED_STATS"].max_entries, 728);
+        assert_eq!(maps["INSERT_FAILURES"].max_entries, 6);
     }
 }

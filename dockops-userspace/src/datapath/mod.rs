@@ -261,7 +261,7 @@ impl Datapath {
         let tc_caps = take_map(&mut ebpf, names::TC_CAPS)?;
         let insert_failures = take_map(&mut ebpf, names::INSERT_FAILURES)?;
         let ecn_flows = take_map(&mut ebpf, names::ECN_FLOWS)?;
-        let events = events::Events::open(&mut ebpf, &layout, &plan, unified, fresh)?;
+        let events = events::Events::open(&mut ebpf, &layout, &plan, unified, fresh, cpus)?;
         let pacing = match unified {
             Some(root) => caps::Pacing::open(&mut ebpf, &layout, root, fresh)
                 .inspect_err(|error| {
@@ -402,12 +402,7 @@ impl Datapath {
 
     /// Starts an interface's counters at zero unless they already exist (adoption).
     fn ensure_counters(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); self.cpus]).map_err(
-            |source| DatapathError::Io {
-                path: PathBuf::from("nr_cpus"),
-                source,
-            },
-        )?;
+        let zeros = zeros::<TrafficCounters>(self.cpus)?;
         match self
             .traffic
             .insert(ifindex, zeros, u64::from(aya_obj_flags::BPF_NOEXIST))
@@ -454,6 +449,16 @@ where
 {
     let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
     Ok(T::try_from(map)?)
+}
+
+/// A per-CPU value of zeros for each of `cpus` CPUs.
+pub(super) fn zeros<T: aya::Pod + Default>(cpus: usize) -> Result<PerCpuValues<T>, DatapathError> {
+    PerCpuValues::try_from((0..cpus).map(|_| T::default()).collect::<Vec<_>>()).map_err(|source| {
+        DatapathError::Io {
+            path: PathBuf::from("nr_cpus"),
+            source,
+        }
+    })
 }
 
 fn program_err(name: &'static str) -> impl Fn(aya::programs::ProgramError) -> DatapathError {

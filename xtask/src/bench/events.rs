@@ -23,7 +23,7 @@ use super::{
 use crate::{docker::Engine, sh};
 
 /// Runs of each workload, alternating with and without the programs.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 /// The host-wide programs whose run time is reported, in the order of the table.
 const PROGRAMS: [&str; 9] = [
     "sched_switch",
@@ -82,7 +82,9 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
     let cgroup = cgroup_of(engine, id.trim())?;
     let mut per_event = HashMap::new();
     let file = crate::workspace().join("target/bench-fio");
-    let (mut switch, mut iops) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    let mut switch = [Vec::new(), Vec::new()];
+    let mut pinned = [Vec::new(), Vec::new()];
+    let mut iops = [Vec::new(), Vec::new()];
     sh::run(dockops().arg("reset").stdout(Stdio::null()))?;
     // The loss is measured with the kernel's BPF statistics off (they add two clock reads
     // to every run); one more round with them on gives the run time per event.
@@ -106,20 +108,23 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
                 fs::write(STATS_ENABLED, "1")?;
             }
             let i = usize::from(attached);
-            let ops = stress_switch(&cgroup)?;
+            let ops = stress_switch(&cgroup, "")?;
+            let one_cpu = stress_switch(&cgroup, "--taskset 0")?;
             let io = fio_randwrite(&cgroup, &file)?;
             if measuring {
                 per_event = program_stats()?;
                 fs::write(STATS_ENABLED, "0")?;
             } else {
                 switch[i].push(ops);
+                pinned[i].push(one_cpu);
                 iops[i].push(io);
             }
             if attached {
                 sh::run(dockops().arg("reset").stdout(Stdio::null()))?;
             }
             eprintln!(
-                "bench: round {round} attached={attached}: switch {ops:.0} ops/s, fio {io:.0} iops"
+                "bench: round {round} attached={attached}: switch {ops:.0} ops/s, on one CPU \
+                 {one_cpu:.0} ops/s, fio {io:.0} iops"
             );
         }
     }
@@ -137,6 +142,11 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
             &switch,
         ),
         (
+            "the same on one CPU (`--taskset 0`: every message is two context switches on \
+             that CPU, none idle), bogo ops/s",
+            &pinned,
+        ),
+        (
             "`fio` 4 KiB random direct writes, in a watched container, IOPS",
             &iops,
         ),
@@ -144,7 +154,7 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
         let (without, with) = (med(&runs[0]), med(&runs[1]));
         writeln!(
             table,
-            "| {what}, median of {ROUNDS} alternating runs of 10 s | {without:.0} | {with:.0} | \
+            "| {what}, median of {ROUNDS} alternating runs | {without:.0} | {with:.0} | \
              {:.1} % |",
             (without - with) / without * 100.0
         )?;
@@ -195,14 +205,15 @@ fn in_cgroup(cgroup: &str, cmd: &str) -> Command {
     sh
 }
 
-/// `stress-ng --switch 1` for 10 s: context switches through a pipe; bogo ops per second.
-fn stress_switch(cgroup: &str) -> anyhow::Result<f64> {
+/// `stress-ng --switch 1 OPTIONS` for 5 s: context switches through a pipe; bogo ops per
+/// second.
+fn stress_switch(cgroup: &str, options: &str) -> anyhow::Result<f64> {
     let yaml = crate::workspace().join("target/bench-stress.yaml");
     sh::run(
         in_cgroup(
             cgroup,
             &format!(
-                "stress-ng --switch 1 --timeout 10s --metrics-brief --yaml {}",
+                "stress-ng --switch 1 {options} --timeout 5s --metrics-brief --yaml {}",
                 yaml.display()
             ),
         )
@@ -216,13 +227,13 @@ fn stress_switch(cgroup: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no bogo ops/s in {text}"))
 }
 
-/// `fio` 4 KiB random direct writes for 10 s; IOPS.
+/// `fio` 4 KiB random direct writes for 5 s; IOPS.
 fn fio_randwrite(cgroup: &str, file: &std::path::Path) -> anyhow::Result<f64> {
     let out = sh::output(&mut in_cgroup(
         cgroup,
         &format!(
             "fio --name=randwrite --filename={} --size=256M --rw=randwrite --bs=4k \
-             --direct=1 --ioengine=psync --runtime=10 --time_based --output-format=json",
+             --direct=1 --ioengine=psync --runtime=5 --time_based --output-format=json",
             file.display()
         ),
     ))
