@@ -84,6 +84,7 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
     let file = crate::workspace().join("target/bench-fio");
     let mut switch = [Vec::new(), Vec::new()];
     let mut pinned = [Vec::new(), Vec::new()];
+    let mut host = [Vec::new(), Vec::new()];
     let mut iops = [Vec::new(), Vec::new()];
     sh::run(dockops().arg("reset").stdout(Stdio::null()))?;
     // The loss is measured with the kernel's BPF statistics off (they add two clock reads
@@ -110,6 +111,7 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
             let i = usize::from(attached);
             let ops = stress_switch(&cgroup, "")?;
             let one_cpu = stress_switch(&cgroup, "--taskset 0")?;
+            let outside = stress_switch("", "--taskset 0")?;
             let io = fio_randwrite(&cgroup, &file)?;
             if measuring {
                 per_event = program_stats()?;
@@ -117,6 +119,7 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
             } else {
                 switch[i].push(ops);
                 pinned[i].push(one_cpu);
+                host[i].push(outside);
                 iops[i].push(io);
             }
             if attached {
@@ -124,7 +127,7 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
             }
             eprintln!(
                 "bench: round {round} attached={attached}: switch {ops:.0} ops/s, on one CPU \
-                 {one_cpu:.0} ops/s, fio {io:.0} iops"
+                 {one_cpu:.0} ops/s, outside {outside:.0} ops/s, fio {io:.0} iops"
             );
         }
     }
@@ -145,6 +148,11 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
             "the same on one CPU (`--taskset 0`: every message is two context switches on \
              that CPU, none idle), bogo ops/s",
             &pinned,
+        ),
+        (
+            "the same on one CPU outside any container (what the host's other processes \
+             pay), bogo ops/s",
+            &host,
         ),
         (
             "`fio` 4 KiB random direct writes, in a watched container, IOPS",
@@ -195,13 +203,16 @@ fn cgroup_of(engine: &Engine, id: &str) -> anyhow::Result<String> {
     Ok(format!("{root}{path}"))
 }
 
-/// `sh -c` that moves itself into `cgroup` (v2: what the hooks classify by) and execs `cmd`.
+/// `sh -c` that moves itself into `cgroup` (v2: what the hooks classify by; "": stays in
+/// xtask's) and execs `cmd`.
 fn in_cgroup(cgroup: &str, cmd: &str) -> Command {
     let mut sh = Command::new("sh");
-    sh.args([
-        "-c",
-        &format!("echo $$ > {cgroup}/cgroup.procs && exec {cmd}"),
-    ]);
+    let script = if cgroup.is_empty() {
+        format!("exec {cmd}")
+    } else {
+        format!("echo $$ > {cgroup}/cgroup.procs && exec {cmd}")
+    };
+    sh.args(["-c", &script]);
     sh
 }
 
