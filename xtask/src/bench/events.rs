@@ -82,10 +82,8 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
     let cgroup = cgroup_of(engine, id.trim())?;
     let mut per_event = HashMap::new();
     let file = crate::workspace().join("target/bench-fio");
-    let mut switch = [Vec::new(), Vec::new()];
-    let mut pinned = [Vec::new(), Vec::new()];
-    let mut host = [Vec::new(), Vec::new()];
-    let mut iops = [Vec::new(), Vec::new()];
+    // By workload (as in `WORKLOADS`), without and with dockops.
+    let mut runs: [[Vec<f64>; 2]; 4] = Default::default();
     sh::run(dockops().arg("reset").stdout(Stdio::null()))?;
     // The loss is measured with the kernel's BPF statistics off (they add two clock reads
     // to every run); one more round with them on gives the run time per event.
@@ -108,61 +106,64 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
             if measuring {
                 fs::write(STATS_ENABLED, "1")?;
             }
-            let i = usize::from(attached);
-            let ops = stress_switch(&cgroup, "")?;
-            let one_cpu = stress_switch(&cgroup, "--taskset 0")?;
-            let outside = stress_switch("", "--taskset 0")?;
-            let io = fio_randwrite(&cgroup, &file)?;
+            let results = [
+                stress_switch(&cgroup, "")?,
+                stress_switch(&cgroup, "--taskset 0")?,
+                stress_switch("", "--taskset 0")?,
+                fio_randwrite(&cgroup, &file)?,
+            ];
             if measuring {
                 per_event = program_stats()?;
                 fs::write(STATS_ENABLED, "0")?;
             } else {
-                switch[i].push(ops);
-                pinned[i].push(one_cpu);
-                host[i].push(outside);
-                iops[i].push(io);
+                for (workload, result) in runs.iter_mut().zip(results) {
+                    workload[usize::from(attached)].push(result);
+                }
             }
             if attached {
                 sh::run(dockops().arg("reset").stdout(Stdio::null()))?;
             }
-            eprintln!(
-                "bench: round {round} attached={attached}: switch {ops:.0} ops/s, on one CPU \
-                 {one_cpu:.0} ops/s, outside {outside:.0} ops/s, fio {io:.0} iops"
-            );
+            eprintln!("bench: round {round} attached={attached}: {results:.0?}");
         }
     }
     let _ = fs::remove_file(&file);
-    let med = |v: &[f64]| {
+    table(&runs, &per_event)
+}
+
+/// What `workloads` runs, in its order.
+const WORKLOADS: [&str; 4] = [
+    "`stress-ng --switch 1`, in a watched container, bogo ops/s",
+    "the same on one CPU (`--taskset 0`: every message is two context switches on that CPU, \
+     none idle), bogo ops/s",
+    "the same on one CPU outside any container (what the host's other processes pay), bogo \
+     ops/s",
+    "`fio` 4 KiB random direct writes, in a watched container, IOPS",
+];
+
+/// The rows of the workloads' medians without and with dockops, and of each program's run
+/// time per event.
+fn table(
+    runs: &[[Vec<f64>; 2]; 4],
+    per_event: &HashMap<String, (u64, u64)>,
+) -> anyhow::Result<String> {
+    // The median, and the range of the runs: how far apart runs of one arm fall says what
+    // difference between the arms this machine can resolve.
+    let summary = |v: &[f64]| {
         let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        (
+            v[v.len() / 2],
+            format!("{:.0} ({:.0}–{:.0})", v[v.len() / 2], v[0], v[v.len() - 1]),
+        )
     };
-    let mut table =
-        String::from("| measure | without dockops | with dockops | loss |\n|---|---|---|---|\n");
-    for (what, runs) in [
-        (
-            "`stress-ng --switch 1`, in a watched container, bogo ops/s",
-            &switch,
-        ),
-        (
-            "the same on one CPU (`--taskset 0`: every message is two context switches on \
-             that CPU, none idle), bogo ops/s",
-            &pinned,
-        ),
-        (
-            "the same on one CPU outside any container (what the host's other processes \
-             pay), bogo ops/s",
-            &host,
-        ),
-        (
-            "`fio` 4 KiB random direct writes, in a watched container, IOPS",
-            &iops,
-        ),
-    ] {
-        let (without, with) = (med(&runs[0]), med(&runs[1]));
+    let mut table = String::from(
+        "| measure | without dockops: median (range) | with dockops | loss |\n|---|---|---|---|\n",
+    );
+    for (what, runs) in WORKLOADS.iter().zip(runs) {
+        let ((without, shown_without), (with, shown_with)) = (summary(&runs[0]), summary(&runs[1]));
         writeln!(
             table,
-            "| {what}, median of {ROUNDS} alternating runs | {without:.0} | {with:.0} | \
+            "| {what}, {ROUNDS} alternating runs of each | {shown_without} | {shown_with} | \
              {:.1} % |",
             (without - with) / without * 100.0
         )?;
@@ -176,7 +177,7 @@ fn workloads(engine: &Engine, dockops: &impl Fn() -> Command) -> anyhow::Result<
         writeln!(
             table,
             "| `{program}`: run time per event (kernel BPF statistics, {runs} runs in one \
-             more round of both workloads) | – | {mean:.0} ns | – |"
+             more round of the workloads) | – | {mean:.0} ns | – |"
         )?;
     }
     Ok(table)
