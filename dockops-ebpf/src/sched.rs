@@ -48,7 +48,8 @@ struct CpuMemo {
     cgroup: u64,
     container: u64,
     slot: u32,
-    _pad: u32,
+    /// The slot the `TASKS` entry of `task` names.
+    task_slot: u32,
     /// The thread switched in last, current until the next switch, and the container its
     /// `TASKS` entry names (0: it has none).
     task: u64,
@@ -99,6 +100,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         // SAFETY: the map's value, valid for this program run.
         let t = unsafe { &mut *t };
         memo.task_container = t.container;
+        memo.task_slot = t.slot;
         let since = t.queued_at;
         if since != 0 {
             t.queued_at = 0;
@@ -152,10 +154,14 @@ fn switched_out(ctx: &RawTracePointContext, memo: &CpuMemo, container: Watched, 
             s.voluntary += 1;
         }
     }
-    // Going to sleep with an entry naming this container: the entry is right already (its
-    // stamp was cleared when it was switched in; a wakeup stamps it before it can be
-    // switched in again).
-    if !runnable && memo.task == prev && memo.task_container == container.id {
+    // Going to sleep with an entry naming this container and slot: the entry is right
+    // already (its stamp was cleared when it was switched in; a wakeup stamps it before it
+    // can be switched in again).
+    if !runnable
+        && memo.task == prev
+        && memo.task_container == container.id
+        && memo.task_slot == container.slot
+    {
         return;
     }
     let task = TaskState {

@@ -363,7 +363,6 @@ impl Events {
         if self.levels.get(&0, 0)? != levels {
             self.levels.set(0, levels, 0)?;
         }
-        self.watch(ids)?;
         let gone = |id: &u64| !ids.contains_key(id);
         let stale: Vec<BlockKey> = self
             .io
@@ -394,14 +393,16 @@ impl Events {
             // A thread that exited meanwhile is gone already.
             let _ = self.tasks.remove(&task);
         }
-        Ok(())
+        // Last: a slot freed by the containers that left is given again only at a later
+        // call, after this pruning has taken their threads' entries (which name the slot)
+        // out of `TASKS` again, should a switch have put one back meanwhile.
+        self.watch(ids)
     }
 
     /// Makes `WATCHED_CGROUPS` hold exactly `ids`, each with a slot of `SCHED_STATS` (zeroed
     /// when given; [`NO_SLOT`] while all are taken), and bumps `WATCHED_VERSION` after a
-    /// change. A slot freed now is given
-    /// again only at a later call: a switch on another CPU may still count into it for
-    /// the container that left until it sees the new version.
+    /// change. A slot freed now is given again only at a later call: until then a switch may
+    /// still count into it for the container that left.
     fn watch(&mut self, ids: &HashMap<u64, u32>) -> Result<(), DatapathError> {
         let watched: HashMap<u64, u32> = self.watched.iter().filter_map(Result::ok).collect();
         let taken: HashSet<u32> = watched.values().copied().collect();
