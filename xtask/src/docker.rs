@@ -13,11 +13,11 @@ use anyhow::{Context as _, bail};
 use crate::sh;
 
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
-/// busybox-static with its applets, and iperf3, imported from a folder (no registry is
-/// needed).
+/// busybox-static with its applets, iperf3, wrk and nginx, imported from a folder (no
+/// registry is needed).
 pub const TEST_IMAGE: &str = "dockops-test/busybox:latest";
 /// Bumped when the image's contents change, so an older import is replaced.
-const TEST_IMAGE_VERSION: &str = "2";
+const TEST_IMAGE_VERSION: &str = "3";
 
 /// An engine that answers; a private one is stopped on drop.
 pub struct Engine {
@@ -379,14 +379,53 @@ fn make_busybox_root(root: &Path) -> anyhow::Result<()> {
     {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
-    copy_with_libraries(Path::new("/usr/bin/iperf3"), root)
+    copy_with_libraries(Path::new("/usr/bin/iperf3"), root)?;
+    copy_with_libraries(Path::new("/usr/bin/wrk"), root)?;
+    let nginx = crate::setup::nginx_dir().join("usr/sbin/nginx");
+    copy_with_libraries(&nginx, root)?;
+    fs::create_dir_all(root.join("usr/sbin"))?;
+    let copied = root.join(nginx.strip_prefix("/")?);
+    fs::rename(&copied, root.join("usr/sbin/nginx"))?;
+    // nginx opens its compiled-in error log before it reads the configuration.
+    fs::create_dir_all(root.join("var/log/nginx"))?;
+    fs::create_dir_all(root.join("etc/nginx"))?;
+    fs::write(root.join("etc/nginx/nginx.conf"), NGINX_CONF)?;
+    // nginx looks its user up.
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    Ok(())
 }
+
+/// `nginx` in the test image serves /www on port 80 (IPv4 and IPv6), keep-alive without a
+/// request limit, for the HTTP shaping tests and benchmarks.
+const NGINX_CONF: &str = "user root;
+worker_processes auto;
+pid /tmp/nginx.pid;
+error_log stderr warn;
+daemon off;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    client_body_temp_path /tmp/nginx-body;
+    proxy_temp_path /tmp/nginx-proxy;
+    fastcgi_temp_path /tmp/nginx-fastcgi;
+    uwsgi_temp_path /tmp/nginx-uwsgi;
+    scgi_temp_path /tmp/nginx-scgi;
+    server {
+        listen 80;
+        listen [::]:80;
+        root /www;
+    }
+}
+";
 
 /// Copies a dynamically linked binary and the libraries `ldd` lists for it to the same paths
 /// under `root` (the image has no package manager and no libc of its own).
 fn copy_with_libraries(binary: &Path, root: &Path) -> anyhow::Result<()> {
     let ldd = sh::output(Command::new("ldd").arg(binary))
-        .with_context(|| format!("{} is missing: install iperf3", binary.display()))?;
+        .with_context(|| format!("{} is missing: run `cargo xtask setup`", binary.display()))?;
     let libraries = ldd.lines().filter_map(|line| {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let path = line.split("=>").last()?.split_whitespace().next()?;

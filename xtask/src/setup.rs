@@ -17,6 +17,7 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     "curl",
     "python3-pip",
+    "wrk",
 ];
 
 /// The Kubernetes manifest validator the deploy tests run (from `PyPI`, with the API schemas
@@ -36,6 +37,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker()?;
     ensure_packages(PACKAGES)?;
     kubernetes_validate()?;
+    nginx()?;
     mounts()?;
     Ok(())
 }
@@ -64,6 +66,50 @@ fn kubernetes_validate() -> anyhow::Result<()> {
     )
     .context("pip install kubernetes-validate")?;
     fs::rename(&partial, &dir)?;
+    Ok(())
+}
+
+/// Where Debian's nginx is unpacked for the test image (`usr/sbin/nginx` below it): the
+/// package is only downloaded, never installed, so no nginx service starts on the host.
+pub fn nginx_dir() -> PathBuf {
+    toolchain::home().join(".local/share/dockops/nginx")
+}
+
+fn nginx() -> anyhow::Result<()> {
+    let dir = nginx_dir();
+    if dir.join("usr/sbin/nginx").is_file() {
+        step("nginx", &format!("{} present", dir.display()));
+        return Ok(());
+    }
+    step(
+        "nginx",
+        "downloading Debian's package (unpacked, not installed)",
+    );
+    let download = dir.with_file_name("nginx.download");
+    let _ = fs::remove_dir_all(&download);
+    fs::create_dir_all(&download)?;
+    let fetch = || {
+        sh::ok(
+            Command::new("apt-get")
+                .args(["download", "-qq", "nginx"])
+                .current_dir(&download),
+        )
+    };
+    // Stale package lists on a machine that had every package already: refresh once.
+    if !fetch() && !(sh::ok(Command::new("apt-get").args(["update", "-qq"])) && fetch()) {
+        bail!("apt-get download nginx failed: the test image serves HTTP with Debian's nginx");
+    }
+    let deb = fs::read_dir(&download)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download nginx left no .deb")?;
+    let partial = dir.with_file_name("nginx.partial");
+    let _ = fs::remove_dir_all(&partial);
+    sh::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&partial, &dir)?;
+    let _ = fs::remove_dir_all(&download);
     Ok(())
 }
 
