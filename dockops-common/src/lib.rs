@@ -66,7 +66,8 @@ pub mod names {
     pub const TC_CAPS: &str = "TC_CAPS";
     /// `sock_ops` on the cgroup v2 root: paces TCP sockets from and to capped containers.
     pub const SOCK_PACE: &str = "sock_pace";
-    /// Hash map: [`super::window_key`] `<< 1 | ingress` → the sockets sharing that cap lately.
+    /// BTF hash map: [`super::window_key_v4`] (or `_v6`, `_group`) `<< 1 | ingress` → the
+    /// [`super::LeaseRing`] of the sockets sharing that cap now.
     pub const WINDOWS: &str = "WINDOWS";
     /// Per-CPU array: failed inserts by the programs, indexed by [`super::InsertFailures`].
     pub const INSERT_FAILURES: &str = "INSERT_FAILURES";
@@ -209,6 +210,26 @@ pub const fn group_cap_key(group: u32, ingress: bool) -> u64 {
 }
 
 /// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.
+/// The sockets sharing one cap: leases by the ~16.8 ms slot they end in, in a ring of 64
+/// slots. Written by the `sock_ops` program only; userspace removes stale entries. The eBPF
+/// side declares the same layout with `struct bpf_spin_lock` as the first field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRing {
+    pub lock: u32,
+    /// Unexpired leases: the sockets the cap is divided by.
+    pub active: u32,
+    /// The latest slot (monotonic ns >> 24) the ring was brought to.
+    pub slot: u64,
+    /// Bytes TCP sent unpaced (a connection's first 10 segments) in epoch `unpaced_epoch`
+    /// (`slot / 64`) and in the one before: the pacing leaves room for them.
+    pub unpaced_epoch: u64,
+    pub unpaced_now: u32,
+    pub unpaced_before: u32,
+    /// Leases ending in slot `s`, at `s % 64`.
+    pub ending: [u16; 64],
+}
+
 /// The eBPF side declares the same layout with `struct bpf_spin_lock` as the first field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -552,6 +573,8 @@ unsafe impl aya::Pod for BlockCounters {}
 unsafe impl aya::Pod for Caps {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TcCap {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LeaseRing {}
 
 #[cfg(test)]
 mod tests {

@@ -4,16 +4,22 @@
 //! capped for ingress), IPv4 or IPv6. Pacing at the sender keeps queues empty and avoids
 //! drops; on a same-host path (7–20 µs RTT) drop-based policing cannot steer TCP at all.
 //!
-//! A cap is shared by the sockets that were active recently (an RTT sample in the current or
-//! previous ~134 ms window): idle connections, and thin ones (less than 16 KiB acknowledged in
-//! all), do not take a share.
+//! A cap is divided among the sockets sending under it now (`sock/shares.rs`): a socket
+//! counts from its first data packet, for as long as its pace says its next one is due, and
+//! hands its share back when it closes. Its rate is set again before every data packet it
+//! sends (the header-option callback), so shares follow sockets arriving and leaving within
+//! one packet of each.
 
-use core::{ffi::c_void, num::NonZeroU64, ptr::read_volatile};
+mod shares;
+
+use core::{ffi::c_void, ptr::read_volatile};
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, SO_MAX_PACING_RATE, SOL_SOCKET,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_TCP_CLOSE, BPF_TCP_FIN_WAIT2, BPF_TCP_TIME_WAIT, SO_MAX_PACING_RATE, SOL_SOCKET,
     },
     helpers::{bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_ns, bpf_setsockopt},
     macros::{map, sock_ops},
@@ -23,15 +29,20 @@ use aya_ebpf::{
 use dockops_common::{
     Caps, InsertFailures, MAX_CAPS, window_key_group, window_key_v4, window_key_v6,
 };
+use shares::{Lease, NO_KEY, SLOT_SHIFT};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 /// The third word of a v4-mapped IPv6 address, `0000:ffff` in network byte order.
 const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-/// ~134 ms windows (2^27 ns).
-const WINDOW_SHIFT: u32 = 27;
+const SOL_TCP: i32 = 6;
+/// `bpf_setsockopt` only: the congestion window's upper bound (also its slow-start threshold).
+const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 /// The rate that means "not paced" (`~0U` in the kernel).
 const UNPACED: u32 = u32::MAX;
+/// Callbacks a capped socket asks for: one before each packet it sends (header options,
+/// none written) and its state changes.
+const FLAGS: u32 = BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
 
 #[map(name = "CAPS")]
 static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS + crate::LAYOUT_VARIANT, 0);
@@ -40,81 +51,239 @@ static CAPS: HashMap<u32, Caps> = HashMap::pinned(MAX_CAPS + crate::LAYOUT_VARIA
 #[map(name = "CAPS6")]
 static CAPS6: HashMap<[u8; 16], Caps> = HashMap::pinned(MAX_CAPS + crate::LAYOUT_VARIANT, 0);
 
-/// Socket cookie → the window in which it was last counted (`u64::MAX`: not yet). Pinned
-/// like every map, so that a new build's program carries on from it.
+/// Socket cookie → its [`Lease`] (for every paced socket, so that lifting the cap can unpace
+/// it). Pinned like every map, so that a new build's program carries on from it.
 #[map(name = "PACED_SOCKETS")]
-static PACED_SOCKETS: LruHashMap<u64, u64> = LruHashMap::pinned(65536, 0);
-
-/// A socket takes a share of a cap once this many of its bytes have been acknowledged: thin
-/// connections (iperf3's control connection, requests, keep-alives) would otherwise halve a
-/// busy flow's rate while they exchange a few messages. A bulk flow passes it in its first
-/// round trips.
-const BULK_BYTES: u64 = 16 << 10;
-
-/// Active sockets per (address, direction): key = address << 1 | ingress. Userspace removes
-/// the entries of addresses that are no longer capped.
-#[map(name = "WINDOWS")]
-static WINDOWS: HashMap<u64, Window> = HashMap::pinned(2 * MAX_CAPS, 0);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Window {
-    epoch: u64,
-    current: u64,
-    previous: u64,
-}
+static PACED_SOCKETS: LruHashMap<u64, Lease> = LruHashMap::pinned(65536, 0);
 
 /// `struct bpf_sock_ops` callbacks on the cgroup v2 root.
 #[sock_ops]
 pub fn sock_pace(ctx: SockOpsContext) -> u32 {
-    try_sock_pace(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
+            // SAFETY: ctx.ops is the program's context; 0 when there is no packet (sizing
+            // the MSS) or it carries no data (an ACK).
+            let bytes = unsafe { read_volatile(&raw const (*ctx.ops).skb_len) };
+            if bytes != 0 {
+                sent(&ctx, u64::from(bytes));
+            }
+        }
+        // RTT_CB: a socket paced by a build that refreshed rates on ACKs.
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
+        | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
+        | BPF_SOCK_OPS_RTT_CB => established(&ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            let state = ctx.arg(1);
+            // Everything it sent is acknowledged (FIN_WAIT2, TIME_WAIT), or it is gone.
+            if state == BPF_TCP_FIN_WAIT2 || state == BPF_TCP_TIME_WAIT || state == BPF_TCP_CLOSE {
+                let _ = closed(&ctx, state == BPF_TCP_CLOSE);
+            }
+        }
+        _ => {}
+    }
     1
 }
 
+/// What caps a socket: per direction (egress of its local address, ingress of its remote
+/// one), the cap in bits/s and its lease ring's key, or `NO_KEY`.
+struct Wanted {
+    bits: [u64; 2],
+    keys: [u64; 2],
+}
+
 #[inline(always)]
-fn try_sock_pace(ctx: &SockOpsContext) {
-    let op = ctx.op();
-    if !(op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
-        || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
-        || op == BPF_SOCK_OPS_RTT_CB)
-    {
-        return;
-    }
-    let Some((local, remote)) = addresses(ctx) else {
-        return;
-    };
+fn wanted(ctx: &SockOpsContext) -> Option<Wanted> {
+    let (local, remote) = addresses(ctx)?;
     let (local_caps, remote_caps) = (local.caps(), remote.caps());
     let egress = local_caps.map_or(0, |c| c.egress_bits);
     let ingress = remote_caps.map_or(0, |c| c.ingress_bits);
-    // SAFETY: ctx.ops is the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     if egress == 0 && ingress == 0 {
-        // Capped once, no longer: lift the pacing at the next ACK sample and stop watching.
-        if op == BPF_SOCK_OPS_RTT_CB && PACED_SOCKETS.get_ptr(&cookie).is_some() {
-            set_pacing(ctx, UNPACED);
-            let _ = PACED_SOCKETS.remove(&cookie);
-            let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 & !(BPF_SOCK_OPS_RTT_CB_FLAG as i32));
+        return None;
+    }
+    Some(Wanted {
+        bits: [egress, ingress],
+        keys: [
+            if egress == 0 {
+                NO_KEY
+            } else {
+                local.window_key(local_caps) << 1
+            },
+            if ingress == 0 {
+                NO_KEY
+            } else {
+                remote.window_key(remote_caps) << 1 | 1
+            },
+        ],
+    })
+}
+
+/// What the sockets under a cap of `bits`/s are paced to share, in payload bytes/s: 63/64 of
+/// it. The tc bucket behind counts wire bytes at 105 % (about 100.4 % of payload with full
+/// segments); the 1.6 % left between them absorbs what pacing does not hold exactly (a
+/// socket's next packet leaves at its old rate, TCP sends early after a pause).
+#[inline(always)]
+fn paced_cap(bits: u64) -> u64 {
+    bits / 8 / 64 * 63
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: ctx.ops is the program's context.
+    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
+}
+
+#[inline(always)]
+fn now_slot() -> u64 {
+    // SAFETY: reads the monotonic clock.
+    unsafe { bpf_ktime_get_ns() >> SLOT_SHIFT }
+}
+
+/// A connection is up: asks for the per-packet and state callbacks of a capped one, and
+/// paces it at the share it will have once it sends.
+#[inline(always)]
+fn established(ctx: &SockOpsContext) {
+    let cookie = cookie(ctx);
+    let Some(want) = wanted(ctx) else {
+        unpace(ctx, cookie);
+        return;
+    };
+    let _ = ctx.set_cb_flags(((ctx.cb_flags() | FLAGS) & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+    if PACED_SOCKETS.get_ptr(&cookie).is_none()
+        && PACED_SOCKETS.insert(&cookie, &Lease::NONE, 0).is_err()
+    {
+        crate::insert_failed(InsertFailures::PacedSockets);
+    }
+    let slot = now_slot();
+    let mut rate = u64::MAX;
+    for i in 0..2 {
+        if want.keys[i] != NO_KEY {
+            rate = rate.min(paced_cap(want.bits[i]) / (shares::active(want.keys[i], slot) + 1));
         }
+    }
+    set_pacing(ctx, rate);
+}
+
+/// A data packet of `bytes` is leaving: renews the socket's lease (taking one if it had
+/// none) and paces it at its share.
+#[inline(always)]
+fn sent(ctx: &SockOpsContext, bytes: u64) {
+    let cookie = cookie(ctx);
+    let Some(want) = wanted(ctx) else {
+        unpace(ctx, cookie);
+        return;
+    };
+    let lease = match PACED_SOCKETS.get_ptr_mut(&cookie) {
+        Some(l) => l,
+        None => {
+            if PACED_SOCKETS.insert(&cookie, &Lease::NONE, 0).is_err() {
+                crate::insert_failed(InsertFailures::PacedSockets);
+            }
+            let Some(l) = PACED_SOCKETS.get_ptr_mut(&cookie) else {
+                return;
+            };
+            l
+        }
+    };
+    // SAFETY: a map value, valid for the program run; a socket's callbacks run under its
+    // lock, one at a time.
+    let lease = unsafe { &mut *lease };
+    let slot = now_slot();
+    let end = slot + shares::length(bytes, u64::from(pacing(ctx).unwrap_or(UNPACED)));
+    // SAFETY: ctx.ops is the program's context. TCP paces a socket from its 10th segment.
+    let segs_out = unsafe { read_volatile(&raw const (*ctx.ops).data_segs_out) };
+    let unpaced = if segs_out < 10 { bytes } else { 0 };
+    let mut rate = u64::MAX;
+    for i in 0..2 {
+        let (old, key) = (lease.keys[i], want.keys[i]);
+        let mut old_end = lease.end;
+        if old != key {
+            shares::release(old, slot, old_end);
+            old_end = 0;
+        }
+        if key != NO_KEY {
+            let share = shares::renew(key, slot, old_end, end, unpaced, paced_cap(want.bits[i]));
+            rate = rate.min(share);
+        }
+    }
+    lease.end = end;
+    lease.keys = want.keys;
+    set_pacing(ctx, rate);
+    let clamp = window_clamp(ctx, rate);
+    if clamp != lease.clamp && set_clamp(ctx, clamp) {
+        lease.clamp = clamp;
+    }
+}
+
+/// The congestion window (segments) that lets a socket paced at `rate` bytes/s keep its
+/// pace: what it sends in two round trips plus 1 ms, at least 2 segments.
+///
+/// TCP sends a window's worth as one TSO packet, then waits out the pacing gap; on a short
+/// path it builds 64 KiB packets (its TSO autosizing counts round trips below 512 µs as
+/// none), so a socket paced at 150 KB/s would burst 64 KiB every 400 ms, and a few dozen
+/// such bursts meeting empty the tc bucket. The clamp keeps each burst to the window.
+#[inline(always)]
+fn window_clamp(ctx: &SockOpsContext, rate: u64) -> u64 {
+    // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3.
+    let (srtt8, mss) = unsafe {
+        (
+            read_volatile(&raw const (*ctx.ops).srtt_us),
+            read_volatile(&raw const (*ctx.ops).mss_cache),
+        )
+    };
+    let span_us = 1000 + u64::from(srtt8) / 4;
+    (rate.min(1 << 40) * span_us / 1_000_000 / (u64::from(mss) | 1)).max(2)
+}
+
+/// Sets the socket's congestion window clamp (`i32::MAX`: none); true if the kernel took it.
+#[inline(always)]
+fn set_clamp(ctx: &SockOpsContext, segments: u64) -> bool {
+    let mut value = i32::try_from(segments).unwrap_or(i32::MAX);
+    // SAFETY: optval points to a 4-byte stack value, optlen is that size.
+    unsafe {
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_TCP,
+            TCP_BPF_SNDCWND_CLAMP,
+            (&raw mut value).cast(),
+            4,
+        ) == 0
+    }
+}
+
+/// The socket has nothing more to send: hands its share back; `gone`: forgets it. Returns
+/// whether it had its window clamped.
+#[inline(always)]
+fn closed(ctx: &SockOpsContext, gone: bool) -> bool {
+    let cookie = cookie(ctx);
+    let mut clamped = false;
+    if let Some(lease) = PACED_SOCKETS.get_ptr_mut(&cookie) {
+        // SAFETY: as in `sent`.
+        let lease = unsafe { &mut *lease };
+        let slot = now_slot();
+        for key in lease.keys {
+            shares::release(key, slot, lease.end);
+        }
+        lease.end = 0;
+        clamped = lease.clamp != 0;
+    }
+    if gone {
+        let _ = PACED_SOCKETS.remove(&cookie);
+    }
+    clamped
+}
+
+/// Capped once, no longer: lifts the pacing and the window clamp, stops the callbacks and
+/// forgets the socket.
+#[inline(always)]
+fn unpace(ctx: &SockOpsContext, cookie: u64) {
+    if PACED_SOCKETS.get_ptr(&cookie).is_none() {
         return;
     }
-    if op != BPF_SOCK_OPS_RTT_CB {
-        let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_RTT_CB_FLAG as i32);
+    if closed(ctx, true) {
+        set_clamp(ctx, u64::MAX);
     }
-    // SAFETY: reads the monotonic clock.
-    let epoch = unsafe { bpf_ktime_get_ns() } >> WINDOW_SHIFT;
-    // SAFETY: ctx.ops is the program's context.
-    let acked = unsafe { read_volatile(&raw const (*ctx.ops).bytes_acked) };
-    let fresh = counts(cookie, epoch, acked);
-    let mut rate = u64::MAX;
-    if egress != 0 {
-        let key = local.window_key(local_caps) << 1;
-        rate = rate.min(egress / 8 / active(key, epoch, fresh));
-    }
-    if ingress != 0 {
-        let key = remote.window_key(remote_caps) << 1 | 1;
-        rate = rate.min(ingress / 8 / active(key, epoch, fresh));
-    }
-    set_pacing(ctx, u32::try_from(rate).unwrap_or(UNPACED - 1).max(1));
+    set_pacing(ctx, u64::MAX);
+    let _ = ctx.set_cb_flags((ctx.cb_flags() & !(FLAGS | BPF_SOCK_OPS_RTT_CB_FLAG)) as i32);
 }
 
 /// A socket's address, in network byte order.
@@ -202,90 +371,39 @@ unsafe fn ip6(field: *const [u32; 4]) -> [u32; 4] {
     }
 }
 
-/// Whether the socket is counted now among the sockets sharing its caps: the first time in a
-/// window that it calls back once it has had [`BULK_BYTES`] acknowledged. Remembers it as
-/// paced either way (so that lifting the cap can unpace it).
+/// The socket's `SO_MAX_PACING_RATE` (bytes per second).
 #[inline(always)]
-fn counts(cookie: u64, epoch: u64, acked: u64) -> bool {
-    let bulk = acked >= BULK_BYTES;
-    match PACED_SOCKETS.get_ptr_mut(&cookie) {
-        // SAFETY: a map value, valid for the program run.
-        Some(last) => {
-            let last = unsafe { &mut *last };
-            let fresh = bulk && *last != epoch;
-            if fresh {
-                *last = epoch;
-            }
-            fresh
-        }
-        None => {
-            if PACED_SOCKETS
-                .insert(&cookie, &(if bulk { epoch } else { u64::MAX }), 0)
-                .is_err()
-            {
-                crate::insert_failed(InsertFailures::PacedSockets);
-            }
-            bulk
-        }
-    }
-}
-
-/// Sockets active in this or the previous window for `key` (at least 1), counting this one if
-/// `fresh`.
-/// Updates race across CPUs (a count may be off by one for one window): accepted, the next
-/// RTT sample corrects the rate.
-#[inline(always)]
-fn active(key: u64, epoch: u64, fresh: bool) -> NonZeroU64 {
-    let count = match WINDOWS.get_ptr_mut(&key) {
-        Some(w) => {
-            // SAFETY: a map value, valid for the program run.
-            let w = unsafe { &mut *w };
-            if w.epoch != epoch {
-                w.previous = if w.epoch + 1 == epoch { w.current } else { 0 };
-                w.epoch = epoch;
-                w.current = 0;
-            }
-            if fresh {
-                w.current += 1;
-            }
-            w.current.max(w.previous)
-        }
-        None => {
-            let window = Window {
-                epoch,
-                current: u64::from(fresh),
-                previous: 0,
-            };
-            if WINDOWS.insert(&key, &window, 0).is_err() {
-                crate::insert_failed(InsertFailures::Windows);
-            }
-            1
-        }
-    };
-    NonZeroU64::new(count).unwrap_or(NonZeroU64::MIN)
-}
-
-/// Sets `SO_MAX_PACING_RATE` (bytes per second) unless it already has that value.
-#[inline(always)]
-fn set_pacing(ctx: &SockOpsContext, rate: u32) {
-    let ops: *mut c_void = ctx.ops.cast();
+fn pacing(ctx: &SockOpsContext) -> Option<u32> {
     let mut current: u32 = 0;
     // SAFETY: optval points to a 4-byte stack value, optlen is that size (the kernel takes
     // exactly an int for this option).
     let read = unsafe {
         bpf_getsockopt(
-            ops,
+            ctx.ops.cast(),
             SOL_SOCKET as i32,
             SO_MAX_PACING_RATE as i32,
             (&raw mut current).cast(),
             4,
         )
     };
-    if read == 0 && current == rate {
+    (read == 0).then_some(current)
+}
+
+/// Sets `SO_MAX_PACING_RATE` to `rate` bytes per second (`u64::MAX`: unpaced; at least 1)
+/// unless it already has that value.
+#[inline(always)]
+fn set_pacing(ctx: &SockOpsContext, rate: u64) {
+    let rate = if rate == u64::MAX {
+        UNPACED
+    } else {
+        u32::try_from(rate).unwrap_or(UNPACED - 1).max(1)
+    };
+    if pacing(ctx) == Some(rate) {
         return;
     }
+    let ops: *mut c_void = ctx.ops.cast();
     let mut value = rate;
-    // SAFETY: as above.
+    // SAFETY: as in `pacing`.
     let _ = unsafe {
         bpf_setsockopt(
             ops,

@@ -12,7 +12,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData},
     programs::{CgroupAttachMode, SockOps},
 };
-use dockops_common::{Caps, names, window_key_group, window_key_v4, window_key_v6};
+use dockops_common::{Caps, LeaseRing, names, window_key_group, window_key_v4, window_key_v6};
 
 use super::{DatapathError, pins::Layout};
 
@@ -22,7 +22,7 @@ pub(super) struct Pacing {
     caps: BpfHashMap<MapData, u32, Caps>,
     caps6: BpfHashMap<MapData, [u8; 16], Caps>,
     /// The program's count of active sockets per capped address and direction.
-    windows: BpfHashMap<MapData, u64, [u64; 3]>,
+    windows: BpfHashMap<MapData, u64, LeaseRing>,
 }
 
 impl Pacing {

@@ -247,8 +247,9 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(layout.maps())
-            // A BTF map (its values hold a spin lock) cannot ask for pinning itself.
-            .map_pin_path(names::TC_CAPS, layout.maps().join(names::TC_CAPS));
+            // BTF maps (their values hold a spin lock) cannot ask for pinning themselves.
+            .map_pin_path(names::TC_CAPS, layout.maps().join(names::TC_CAPS))
+            .map_pin_path(names::WINDOWS, layout.maps().join(names::WINDOWS));
         for (name, shape) in &shapes {
             loader.map_max_entries(name, shape.max_entries);
         }
