@@ -20,6 +20,7 @@ use dockops_common::{MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
 
 mod ecn;
 mod edt;
+mod iw;
 
 /// Host veth ifindex → counters. Userspace inserts the entry when it attaches and removes it
 /// when the container goes, so the datapath never allocates and ignores unknown interfaces.
@@ -74,10 +75,18 @@ enum Verdict {
 #[inline(always)]
 fn account(ctx: &TcContext, into: bool) -> i32 {
     let (ifindex, packets, bytes) = sizes(ctx);
-    let (level, key) = take(tc_cap_key(ifindex, into), bytes);
+    let hook = tc_cap_key(ifindex, into);
+    let taken = take(hook, bytes);
+    if taken.is_some() && bytes <= ecn::SMALL_PACKET {
+        iw::track(ctx, hook);
+    }
+    let (level, key) = taken.unwrap_or((Level::Plenty, hook));
     let verdict = match level {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
+        Level::Empty(_) if bytes > ecn::SMALL_PACKET && iw::credit(ctx, hook, key, bytes) => {
+            Verdict::Pass
+        }
         Level::Empty(slot) => ecn::when_empty(ctx, key, slot, bytes),
         Level::Later { at, low, slot } => edt::stamp(ctx, at, low.then_some(slot)),
         Level::Beyond => edt::beyond(bytes),
@@ -146,13 +155,11 @@ enum Level {
 /// bucket must hold at least one tick at the rate; userspace refuses smaller bursts.
 ///
 /// A group member's entry points at the group's bucket, which all members share: the key
-/// returned is the bucket's.
+/// returned is the bucket's. None: the hook has no cap.
 #[inline(always)]
-fn take(key: u64, bytes: u64) -> (Level, u64) {
-    let Some((bucket, key)) = bucket(key) else {
-        return (Level::Plenty, key);
-    };
-    (take_from(bucket, bytes), key)
+fn take(key: u64, bytes: u64) -> Option<(Level, u64)> {
+    let (bucket, key) = bucket(key)?;
+    Some((take_from(bucket, bytes), key))
 }
 
 /// The bucket of hook `key` and its own key: the hook's, or its group's.
@@ -199,9 +206,10 @@ fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
 }
 
 /// Takes `bytes` the bucket does not have, for a packet that must pass anyway (a
-/// retransmission): later refills pay the debt. False when that would owe more than a burst.
+/// retransmission): later refills pay the debt. False when that would owe more than a burst
+/// (`deep`: more than a burst or a second at the rate, whichever is more).
 #[inline(always)]
-fn owe(key: u64, bytes: u64) -> bool {
+fn owe(key: u64, bytes: u64, deep: bool) -> bool {
     let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
         return true;
     };
@@ -209,7 +217,12 @@ fn owe(key: u64, bytes: u64) -> bool {
     let b = unsafe { &mut *bucket };
     unsafe { lock(&raw mut b.lock) };
     let tokens = b.tokens - bytes as i64;
-    let granted = tokens >= -(b.burst_bytes as i64);
+    let limit = if deep {
+        b.burst_bytes.max(b.rate_bytes)
+    } else {
+        b.burst_bytes
+    };
+    let granted = tokens >= -(limit as i64);
     if granted {
         b.tokens = tokens;
     }

@@ -25,7 +25,7 @@ const NOT_ECT: u8 = 0;
 /// credit: they are a trickle of the bytes, and dropping them costs the most (a stalled
 /// reverse flow, a lost probe). A flood of them still runs into the debt limit.
 /// (129 in the `variant-code` test build: an object that differs, with the same maps.)
-const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
+pub const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
     129
 } else {
     128
@@ -54,7 +54,7 @@ pub fn mark(ctx: &TcContext, slot: u32) -> Verdict {
 #[inline(always)]
 pub fn when_empty(ctx: &TcContext, key: u64, slot: u32, bytes: u64) -> Verdict {
     if bytes <= SMALL_PACKET {
-        return if super::owe(key, bytes) {
+        return if super::owe(key, bytes, false) {
             Verdict::Pass
         } else {
             Verdict::Drop
@@ -67,7 +67,7 @@ pub fn when_empty(ctx: &TcContext, key: u64, slot: u32, bytes: u64) -> Verdict {
         remember(ctx, slot);
         return Verdict::Drop;
     }
-    if tcp && known(ctx, slot) && super::owe(key, bytes) {
+    if tcp && known(ctx, slot) && super::owe(key, bytes, false) {
         Verdict::Pass
     } else {
         Verdict::Drop
