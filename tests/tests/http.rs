@@ -1,0 +1,113 @@
+//! Caps against real HTTP: nginx in a capped container serves 256 KiB objects to wrk on the
+//! host, one connection per request, as web servers, APIs and registries do. Retransmissions
+//! are the sender's (the container's `Tcp:` counters).
+
+use std::{fs, process::Command, time::Duration};
+
+use dockops_integration::{Container, docker, dockops_ok, http_get, wait_for};
+
+const CAP_MBIT: f64 = 40.0;
+const OBJECT_KIB: u64 = 256;
+
+#[test]
+fn egress_cap_holds_for_many_short_http_connections_and_few() {
+    let web = Container::start(
+        "http-web",
+        &format!(
+            "mkdir -p /www && head -c {} /dev/zero > /www/object && exec nginx",
+            OBJECT_KIB << 10
+        ),
+    );
+    let url = format!("http://{}:80/object", web.ip());
+    wait_for(Duration::from_secs(10), "nginx", || {
+        http_get(&url, None).is_some_and(|body| body.len() as u64 == OBJECT_KIB << 10)
+    });
+    dockops_ok(&["limit", &web.name, "--egress", "40mbit"]);
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
+
+    for (connections, max_retransmitted) in [(32, 0.02), (4, 0.02)] {
+        let before = segments(&pid);
+        let (bytes, seconds) = wrk(&url, connections);
+        let after = segments(&pid);
+        #[expect(clippy::cast_precision_loss, reason = "ratios")]
+        let (ratio, retransmitted) = (
+            bytes as f64 * 8.0 / seconds / (CAP_MBIT * 1e6),
+            (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64,
+        );
+        assert!(
+            (0.85..=1.02).contains(&ratio),
+            "{connections} connections: goodput/cap = {ratio:.3}"
+        );
+        assert!(
+            retransmitted <= max_retransmitted,
+            "{connections} connections: {:.2} % of segments retransmitted",
+            retransmitted * 100.0
+        );
+    }
+}
+
+/// Runs wrk for 8 s with `connections` (Connection: close); returns the bytes it read
+/// (headers included: ~0.1 % of a 256 KiB object) and its measured duration.
+fn wrk(url: &str, connections: u32) -> (u64, f64) {
+    let c = connections.to_string();
+    let out = Command::new("wrk")
+        .args(["-t2", "-c", &c, "-d8s", "-H", "Connection: close", url])
+        .output()
+        .expect("wrk (installed by `cargo xtask setup`)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).unwrap_or_else(|| panic!("no summary in wrk's output: {text}"))
+}
+
+/// "  1234 requests in 8.01s, 39.01MB read" → (bytes, seconds).
+fn parse_wrk(text: &str) -> Option<(u64, f64)> {
+    let line = text.lines().find(|l| l.contains(" requests in "))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let seconds = words
+        .get(3)?
+        .trim_end_matches(',')
+        .strip_suffix('s')?
+        .parse()
+        .ok()?;
+    let size = words.get(4)?;
+    let (number, unit) = size.split_at(size.find(|c: char| c.is_ascii_alphabetic())?);
+    let scale = match unit {
+        "B" => 1.0,
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let value: f64 = number.parse().ok()?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "bytes"
+    )]
+    Some(((value * scale) as u64, seconds))
+}
+
+/// The `Tcp:` OutSegs and RetransSegs of the container's network namespace.
+fn segments(pid: &str) -> (u64, u64) {
+    let snmp = fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let names: Vec<&str> = tcp.next().expect("Tcp header").split_whitespace().collect();
+    let values: Vec<&str> = tcp.next().expect("Tcp values").split_whitespace().collect();
+    let get = |name: &str| -> u64 {
+        let i = names.iter().position(|n| *n == name).expect(name);
+        values[i].parse().expect("a counter")
+    };
+    (get("OutSegs"), get("RetransSegs"))
+}
+
+#[test]
+fn wrk_summaries_parse() {
+    let text = "Running 8s test\n  128 requests in 8.01s, 39.01MB read\nRequests/sec: 15.98\n";
+    let (bytes, seconds) = parse_wrk(text).expect("parsed");
+    assert_eq!(bytes, (39.01 * 1024.0 * 1024.0) as u64);
+    assert!((seconds - 8.01).abs() < 1e-9);
+    assert_eq!(
+        parse_wrk("  5 requests in 1.00s, 800.00B read"),
+        Some((800, 1.0))
+    );
+    assert_eq!(parse_wrk("no summary"), None);
+}
