@@ -188,7 +188,8 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     // lock, one at a time.
     let lease = unsafe { &mut *lease };
     let slot = now_slot();
-    let end = slot + shares::length(bytes, u64::from(pacing(ctx).unwrap_or(UNPACED)));
+    let current = pacing(ctx);
+    let end = slot + shares::length(bytes, u64::from(current.unwrap_or(UNPACED)));
     // SAFETY: ctx.ops is the program's context. TCP paces a socket from its 10th segment.
     let segs_out = unsafe { read_volatile(&raw const (*ctx.ops).data_segs_out) };
     let unpaced = if segs_out < 10 { bytes } else { 0 };
@@ -207,7 +208,7 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     }
     lease.end = end;
     lease.keys = want.keys;
-    set_pacing(ctx, rate);
+    set_pacing_from(ctx, current, rate);
     let clamp = window_clamp(ctx, rate);
     if clamp != lease.clamp && set_clamp(ctx, clamp) {
         lease.clamp = clamp;
@@ -393,12 +394,18 @@ fn pacing(ctx: &SockOpsContext) -> Option<u32> {
 /// unless it already has that value.
 #[inline(always)]
 fn set_pacing(ctx: &SockOpsContext, rate: u64) {
+    set_pacing_from(ctx, pacing(ctx), rate);
+}
+
+/// As [`set_pacing`], the socket's `current` rate known.
+#[inline(always)]
+fn set_pacing_from(ctx: &SockOpsContext, current: Option<u32>, rate: u64) {
     let rate = if rate == u64::MAX {
         UNPACED
     } else {
         u32::try_from(rate).unwrap_or(UNPACED - 1).max(1)
     };
-    if pacing(ctx) == Some(rate) {
+    if current == Some(rate) {
         return;
     }
     let ops: *mut c_void = ctx.ops.cast();

@@ -86,7 +86,7 @@ fn parse_wrk(text: &str) -> Option<(u64, f64)> {
     Some(((value * scale) as u64, seconds))
 }
 
-/// The `Tcp:` OutSegs and RetransSegs of the container's network namespace.
+/// The `Tcp:` `OutSegs` and `RetransSegs` of the container's network namespace.
 fn segments(pid: &str) -> (u64, u64) {
     let snmp = fs::read_to_string(format!("/proc/{pid}/net/snmp")).expect("snmp");
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
@@ -103,7 +103,7 @@ fn segments(pid: &str) -> (u64, u64) {
 fn wrk_summaries_parse() {
     let text = "Running 8s test\n  128 requests in 8.01s, 39.01MB read\nRequests/sec: 15.98\n";
     let (bytes, seconds) = parse_wrk(text).expect("parsed");
-    assert_eq!(bytes, (39.01 * 1024.0 * 1024.0) as u64);
+    assert_eq!(bytes, 40_904_949); // 39.01 × 2^20, truncated
     assert!((seconds - 8.01).abs() < 1e-9);
     assert_eq!(
         parse_wrk("  5 requests in 1.00s, 800.00B read"),

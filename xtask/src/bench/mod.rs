@@ -97,11 +97,19 @@ enum Which {
         seconds: u64,
     },
     /// Bandwidth caps: dockops against tc tbf and no cap, egress and ingress, at 10, 100 and
-    /// 1000 Mbit/s: goodput, first second, retransmits, ping under load, overhead.
+    /// 1000 Mbit/s: goodput, first second, retransmits, ping under load, overhead; and HTTP
+    /// (nginx and wrk, 4 KiB to 1 MiB objects, 8 to 256 connections, keep-alive or not):
+    /// goodput, retransmits, request latency, ping under load.
     Shaping {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 8)]
         seconds: u64,
+        /// Seconds per wrk run (288 of them).
+        #[arg(long, default_value_t = 4)]
+        http_seconds: u64,
+        /// Parts to measure (each is recorded on its own).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "flows,http")]
+        parts: Vec<shaping::Part>,
     },
 }
 
@@ -111,7 +119,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             containers,
             seconds,
         } => stats::run(containers, seconds),
-        Which::Shaping { seconds } => shaping::run(seconds),
+        Which::Shaping {
+            seconds,
+            http_seconds,
+            ref parts,
+        } => shaping::run(seconds, http_seconds, parts),
         Which::Limits { containers } => limits::run(containers),
         Which::Agent {
             ref containers,

@@ -1,6 +1,7 @@
 //! `cargo xtask bench shaping`: dockops caps against tc tbf and against no cap, one run.
 
 mod cost;
+mod http;
 mod pair;
 
 use std::{
@@ -23,14 +24,22 @@ const TBF: &str = "tc tbf (burst 256kb, latency 25ms)";
 /// Bare and attached runs for the overhead, alternated.
 const OVERHEAD_ROUNDS: usize = 3;
 
-pub fn run(seconds: u64) -> anyhow::Result<()> {
+/// Which rows to measure.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// iperf3 flows, senders beyond pacing, flows joining, overhead and run time.
+    Flows,
+    /// HTTP: nginx and wrk, objects of 4 KiB to 1 MiB, 8 to 256 connections.
+    Http,
+}
+
+pub fn run(seconds: u64, http_seconds: u64, parts: &[Part]) -> anyhow::Result<()> {
     crate::setup::run()?;
     crate::build()?;
     let engine = Engine::ensure(Some(&crate::workspace().join("target/dockerd")))?;
     engine.ensure_test_image()?;
     let guard = Containers { engine: &engine };
     guard.remove();
-    let pair = Pair::start(&engine, seconds)?;
     let dockops = |args: &[&str]| {
         let mut cmd = Command::new(crate::binary());
         cmd.env("DOCKER_HOST", &engine.host)
@@ -38,8 +47,27 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             .stdout(Stdio::null());
         sh::run(&mut cmd)
     };
+    if parts.contains(&Part::Flows) {
+        flows(&engine, seconds, &dockops)?;
+        guard.remove();
+    }
+    if parts.contains(&Part::Http) {
+        let table = http::run(&engine, http_seconds, &dockops)?;
+        dockops(&["reset"])?;
+        println!("{table}");
+        super::record("shaping-http", &table)?;
+    }
+    Ok(())
+}
 
-    let overhead = overhead(&pair, &dockops)?;
+fn flows(
+    engine: &Engine,
+    seconds: u64,
+    dockops: &impl Fn(&[&str]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let pair = Pair::start(engine, seconds)?;
+
+    let overhead = overhead(&pair, dockops)?;
     let mut caps = String::from(
         "| direction | cap | shaper | goodput / cap | first second / cap | retransmits / segments | ping avg / max under load | ping loss |\n|---|---|---|---|---|---|---|---|\n",
     );
@@ -98,16 +126,15 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         dockops(&["unlimit", &pair.client])?;
     }
 
-    let join = joining(&pair, &dockops)?;
+    let join = joining(&pair, dockops)?;
     let tc_cost = {
         dockops(&["limit", &pair.client, "--egress", "100mbit"])?;
-        let before = wire_packets(&engine, &pair.client)?;
+        let before = wire_packets(engine, &pair.client)?;
         let (run, capped) = cost::measure(|| pair.iperf(Direction::Egress, 1, Tcp::Default))?;
         run?;
-        (capped, wire_packets(&engine, &pair.client)? - before)
+        (capped, wire_packets(engine, &pair.client)? - before)
     };
     let isolated = cost::isolated()?;
-    drop(guard);
     // Leave no attachments, pins or caps behind.
     dockops(&["reset"])?;
 

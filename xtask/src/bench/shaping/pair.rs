@@ -255,7 +255,7 @@ fn parse_iperf(stdout: &[u8], direction: Direction) -> anyhow::Result<Run> {
 }
 
 /// busybox ping's summary: "x% packet loss" and "round-trip min/avg/max = a/b/c ms".
-fn parse_ping(text: &str) -> (f64, f64, f64) {
+pub(super) fn parse_ping(text: &str) -> (f64, f64, f64) {
     let loss = text
         .split_whitespace()
         .find(|w| w.ends_with('%'))
@@ -278,7 +278,7 @@ fn parse_ping(text: &str) -> (f64, f64, f64) {
     )
 }
 
-fn veth_by_index(ifindex: &str) -> anyhow::Result<String> {
+pub(super) fn veth_by_index(ifindex: &str) -> anyhow::Result<String> {
     for entry in fs::read_dir("/sys/class/net")? {
         let path = entry?.path();
         if fs::read_to_string(path.join("ifindex")).is_ok_and(|s| s.trim() == ifindex) {
