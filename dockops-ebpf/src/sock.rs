@@ -117,13 +117,12 @@ fn wanted(ctx: &SockOpsContext) -> Option<Wanted> {
     })
 }
 
-/// What the sockets under a cap of `bits`/s are paced to share, in payload bytes/s: 63/64 of
-/// it. The tc bucket behind counts wire bytes at 105 % (about 100.4 % of payload with full
-/// segments); the 1.6 % left between them absorbs what pacing does not hold exactly (a
-/// socket's next packet leaves at its old rate, TCP sends early after a pause).
+/// What the sockets under a cap of `bits`/s are paced to share, in payload bytes/s: the
+/// cap. The tc bucket behind counts wire bytes at 1.05× (about 1.004× of payload in full
+/// segments), so paced traffic stays just under it.
 #[inline(always)]
 fn paced_cap(bits: u64) -> u64 {
-    bits / 8 / 64 * 63
+    bits / 8
 }
 
 #[inline(always)]
@@ -157,7 +156,8 @@ fn established(ctx: &SockOpsContext) {
     let mut rate = u64::MAX;
     for i in 0..2 {
         if want.keys[i] != NO_KEY {
-            rate = rate.min(paced_cap(want.bits[i]) / (shares::active(want.keys[i], slot) + 1));
+            rate =
+                rate.min(paced_cap(want.bits[i]) / (shares::shares_active(want.keys[i], slot) + 1));
         }
     }
     set_pacing(ctx, rate);
@@ -188,8 +188,7 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     // lock, one at a time.
     let lease = unsafe { &mut *lease };
     let slot = now_slot();
-    let current = pacing(ctx);
-    let end = slot + shares::length(bytes, u64::from(current.unwrap_or(UNPACED)));
+    let end = slot + shares::length(bytes, u64::from(pacing(ctx).unwrap_or(UNPACED)));
     // SAFETY: ctx.ops is the program's context. TCP paces a socket from its 10th segment.
     let segs_out = unsafe { read_volatile(&raw const (*ctx.ops).data_segs_out) };
     let unpaced = if segs_out < 10 { bytes } else { 0 };
@@ -198,17 +197,20 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
         let (old, key) = (lease.keys[i], want.keys[i]);
         let mut old_end = lease.end;
         if old != key {
-            shares::release(old, slot, old_end);
+            let _ = shares::shares_release(old, slot, old_end);
             old_end = 0;
         }
         if key != NO_KEY {
-            let share = shares::renew(key, slot, old_end, end, unpaced, paced_cap(want.bits[i]));
+            let sharing = shares::shares_renew(key, slot, old_end, end, unpaced);
+            let share = shares::Sharing::unpack(sharing).share(paced_cap(want.bits[i]));
             rate = rate.min(share);
         }
     }
     lease.end = end;
     lease.keys = want.keys;
-    set_pacing_from(ctx, current, rate);
+    // Read again rather than kept from above: a value live across the loop doubles the
+    // states the verifier walks, past its limit of a million instructions.
+    set_pacing(ctx, rate);
     let clamp = window_clamp(ctx, rate);
     if clamp != lease.clamp && set_clamp(ctx, clamp) {
         lease.clamp = clamp;
@@ -262,7 +264,7 @@ fn closed(ctx: &SockOpsContext, gone: bool) -> bool {
         let lease = unsafe { &mut *lease };
         let slot = now_slot();
         for key in lease.keys {
-            shares::release(key, slot, lease.end);
+            let _ = shares::shares_release(key, slot, lease.end);
         }
         lease.end = 0;
         clamped = lease.clamp != 0;
@@ -394,18 +396,12 @@ fn pacing(ctx: &SockOpsContext) -> Option<u32> {
 /// unless it already has that value.
 #[inline(always)]
 fn set_pacing(ctx: &SockOpsContext, rate: u64) {
-    set_pacing_from(ctx, pacing(ctx), rate);
-}
-
-/// As [`set_pacing`], the socket's `current` rate known.
-#[inline(always)]
-fn set_pacing_from(ctx: &SockOpsContext, current: Option<u32>, rate: u64) {
     let rate = if rate == u64::MAX {
         UNPACED
     } else {
         u32::try_from(rate).unwrap_or(UNPACED - 1).max(1)
     };
-    if current == Some(rate) {
+    if pacing(ctx) == Some(rate) {
         return;
     }
     let ops: *mut c_void = ctx.ops.cast();

@@ -77,13 +77,16 @@ pub fn length(bytes: u64, rate: u64) -> u64 {
 }
 
 /// Holds a lease in `key`'s ring from `slot` to `end` (replacing the one ending at `old_end`
-/// there), records `unpaced` bytes, and returns each lease's share of `cap` (bytes/s): the cap
-/// less the unpaced bytes of the last second, divided among the leases (not below a quarter
-/// of an even share, so that paced sockets keep moving).
-#[inline(always)]
-pub fn renew(key: u64, slot: u64, old_end: u64, end: u64, unpaced: u64, cap: u64) -> u64 {
+/// there) and records `unpaced` bytes; returns the ring's [`Sharing`], packed.
+///
+/// The ring functions are global BPF functions: the verifier checks each once, on its own,
+/// rather than at every call site along every path (inlined, the program took 680 000 of
+/// its million instructions to verify). At most 5 arguments, scalars in and out.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64, unpaced: u64) -> u64 {
     let Some(ring) = ring(key, slot) else {
-        return cap;
+        return Sharing::ALONE.pack();
     };
     // SAFETY: a map value, valid for the program run; changed only under its lock.
     let r = unsafe { &mut *ring };
@@ -103,20 +106,55 @@ pub fn renew(key: u64, slot: u64, old_end: u64, end: u64, unpaced: u64, cap: u64
         r.unpaced_epoch = epoch;
     }
     r.unpaced_now = r.unpaced_now.saturating_add(unpaced as u32);
-    let (active, unpaced) = (
-        u64::from(r.active),
-        u64::from(r.unpaced_now.max(r.unpaced_before)),
-    );
+    let sharing = Sharing {
+        active: r.active,
+        unpaced: r.unpaced_now.max(r.unpaced_before),
+    };
     unsafe { unlock(&raw mut r.lock) };
-    // An epoch is 2^30 ns.
-    let unpaced_rate = unpaced * 1_000_000_000 >> (SLOT_SHIFT + SLOTS.trailing_zeros());
-    let active = active | u64::from(active == 0);
-    (cap.saturating_sub(unpaced_rate) / active).max(cap / active / 4)
+    sharing.pack()
+}
+
+/// How a ring is shared: its leases and the unpaced bytes of its last full epoch (or of this
+/// one, if more).
+#[derive(Clone, Copy)]
+pub struct Sharing {
+    pub active: u32,
+    pub unpaced: u32,
+}
+
+impl Sharing {
+    const ALONE: Self = Self {
+        active: 1,
+        unpaced: 0,
+    };
+
+    const fn pack(self) -> u64 {
+        (self.unpaced as u64) << 32 | self.active as u64
+    }
+
+    pub const fn unpack(packed: u64) -> Self {
+        Self {
+            active: packed as u32,
+            unpaced: (packed >> 32) as u32,
+        }
+    }
+
+    /// Each lease's share of `cap` (bytes/s): the cap less the unpaced bytes of the last
+    /// second, divided among the leases (not below a quarter of an even share, so that paced
+    /// sockets keep moving).
+    pub fn share(self, cap: u64) -> u64 {
+        // An epoch is 2^30 ns.
+        let unpaced_rate =
+            u64::from(self.unpaced) * 1_000_000_000 >> (SLOT_SHIFT + SLOTS.trailing_zeros());
+        let active = u64::from(self.active.max(1));
+        (cap.saturating_sub(unpaced_rate) / active).max(cap / active / 4)
+    }
 }
 
 /// Leases `key`'s ring has at `slot` (at least 1), without taking one.
-#[inline(always)]
-pub fn active(key: u64, slot: u64) -> u64 {
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn shares_active(key: u64, slot: u64) -> u64 {
     let Some(ring) = ring(key, slot) else {
         return 1;
     };
@@ -130,13 +168,14 @@ pub fn active(key: u64, slot: u64) -> u64 {
 }
 
 /// Hands back a lease ending at `end`, if `key`'s ring still holds it at `slot`.
-#[inline(always)]
-pub fn release(key: u64, slot: u64, end: u64) {
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn shares_release(key: u64, slot: u64, end: u64) -> u64 {
     if key == NO_KEY || end <= slot {
-        return;
+        return 0;
     }
     let Some(ring) = WINDOWS.get_ptr_mut(key) else {
-        return;
+        return 0;
     };
     // SAFETY: as in `renew`.
     let r = unsafe { &mut *ring };
@@ -144,6 +183,7 @@ pub fn release(key: u64, slot: u64, end: u64) {
     expire(r, slot);
     release_locked(r, end);
     unsafe { unlock(&raw mut r.lock) };
+    0
 }
 
 /// `key`'s ring, created empty at `slot` if missing.
@@ -168,20 +208,24 @@ fn ring(key: u64, slot: u64) -> Option<*mut Ring> {
 }
 
 /// Ends the leases of the slots after `r.slot` up to `slot`. Called with the lock held.
+///
+/// Always 64 rounds without a branch (a mask says whether a round's slot has passed): a loop
+/// whose length or body branches on the data makes the verifier walk every combination, at
+/// every call site, past its million instructions.
 #[inline(always)]
 fn expire(r: &mut Ring, slot: u64) {
-    if slot <= r.slot {
-        return;
+    let passed = slot.saturating_sub(r.slot).min(SLOTS);
+    let mut ended_total = 0u32;
+    for i in 0..SLOTS {
+        let s = ((r.slot + 1 + i) & (SLOTS - 1)) as usize;
+        // All ones when i < passed (both below 2^63, so the difference's sign bit says it).
+        let mask = 0u16.wrapping_sub((i.wrapping_sub(passed) >> 63) as u16);
+        let ended = r.ending[s] & mask;
+        r.ending[s] -= ended;
+        ended_total += u32::from(ended);
     }
-    let passed = (slot - r.slot).min(SLOTS);
-    let mut i = 1;
-    while i <= passed {
-        let s = ((r.slot + i) % SLOTS) as usize;
-        r.active = r.active.saturating_sub(u32::from(r.ending[s]));
-        r.ending[s] = 0;
-        i += 1;
-    }
-    r.slot = slot;
+    r.active = r.active.saturating_sub(ended_total);
+    r.slot = r.slot.max(slot);
 }
 
 /// Hands back a lease ending at `end` if it has not ended. Called with the lock held, after
