@@ -207,9 +207,9 @@ fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
 
 /// Takes `bytes` the bucket does not have, for a packet that must pass anyway (a
 /// retransmission): later refills pay the debt. False when that would owe more than a burst
-/// (`deep`: more than a burst or a second at the rate, whichever is more).
+/// and `seconds` at the rate.
 #[inline(always)]
-fn owe(key: u64, bytes: u64, deep: bool) -> bool {
+fn owe(key: u64, bytes: u64, seconds: u64) -> bool {
     let Some(bucket) = TC_CAPS.get_ptr_mut(key) else {
         return true;
     };
@@ -217,11 +217,7 @@ fn owe(key: u64, bytes: u64, deep: bool) -> bool {
     let b = unsafe { &mut *bucket };
     unsafe { lock(&raw mut b.lock) };
     let tokens = b.tokens - bytes as i64;
-    let limit = if deep {
-        b.burst_bytes.max(b.rate_bytes)
-    } else {
-        b.burst_bytes
-    };
+    let limit = b.burst_bytes + seconds * b.rate_bytes;
     let granted = tokens >= -(limit as i64);
     if granted {
         b.tokens = tokens;

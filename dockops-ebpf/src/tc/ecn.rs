@@ -49,12 +49,14 @@ pub fn mark(ctx: &TcContext, slot: u32) -> Verdict {
     }
 }
 
-/// The bucket is empty: drops, except small packets (ACKs, pings, DNS) and a marked flow's
-/// non-ECT TCP packets, which pass on credit (up to one burst of debt).
+/// The bucket is empty: drops, except small packets (ACKs, SYN-ACKs, pings, DNS; up to a
+/// burst and two seconds of the rate in debt, deeper than any other credit goes, so that it
+/// never shuts them out) and a marked flow's non-ECT TCP packets (up to one burst of debt),
+/// which pass on credit.
 #[inline(always)]
 pub fn when_empty(ctx: &TcContext, key: u64, slot: u32, bytes: u64) -> Verdict {
     if bytes <= SMALL_PACKET {
-        return if super::owe(key, bytes, false) {
+        return if super::owe(key, bytes, 2) {
             Verdict::Pass
         } else {
             Verdict::Drop
@@ -67,7 +69,7 @@ pub fn when_empty(ctx: &TcContext, key: u64, slot: u32, bytes: u64) -> Verdict {
         remember(ctx, slot);
         return Verdict::Drop;
     }
-    if tcp && known(ctx, slot) && super::owe(key, bytes, false) {
+    if tcp && known(ctx, slot) && super::owe(key, bytes, 0) {
         Verdict::Pass
     } else {
         Verdict::Drop

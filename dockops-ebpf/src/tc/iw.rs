@@ -4,10 +4,11 @@
 //! 256 × 14.5 KB from a server at line rate, which no pacing can spread and a bucket of a
 //! few hundred ms can only drop (each drop a retransmission, often a timeout). The hook
 //! remembers connections from their SYN or SYN-ACK in the capped direction; while the bucket
-//! is empty, their first `IW_BYTES` pass on credit, up to a second of the cap in debt. The
-//! pacing leaves room for the bytes it cannot pace (`sock/shares.rs`), so paced senders pay
-//! the debt back within about a second; other senders' packets wait for the refills, as
-//! after any credit.
+//! is empty, their first `IW_BYTES` pass on credit, up to a burst and a second of the rate
+//! in debt (small packets, SYN-ACKs among them, may go a second deeper: credit for windows
+//! must not stop new connections).
+//! The pacing leaves room for the bytes it cannot pace (`sock/shares.rs`), so paced senders
+//! pay the debt back; other senders' packets wait for the refills, as after any credit.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap, programs::TcContext,
@@ -70,7 +71,7 @@ pub fn credit(ctx: &TcContext, hook: u64, bucket: u64, bytes: u64) -> bool {
     let credit = unsafe { &mut *credit };
     // SAFETY: reads the coarse monotonic clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now > credit.until_ns || credit.bytes < bytes || !super::owe(bucket, bytes, true) {
+    if now > credit.until_ns || credit.bytes < bytes || !super::owe(bucket, bytes, 1) {
         return false;
     }
     credit.bytes -= bytes;
