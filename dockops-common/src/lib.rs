@@ -86,17 +86,15 @@ pub enum InsertFailures {
     // 3 was SCHED_STATS, a hash map until it became an array of slots.
     BlockLatency = 4,
     SocketTraffic = 5,
-    IwFlows = 6,
 }
 
 impl InsertFailures {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 5] = [
         Self::BlockIo,
         Self::Windows,
         Self::PacedSockets,
         Self::BlockLatency,
         Self::SocketTraffic,
-        Self::IwFlows,
     ];
 
     /// The map's name, as Prometheus labels it.
@@ -107,7 +105,6 @@ impl InsertFailures {
             Self::PacedSockets => "PACED_SOCKETS",
             Self::BlockLatency => names::BLOCK_LATENCY,
             Self::SocketTraffic => names::SOCKET_TRAFFIC,
-            Self::IwFlows => "IW_FLOWS",
         }
     }
 }

@@ -16,7 +16,7 @@ use dockops_common::InsertFailures;
 /// highest one + 1: index 3 is no longer used).
 #[map(name = "INSERT_FAILURES")]
 static INSERT_FAILURES: PerCpuArray<u64> =
-    PerCpuArray::pinned(InsertFailures::IwFlows as u32 + 1, 0);
+    PerCpuArray::pinned(InsertFailures::SocketTraffic as u32 + 1, 0);
 
 /// Counts a failed insert into `map` (this CPU's slot: no race).
 #[inline(always)]

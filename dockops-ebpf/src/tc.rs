@@ -20,7 +20,6 @@ use dockops_common::{MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
 
 mod ecn;
 mod edt;
-mod iw;
 
 /// Host veth ifindex → counters. Userspace inserts the entry when it attaches and removes it
 /// when the container goes, so the datapath never allocates and ignores unknown interfaces.
@@ -76,17 +75,10 @@ enum Verdict {
 fn account(ctx: &TcContext, into: bool) -> i32 {
     let (ifindex, packets, bytes) = sizes(ctx);
     let hook = tc_cap_key(ifindex, into);
-    let taken = take(hook, bytes);
-    if taken.is_some() && bytes <= ecn::SMALL_PACKET {
-        iw::track(ctx, hook);
-    }
-    let (level, key) = taken.unwrap_or((Level::Plenty, hook));
+    let (level, key) = take(hook, bytes).unwrap_or((Level::Plenty, hook));
     let verdict = match level {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
-        Level::Empty(_) if bytes > ecn::SMALL_PACKET && iw::credit(ctx, hook, key, bytes) => {
-            Verdict::Pass
-        }
         Level::Empty(slot) => ecn::when_empty(ctx, key, slot, bytes),
         Level::Later { at, low, slot } => edt::stamp(ctx, at, low.then_some(slot)),
         Level::Beyond => edt::beyond(bytes),

@@ -25,7 +25,7 @@ const NOT_ECT: u8 = 0;
 /// credit: they are a trickle of the bytes, and dropping them costs the most (a stalled
 /// reverse flow, a lost probe). A flood of them still runs into the debt limit.
 /// (129 in the `variant-code` test build: an object that differs, with the same maps.)
-pub const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
+const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
     129
 } else {
     128
@@ -50,13 +50,13 @@ pub fn mark(ctx: &TcContext, slot: u32) -> Verdict {
 }
 
 /// The bucket is empty: drops, except small packets (ACKs, SYN-ACKs, pings, DNS; up to a
-/// burst and two seconds of the rate in debt, deeper than any other credit goes, so that it
-/// never shuts them out) and a marked flow's non-ECT TCP packets (up to one burst of debt),
-/// which pass on credit.
+/// burst and a second of the rate in debt, deeper than other credit goes, so that it never
+/// shuts them out) and a marked flow's non-ECT TCP packets (up to one burst of debt), which
+/// pass on credit.
 #[inline(always)]
 pub fn when_empty(ctx: &TcContext, key: u64, slot: u32, bytes: u64) -> Verdict {
     if bytes <= SMALL_PACKET {
-        return if super::owe(key, bytes, 2) {
+        return if super::owe(key, bytes, 1) {
             Verdict::Pass
         } else {
             Verdict::Drop
