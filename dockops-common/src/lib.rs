@@ -209,7 +209,6 @@ pub const fn group_cap_key(group: u32, ingress: bool) -> u64 {
     GROUP_CAP_KEY | (group as u64) << 1 | ingress as u64
 }
 
-/// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.
 /// The sockets sharing one cap: leases by the ~16.8 ms slot they end in, in a ring of 64
 /// slots. Written by the `sock_ops` program only; userspace removes stale entries. The eBPF
 /// side declares the same layout with `struct bpf_spin_lock` as the first field.
@@ -230,6 +229,7 @@ pub struct LeaseRing {
     pub ending: [u16; 64],
 }
 
+/// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.
 /// The eBPF side declares the same layout with `struct bpf_spin_lock` as the first field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -74,8 +74,7 @@ enum Verdict {
 #[inline(always)]
 fn account(ctx: &TcContext, into: bool) -> i32 {
     let (ifindex, packets, bytes) = sizes(ctx);
-    let hook = tc_cap_key(ifindex, into);
-    let (level, key) = take(hook, bytes).unwrap_or((Level::Plenty, hook));
+    let (level, key) = take(tc_cap_key(ifindex, into), bytes);
     let verdict = match level {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
@@ -147,11 +146,13 @@ enum Level {
 /// bucket must hold at least one tick at the rate; userspace refuses smaller bursts.
 ///
 /// A group member's entry points at the group's bucket, which all members share: the key
-/// returned is the bucket's. None: the hook has no cap.
+/// returned is the bucket's.
 #[inline(always)]
-fn take(key: u64, bytes: u64) -> Option<(Level, u64)> {
-    let (bucket, key) = bucket(key)?;
-    Some((take_from(bucket, bytes), key))
+fn take(key: u64, bytes: u64) -> (Level, u64) {
+    let Some((bucket, key)) = bucket(key) else {
+        return (Level::Plenty, key);
+    };
+    (take_from(bucket, bytes), key)
 }
 
 /// The bucket of hook `key` and its own key: the hook's, or its group's.
