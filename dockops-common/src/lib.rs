@@ -220,11 +220,6 @@ pub struct LeaseRing {
     pub active: u32,
     /// The latest slot (monotonic ns >> 24) the ring was brought to.
     pub slot: u64,
-    /// Bytes TCP sent unpaced (a connection's first 10 segments) in epoch `unpaced_epoch`
-    /// (`slot / 64`) and in the one before: the pacing leaves room for them.
-    pub unpaced_epoch: u64,
-    pub unpaced_now: u32,
-    pub unpaced_before: u32,
     /// Leases ending in slot `s`, at `s % 64`.
     pub ending: [u16; 64],
 }

@@ -117,12 +117,14 @@ fn wanted(ctx: &SockOpsContext) -> Option<Wanted> {
     })
 }
 
-/// What the sockets under a cap of `bits`/s are paced to share, in payload bytes/s: the
-/// cap. The tc bucket behind counts wire bytes at 1.05× (about 1.004× of payload in full
-/// segments), so paced traffic stays just under it.
+/// What the sockets under a cap of `bits`/s are paced to share, in payload bytes/s: 99.5 %
+/// of the cap. The egress backlog and the tc bucket behind count wire bytes at 1.045×
+/// (about 0.9995× of payload in full segments), so paced traffic stays just under them and
+/// never waits there; what TCP sends unpaced (a connection's first ten segments) queues in
+/// the backlog instead.
 #[inline(always)]
 fn paced_cap(bits: u64) -> u64 {
-    bits / 8
+    bits / 8 * 995 / 1000
 }
 
 #[inline(always)]
@@ -189,9 +191,6 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     let lease = unsafe { &mut *lease };
     let slot = now_slot();
     let end = slot + shares::length(bytes, u64::from(pacing(ctx).unwrap_or(UNPACED)));
-    // SAFETY: ctx.ops is the program's context. TCP paces a socket from its 10th segment.
-    let segs_out = unsafe { read_volatile(&raw const (*ctx.ops).data_segs_out) };
-    let unpaced = if segs_out < 10 { bytes } else { 0 };
     let mut rate = u64::MAX;
     for i in 0..2 {
         let (old, key) = (lease.keys[i], want.keys[i]);
@@ -201,9 +200,8 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
             old_end = 0;
         }
         if key != NO_KEY {
-            let sharing = shares::shares_renew(key, slot, old_end, end, unpaced);
-            let share = shares::Sharing::unpack(sharing).share(paced_cap(want.bits[i]));
-            rate = rate.min(share);
+            let active = shares::shares_renew(key, slot, old_end, end);
+            rate = rate.min(paced_cap(want.bits[i]) / active.max(1));
         }
     }
     lease.end = end;

@@ -35,11 +35,6 @@ pub struct Ring {
     active: u32,
     /// The latest slot the ring has been brought to.
     slot: u64,
-    /// Unpaced bytes (TCP does not pace a connection's first 10 segments) in this epoch of
-    /// `SLOTS` slots (~1.07 s) and in the one before.
-    unpaced_epoch: u64,
-    unpaced_now: u32,
-    unpaced_before: u32,
     /// Leases ending in slot `s`, at `s % SLOTS`.
     ending: [u16; SLOTS as usize],
 }
@@ -77,16 +72,16 @@ pub fn length(bytes: u64, rate: u64) -> u64 {
 }
 
 /// Holds a lease in `key`'s ring from `slot` to `end` (replacing the one ending at `old_end`
-/// there) and records `unpaced` bytes; returns the ring's [`Sharing`], packed.
+/// there); returns the leases the ring has now.
 ///
 /// The ring functions are global BPF functions: the verifier checks each once, on its own,
 /// rather than at every call site along every path (inlined, the program took 680 000 of
 /// its million instructions to verify). At most 5 arguments, scalars in and out.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64, unpaced: u64) -> u64 {
+pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64) -> u64 {
     let Some(ring) = ring(key, slot) else {
-        return Sharing::ALONE.pack();
+        return 1;
     };
     // SAFETY: a map value, valid for the program run; changed only under its lock.
     let r = unsafe { &mut *ring };
@@ -95,60 +90,9 @@ pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64, unpa
     release_locked(r, old_end);
     r.ending[(end % SLOTS) as usize] = r.ending[(end % SLOTS) as usize].saturating_add(1);
     r.active += 1;
-    let epoch = slot / SLOTS;
-    if r.unpaced_epoch != epoch {
-        r.unpaced_before = if r.unpaced_epoch + 1 == epoch {
-            r.unpaced_now
-        } else {
-            0
-        };
-        r.unpaced_now = 0;
-        r.unpaced_epoch = epoch;
-    }
-    r.unpaced_now = r.unpaced_now.saturating_add(unpaced as u32);
-    let sharing = Sharing {
-        active: r.active,
-        unpaced: r.unpaced_now.max(r.unpaced_before),
-    };
+    let active = r.active;
     unsafe { unlock(&raw mut r.lock) };
-    sharing.pack()
-}
-
-/// How a ring is shared: its leases and the unpaced bytes of its last full epoch (or of this
-/// one, if more).
-#[derive(Clone, Copy)]
-pub struct Sharing {
-    pub active: u32,
-    pub unpaced: u32,
-}
-
-impl Sharing {
-    const ALONE: Self = Self {
-        active: 1,
-        unpaced: 0,
-    };
-
-    const fn pack(self) -> u64 {
-        (self.unpaced as u64) << 32 | self.active as u64
-    }
-
-    pub const fn unpack(packed: u64) -> Self {
-        Self {
-            active: packed as u32,
-            unpaced: (packed >> 32) as u32,
-        }
-    }
-
-    /// Each lease's share of `cap` (bytes/s): the cap less the unpaced bytes of the last
-    /// second, divided among the leases (not below a quarter of an even share, so that paced
-    /// sockets keep moving).
-    pub fn share(self, cap: u64) -> u64 {
-        // An epoch is 2^30 ns.
-        let unpaced_rate =
-            u64::from(self.unpaced) * 1_000_000_000 >> (SLOT_SHIFT + SLOTS.trailing_zeros());
-        let active = u64::from(self.active.max(1));
-        (cap.saturating_sub(unpaced_rate) / active).max(cap / active / 4)
-    }
+    u64::from(active)
 }
 
 /// Leases `key`'s ring has at `slot` (at least 1), without taking one.
@@ -196,9 +140,6 @@ fn ring(key: u64, slot: u64) -> Option<*mut Ring> {
         lock: bpf_spin_lock { val: 0 },
         active: 0,
         slot,
-        unpaced_epoch: 0,
-        unpaced_now: 0,
-        unpaced_before: 0,
         ending: [0; SLOTS as usize],
     };
     if WINDOWS.insert(key, empty, 0).is_err() {

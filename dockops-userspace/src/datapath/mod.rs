@@ -4,6 +4,7 @@
 //! command adopts what an earlier one attached instead of attaching twice.
 
 mod attach;
+mod backlog;
 mod bpffs;
 mod caps;
 mod events;
@@ -368,6 +369,7 @@ impl Datapath {
         for iface in container.interfaces.iter().flatten() {
             self.set_tc_caps(iface.ifindex, caps)?;
         }
+        backlog::apply(container, caps);
         Ok(())
     }
 

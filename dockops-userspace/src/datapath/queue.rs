@@ -6,8 +6,12 @@
 //!   the tc program stamped (`tc/edt.rs` in the eBPF crate); per-flow queues, no shaper of
 //!   its own.
 //!
-//! dockops' qdiscs carry their own handles ([`ROOT`], [`LEAF`], [`FQ`]), so they are told
-//! apart from the host's and never replace a root qdisc someone else configured.
+//! - backlog (every egress cap, `backlog.rs`): the same HTB and FIFO at the egress bucket's
+//!   rate, in the container's own namespace on the veth peer of a host veth.
+//!
+//! dockops' qdiscs carry their own handles ([`ROOT`], [`LEAF`], [`FQ`], [`BACKLOG`],
+//! [`BACKLOG_LEAF`]), so they are told apart from the host's and never replace a root qdisc
+//! someone else configured.
 
 use std::{io, num::NonZeroI32};
 
@@ -29,10 +33,11 @@ const ROOT: u16 = 0xd0c5;
 const LEAF: u16 = 0xd0c6;
 /// Major of dockops' fq root qdisc (EDT mode).
 const FQ: u16 = 0xd0c7;
-const CLASS: TcHandle = TcHandle {
-    major: ROOT,
-    minor: 1,
-};
+/// Majors of the backlog's HTB root and of the FIFO under its class.
+const BACKLOG: u16 = 0xd0c8;
+const BACKLOG_LEAF: u16 = 0xd0c9;
+/// Minor of the one HTB class, which is also the default class.
+const CLASS_MINOR: u16 = 1;
 /// `TCA_OPTIONS`, and the HTB attributes inside it.
 const TCA_OPTIONS: u16 = 2;
 const TCA_HTB_PARMS: u16 = 1;
@@ -41,6 +46,10 @@ const TC_LINKLAYER_ETHERNET: u8 = 1;
 /// The queue holds this long at the cap, and at least two 64 KiB aggregates.
 const QUEUE_MS: u64 = 50;
 const MIN_QUEUE_BYTES: u64 = 128 << 10;
+/// The backlog holds a second at the rate, within these bounds: what a few hundred
+/// connections starting together put in it at once (TCP's small-queue limit keeps each
+/// socket to a couple of packets there), so that it never drops what pacing let through.
+const BACKLOG_BYTES: (u64, u64) = (4 << 20, 64 << 20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -68,15 +77,25 @@ pub enum Discipline {
     Queue { rate_bytes: u64 },
     /// fq, releasing packets at the times the tc program stamped.
     Fq,
+    /// HTB at `rate_bytes` per second over a deep byte FIFO, on the container's side.
+    Backlog { rate_bytes: u64 },
+}
+
+impl Discipline {
+    /// Majors of its root qdisc and (HTB only) leaf, and the root's kind.
+    fn handles(self) -> (u16, u16, &'static str) {
+        match self {
+            Self::Queue { .. } => (ROOT, LEAF, "htb"),
+            Self::Fq => (FQ, 0, "fq"),
+            Self::Backlog { .. } => (BACKLOG, BACKLOG_LEAF, "htb"),
+        }
+    }
 }
 
 /// Puts `discipline` at the root of the interface's egress (what its container receives).
 /// Idempotent: an existing dockops queue is updated in place, one of the other kind replaced.
 pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
-    let (major, kind) = match discipline {
-        Discipline::Queue { .. } => (ROOT, "htb"),
-        Discipline::Fq => (FQ, "fq"),
-    };
+    let (major, leaf_major, kind) = discipline.handles();
     match root_qdisc(ifindex)? {
         Some((handle, _)) if handle.major == major => {}
         Some((handle, kind)) if handle != TcHandle::UNSPEC && !is_ours(handle) => {
@@ -90,8 +109,8 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
             }
             let mut msg = tc_message(ifindex, TcHandle::ROOT, TcHandle { major, minor: 0 });
             msg.attributes.push(TcAttribute::Kind(kind.into()));
-            if major == ROOT {
-                let glob = [3_u32, 10, u32::from(CLASS.minor), 0, 0]; // version, r2q, default class
+            if kind == "htb" {
+                let glob = [3_u32, 10, u32::from(CLASS_MINOR), 0, 0]; // version, r2q, default class
                 msg.attributes
                     .push(TcAttribute::Options(vec![TcOption::Other(
                         DefaultNla::new(TCA_HTB_INIT, words(&glob)),
@@ -100,24 +119,33 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
             match request(RouteNetlinkMessage::NewQueueDiscipline(msg), NLM_F_CREATE) {
                 // "Specified qdisc kind is unknown": not built, and no module to load.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let flag = if major == FQ { "--edt" } else { "--queue" };
+                    let flag = match major {
+                        FQ => "--edt",
+                        BACKLOG => "an egress cap's backlog",
+                        _ => "--queue",
+                    };
                     return Err(QueueError::Unsupported { kind, flag });
                 }
                 other => other?,
             };
         }
     }
-    let Discipline::Queue { rate_bytes } = discipline else {
-        return Ok(());
+    let (rate_bytes, limit) = match discipline {
+        Discipline::Queue { rate_bytes } => (
+            rate_bytes,
+            (rate_bytes * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES),
+        ),
+        Discipline::Backlog { rate_bytes } => (
+            rate_bytes,
+            rate_bytes.clamp(BACKLOG_BYTES.0, BACKLOG_BYTES.1),
+        ),
+        Discipline::Fq => return Ok(()),
     };
-    let mut class = tc_message(
-        ifindex,
-        TcHandle {
-            major: ROOT,
-            minor: 0,
-        },
-        CLASS,
-    );
+    let class_handle = TcHandle {
+        major,
+        minor: CLASS_MINOR,
+    };
+    let mut class = tc_message(ifindex, TcHandle { major, minor: 0 }, class_handle);
     class.attributes.push(TcAttribute::Kind("htb".into()));
     class
         .attributes
@@ -128,12 +156,11 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
         RouteNetlinkMessage::NewTrafficClass(class),
         NLM_F_CREATE | NLM_F_REPLACE,
     )?;
-    let limit = (rate_bytes * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES);
     let mut leaf = tc_message(
         ifindex,
-        CLASS,
+        class_handle,
         TcHandle {
-            major: LEAF,
+            major: leaf_major,
             minor: 0,
         },
     );
@@ -151,7 +178,7 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
 }
 
 fn is_ours(handle: TcHandle) -> bool {
-    handle.major == ROOT || handle.major == FQ
+    matches!(handle.major, ROOT | FQ | BACKLOG)
 }
 
 /// Removes dockops' root qdisc from the interface, if it has one. True if it did.
@@ -174,11 +201,11 @@ pub fn interfaces() -> Result<Vec<(u32, Discipline)>, QueueError> {
         .into_iter()
         .filter(|(_, handle, _)| is_ours(*handle))
         .map(|(ifindex, handle, _)| {
-            let discipline = if handle.major == FQ {
-                Discipline::Fq
-            } else {
-                // The rate is the class's; a reconcile compares kinds only.
-                Discipline::Queue { rate_bytes: 0 }
+            // The rate is the class's; a reconcile compares kinds only.
+            let discipline = match handle.major {
+                FQ => Discipline::Fq,
+                BACKLOG => Discipline::Backlog { rate_bytes: 0 },
+                _ => Discipline::Queue { rate_bytes: 0 },
             };
             (ifindex, discipline)
         })

@@ -363,6 +363,8 @@ impl Datapath {
             let ingress_bucket = if want.queued() { 0 } else { want.ingress_bits };
             if missing(false, want.egress_bits) || missing(true, ingress_bucket) {
                 self.set_tc_caps(iface.ifindex, want)?;
+                // A new veth is a new namespace (a restart): its backlog goes with it.
+                super::backlog::apply(container, want);
             }
             let kind = |d: &Discipline| std::mem::discriminant(d);
             if let Some(needed) = super::discipline(want)

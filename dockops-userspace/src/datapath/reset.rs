@@ -42,6 +42,7 @@ pub fn reset() -> Result<Cleared, DatapathError> {
                 let what = match discipline {
                     queue::Discipline::Queue { .. } => "ingress queue (htb qdisc)",
                     queue::Discipline::Fq => "EDT ingress queue (fq qdisc)",
+                    queue::Discipline::Backlog { .. } => "egress backlog (htb qdisc)",
                 };
                 out.record(
                     queue::remove(ifindex)
@@ -51,6 +52,12 @@ pub fn reset() -> Result<Cleared, DatapathError> {
             }
         }
         Err(error) => out.record(Err(error.into())),
+    }
+    for line in super::backlog::remove_everywhere() {
+        match line {
+            Ok(line) => out.removed.push(line),
+            Err(error) => out.failed.push(error),
+        }
     }
     match scan(&layout) {
         Ok(containers) => {

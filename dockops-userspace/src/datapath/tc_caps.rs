@@ -7,9 +7,21 @@ use dockops_common::{Caps, ECN_WAYS, MAX_TC_CAPS, TcCap, group_cap_key, tc_cap_k
 use super::{Datapath, DatapathError, not_found};
 
 /// The hard cap counts wire bytes (headers included) while pacing counts TCP payload: behind
-/// pacing, the bucket runs this much faster so that paced flows never reach it. Without
-/// pacing it runs at the cap, on wire bytes, as tc's shapers do.
-const WIRE_HEADROOM_PERCENT: u64 = 105;
+/// pacing, the bucket runs this much faster (per mille) so that paced flows never reach it,
+/// and full segments still move at most the cap in payload (1448 of 1514 bytes × 1.045 =
+/// 0.9995). Without pacing it runs at the cap, on wire bytes, as tc's shapers do.
+const WIRE_HEADROOM_PER_MILLE: u64 = 1045;
+
+/// The rate in wire bytes per second that a cap of `bits` per second holds on the host
+/// veth (its bucket) and in the container (its egress backlog).
+pub(super) fn wire_rate(bits: u64, caps: Caps) -> u64 {
+    let headroom = if caps.paced() {
+        WIRE_HEADROOM_PER_MILLE
+    } else {
+        1000
+    };
+    bits / 8 * headroom / 1000
+}
 
 /// How long a packet may wait in EDT mode: the burst's worth of time at the rate (at least
 /// 1 ns: 0 means a token bucket).
@@ -62,12 +74,7 @@ impl Datapath {
         used: &mut Option<HashSet<u32>>,
         keep: bool,
     ) -> Result<(), DatapathError> {
-        let headroom = if caps.paced() {
-            WIRE_HEADROOM_PERCENT
-        } else {
-            100
-        };
-        let rate_bytes = bits / 8 * headroom / 100;
+        let rate_bytes = wire_rate(bits, caps);
         let old = self.tc_caps.get(&key, 0).ok().filter(|o| o.ecn_slot != 0);
         if keep
             && old.is_some_and(|o| (o.rate_bytes, o.burst_bytes) == (rate_bytes, caps.burst_bytes))
