@@ -1,6 +1,6 @@
-//! Caps against real HTTP: nginx in a capped container serves 256 KiB objects to wrk on the
-//! host, one connection per request, as web servers, APIs and registries do. Retransmissions
-//! are the sender's (the container's `Tcp:` counters).
+//! Caps against real HTTP: nginx in a capped container serves objects to wrk on the host, one
+//! connection per request, as web servers, APIs and registries do. Retransmissions are the
+//! sender's (the container's `Tcp:` counters).
 
 use std::{fs, process::Command, time::Duration};
 
@@ -8,14 +8,18 @@ use dockops_integration::{Container, docker, dockops_ok, http_get, wait_for};
 
 const CAP_MBIT: f64 = 40.0;
 const OBJECT_KIB: u64 = 256;
+/// What every connection sends unpaced (TCP paces from the tenth segment).
+const SMALL_KIB: u64 = 4;
 
 #[test]
 fn egress_cap_holds_for_many_short_http_connections_and_few() {
     let web = Container::start(
         "http-web",
         &format!(
-            "mkdir -p /www && head -c {} /dev/zero > /www/object && exec nginx",
-            OBJECT_KIB << 10
+            "mkdir -p /www && head -c {} /dev/zero > /www/object && head -c {} /dev/zero > \
+             /www/small && exec nginx",
+            OBJECT_KIB << 10,
+            SMALL_KIB << 10
         ),
     );
     let url = format!("http://{}:80/object", web.ip());
@@ -24,10 +28,18 @@ fn egress_cap_holds_for_many_short_http_connections_and_few() {
     });
     dockops_ok(&["limit", &web.name, "--egress", "40mbit"]);
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
+    assert!(
+        backlog(&pid),
+        "no egress backlog (htb d0c8:) in the container: {}",
+        qdiscs(&pid)
+    );
 
-    for (connections, max_retransmitted) in [(32, 0.02), (4, 0.02)] {
+    // 256 connections for 4 KiB each: every byte unpaced, 1 MiB at once, which only the
+    // backlog can hold without dropping.
+    let small = format!("http://{}:80/small", web.ip());
+    for (url, connections) in [(&url, 32), (&url, 4), (&small, 256)] {
         let before = segments(&pid);
-        let (bytes, seconds) = wrk(&url, connections);
+        let (bytes, seconds) = wrk(url, connections);
         let after = segments(&pid);
         #[expect(clippy::cast_precision_loss, reason = "ratios")]
         let (ratio, retransmitted) = (
@@ -39,11 +51,30 @@ fn egress_cap_holds_for_many_short_http_connections_and_few() {
             "{connections} connections: goodput/cap = {ratio:.3}"
         );
         assert!(
-            retransmitted <= max_retransmitted,
+            retransmitted <= 0.02,
             "{connections} connections: {:.2} % of segments retransmitted",
             retransmitted * 100.0
         );
     }
+    dockops_ok(&["unlimit", &web.name]);
+    assert!(
+        !backlog(&pid),
+        "the backlog outlived the cap: {}",
+        qdiscs(&pid)
+    );
+}
+
+/// The root qdiscs in the container's namespace (`tc` of the host, run inside it).
+fn qdiscs(pid: &str) -> String {
+    let out = Command::new("nsenter")
+        .args(["-t", pid, "-n", "tc", "qdisc", "show"])
+        .output()
+        .expect("nsenter");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn backlog(pid: &str) -> bool {
+    qdiscs(pid).contains("htb d0c8:")
 }
 
 /// Runs wrk for 8 s with `connections` (Connection: close); returns the bytes it read

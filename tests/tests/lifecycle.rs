@@ -1,10 +1,10 @@
 //! The persistent datapath: adoption, pick-up of new containers, cleanup, reset.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use dockops_integration::{
-    Background, Container, PINS, all_link_ids, dockops, dockops_ok, dockops_programs, link_ids,
-    list, tc, wait_for,
+    Background, Container, PINS, all_link_ids, docker, dockops, dockops_ok, dockops_programs,
+    link_ids, list, tc, wait_for,
 };
 
 #[test]
@@ -103,6 +103,17 @@ fn watch_follows_a_restart_to_the_new_veth() {
 #[test]
 fn reset_leaves_nothing_behind() {
     let c = Container::start("reset", "sleep 600");
+    // An egress cap puts a backlog queue in the container's own namespace.
+    dockops_ok(&["limit", &c.name, "--egress", "10mbit"]);
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c.id]);
+    let container_qdiscs = || {
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", "tc", "qdisc", "show"])
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(container_qdiscs().contains("htb d0c8:"), "no backlog");
     dockops_ok(&["stats"]);
     let pins = list(&c.pin_dir());
     assert_eq!(pins.len(), 2, "{pins:?}");
@@ -143,6 +154,15 @@ fn reset_leaves_nothing_behind() {
             "clsact left on {dev}"
         );
     }
+    let left = container_qdiscs();
+    assert!(
+        !left.contains("d0c8:"),
+        "the backlog survived reset: {left}"
+    );
+    assert!(
+        out.contains("egress backlog"),
+        "reset did not report the backlog: {out}"
+    );
     let again = dockops_ok(&["reset"]);
     assert!(again.contains("nothing to remove"), "{again}");
 }
