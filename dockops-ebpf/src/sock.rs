@@ -190,7 +190,10 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     // lock, one at a time.
     let lease = unsafe { &mut *lease };
     let slot = now_slot();
-    let end = slot + shares::length(bytes, u64::from(pacing(ctx).unwrap_or(UNPACED)));
+    // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3.
+    let srtt8 = unsafe { read_volatile(&raw const (*ctx.ops).srtt_us) };
+    let rate = u64::from(pacing(ctx).unwrap_or(UNPACED));
+    let end = slot + shares::length(bytes, rate, u64::from(srtt8) * 125);
     let mut rate = u64::MAX;
     for i in 0..2 {
         let (old, key) = (lease.keys[i], want.keys[i]);

@@ -61,12 +61,15 @@ impl Lease {
     };
 }
 
-/// Lease length in slots for a socket that just sent `bytes` at `rate` bytes/s: twice the
-/// pacing gap before its next packet, plus the slot it is in.
+/// Lease length in slots for a socket that just sent `bytes` at `rate` bytes/s with a
+/// smoothed round trip of `srtt_ns`: twice the pacing gap before its next packet, plus a
+/// round trip, plus the slot it is in. The round trip counts a socket whose packets wait in
+/// the egress backlog (its small-queue limit holds it back until they leave): without it,
+/// such sockets dropped out, the others' shares grew, and the backlog stood full.
 #[inline(always)]
-pub fn length(bytes: u64, rate: u64) -> u64 {
+pub fn length(bytes: u64, rate: u64, srtt_ns: u64) -> u64 {
     let gap_ns = bytes.saturating_mul(1_000_000_000) / (rate | 1);
-    ((2 * gap_ns) >> SLOT_SHIFT)
+    ((2 * gap_ns + srtt_ns.min(1 << 32)) >> SLOT_SHIFT)
         .saturating_add(1)
         .clamp(MIN_LEASE, SLOTS - 1)
 }
