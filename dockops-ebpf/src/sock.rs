@@ -56,6 +56,13 @@ static CAPS6: HashMap<[u8; 16], Caps> = HashMap::pinned(MAX_CAPS + crate::LAYOUT
 #[map(name = "PACED_SOCKETS")]
 static PACED_SOCKETS: LruHashMap<u64, Lease> = LruHashMap::pinned(65536, 0);
 
+/// IPv4 flows of paced senders into an ingress-capped container, as their packets carry them:
+/// source address, destination address, source and destination port (network byte order).
+/// The ingress hard cap lets them into its backlog on credit rather than dropping what TCP
+/// sends unpaced: they wait there, and their pacing pays the debt back.
+#[map(name = "PACED_FLOWS")]
+pub static PACED_FLOWS: LruHashMap<[u32; 3], u8> = LruHashMap::pinned(65536, 0);
+
 /// `struct bpf_sock_ops` callbacks on the cgroup v2 root.
 #[sock_ops]
 pub fn sock_pace(ctx: SockOpsContext) -> u32 {
@@ -149,6 +156,11 @@ fn established(ctx: &SockOpsContext) {
         return;
     };
     let _ = ctx.set_cb_flags(((ctx.cb_flags() | FLAGS) & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+    if want.keys[1] != NO_KEY
+        && let Some(flow) = flow(ctx)
+    {
+        let _ = PACED_FLOWS.insert(&flow, &1, 0);
+    }
     if PACED_SOCKETS.get_ptr(&cookie).is_none()
         && PACED_SOCKETS.insert(&cookie, &Lease::NONE, 0).is_err()
     {
@@ -272,6 +284,9 @@ fn closed(ctx: &SockOpsContext, gone: bool) -> bool {
     }
     if gone {
         let _ = PACED_SOCKETS.remove(&cookie);
+        if let Some(flow) = flow(ctx) {
+            let _ = PACED_FLOWS.remove(&flow);
+        }
     }
     clamped
 }
@@ -288,6 +303,24 @@ fn unpace(ctx: &SockOpsContext, cookie: u64) {
     }
     set_pacing(ctx, u64::MAX);
     let _ = ctx.set_cb_flags((ctx.cb_flags() & !(FLAGS | BPF_SOCK_OPS_RTT_CB_FLAG)) as i32);
+}
+
+/// The socket's IPv4 flow as its packets carry it (see [`PACED_FLOWS`]), if it is one.
+#[inline(always)]
+fn flow(ctx: &SockOpsContext) -> Option<[u32; 3]> {
+    let (Addr::V4(local), Addr::V4(remote)) = addresses(ctx)? else {
+        return None;
+    };
+    // SAFETY: ctx.ops is the program's context. `local_port` is in host byte order,
+    // `remote_port` holds the network-order port in its upper 16 bits.
+    let (local_port, remote_port) = unsafe {
+        (
+            read_volatile(&raw const (*ctx.ops).local_port),
+            read_volatile(&raw const (*ctx.ops).remote_port),
+        )
+    };
+    let ports = u32::from((local_port as u16).to_be()) | (remote_port >> 16) << 16;
+    Some([local, remote, ports])
 }
 
 /// A socket's address, in network byte order.

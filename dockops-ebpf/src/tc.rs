@@ -78,6 +78,20 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
     let verdict = match level {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
+        // A sender on this host, into the container: its packet still belongs to its socket,
+        // so the backlog behind (on this veth's root) holds it and the socket waits. The
+        // debt (as deep as the backlog at 10 Mbit/s) keeps senders beyond the host out
+        // meanwhile.
+        Level::Empty(_) if into && local_sender(ctx) && owe(key, bytes, LOCAL_DEBT_SECONDS) => {
+            Verdict::Pass
+        }
+        // A paced sender on this host, into the container: the backlog behind (this veth's
+        // root qdisc) holds what it sent unpaced, and its pacing pays the debt back. The
+        // debt (as deep as the backlog at 10 Mbit/s) keeps senders beyond the host out
+        // meanwhile.
+        Level::Empty(_) if into && paced_flow(ctx) && owe(key, bytes, PACED_DEBT_SECONDS) => {
+            Verdict::Pass
+        }
         Level::Empty(slot) => ecn::when_empty(ctx, key, slot, bytes),
         Level::Later { at, low, slot } => edt::stamp(ctx, at, low.then_some(slot)),
         Level::Beyond => edt::beyond(bytes),
@@ -104,6 +118,45 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
     } else {
         TC_ACT_UNSPEC
     }
+}
+
+/// How far in debt (seconds at the rate, beyond a burst) the bucket lets same-host senders
+/// go into the ingress backlog: 256 connections opening at once put 3.7 MB there.
+const LOCAL_DEBT_SECONDS: u64 = 4;
+
+/// Whether the packet still belongs to a socket: sent from this host (a process, or a
+/// container whose packet crossed the bridge), not received from beyond it (IP receive
+/// orphans what it forwards).
+#[inline(always)]
+fn local_sender(ctx: &TcContext) -> bool {
+    // SAFETY: reads the `sk` pointer of the program's own __sk_buff, compared only.
+    !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
+}
+
+/// How far in debt (seconds at the rate, beyond a burst) the bucket lets paced same-host
+/// senders go into the ingress backlog: 256 connections opening at once put 3.7 MB there.
+const PACED_DEBT_SECONDS: u64 = 4;
+
+/// Whether an IPv4 TCP packet belongs to a flow `sock_ops` paces into a capped container.
+#[inline(always)]
+fn paced_flow(ctx: &TcContext) -> bool {
+    const ETH_P_IP: u16 = 0x0800;
+    const IPPROTO_TCP: u8 = 6;
+    let flow = || -> Option<[u32; 3]> {
+        if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP
+            || ctx.load::<u8>(23).ok()? != IPPROTO_TCP
+        {
+            return None;
+        }
+        let ihl = usize::from(ctx.load::<u8>(14).ok()? & 0x0f) * 4;
+        Some([
+            ctx.load(26).ok()?,
+            ctx.load(30).ok()?,
+            ctx.load(14 + ihl).ok()?,
+        ])
+    };
+    // SAFETY: a plain lookup, read at once.
+    flow().is_some_and(|f| unsafe { crate::sock::PACED_FLOWS.get(&f) }.is_some())
 }
 
 /// This CPU's counters of an interface. Per-CPU values need no atomics: a tc program runs to

@@ -159,15 +159,29 @@ fn discipline(caps: Caps) -> Option<queue::Discipline> {
         })
     } else if caps.edt() {
         Some(queue::Discipline::Fq)
+    } else if caps.ingress_bits != 0 {
+        Some(queue::Discipline::Backlog {
+            rate_bytes: tc_caps::wire_rate(caps.ingress_bits, caps),
+        })
     } else {
         None
     }
 }
 
-/// Puts the ingress queue (HTB, or fq for EDT) on a host veth, or takes it away, as `caps`
-/// say.
+/// Puts the ingress queue (HTB, fq for EDT, or the backlog behind the bucket) on a host
+/// veth, or takes it away, as `caps` say. The backlog is a refinement: when it cannot be
+/// set, the bucket holds the cap alone (with a warning).
 fn set_queue(ifindex: u32, caps: Caps) -> Result<(), DatapathError> {
     match discipline(caps) {
+        Some(backlog @ queue::Discipline::Backlog { .. }) => {
+            if let Err(error) = queue::set(ifindex, backlog) {
+                tracing::warn!(
+                    ifindex,
+                    "ingress backlog not set: {error}; the cap holds by the bucket alone, \
+                     dropping what same-host senders send unpaced"
+                );
+            }
+        }
         Some(discipline) => queue::set(ifindex, discipline)?,
         None => {
             queue::remove(ifindex)?;

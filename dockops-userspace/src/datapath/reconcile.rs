@@ -341,7 +341,7 @@ impl Datapath {
             .filter(|(_, group)| **group == 0 || entries.contains_key(group))
             .map(|(key, _)| *key)
             .collect();
-        let queues = if desired.values().any(|c| c.queued() || c.edt()) {
+        let queues = if desired.values().any(|c| c.ingress_bits != 0) {
             super::queue::interfaces()?.into_iter().collect()
         } else {
             HashMap::new()

@@ -42,7 +42,7 @@ pub fn reset() -> Result<Cleared, DatapathError> {
                 let what = match discipline {
                     queue::Discipline::Queue { .. } => "ingress queue (htb qdisc)",
                     queue::Discipline::Fq => "EDT ingress queue (fq qdisc)",
-                    queue::Discipline::Backlog { .. } => "egress backlog (htb qdisc)",
+                    queue::Discipline::Backlog { .. } => "ingress backlog (htb qdisc)",
                 };
                 out.record(
                     queue::remove(ifindex)
