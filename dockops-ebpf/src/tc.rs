@@ -78,13 +78,6 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
     let verdict = match level {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
-        // A sender on this host, into the container: its packet still belongs to its socket,
-        // so the backlog behind (on this veth's root) holds it and the socket waits. The
-        // debt (as deep as the backlog at 10 Mbit/s) keeps senders beyond the host out
-        // meanwhile.
-        Level::Empty(_) if into && local_sender(ctx) && owe(key, bytes, LOCAL_DEBT_SECONDS) => {
-            Verdict::Pass
-        }
         // A paced sender on this host, into the container: the backlog behind (this veth's
         // root qdisc) holds what it sent unpaced, and its pacing pays the debt back. The
         // debt (as deep as the backlog at 10 Mbit/s) keeps senders beyond the host out
@@ -118,19 +111,6 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
     } else {
         TC_ACT_UNSPEC
     }
-}
-
-/// How far in debt (seconds at the rate, beyond a burst) the bucket lets same-host senders
-/// go into the ingress backlog: 256 connections opening at once put 3.7 MB there.
-const LOCAL_DEBT_SECONDS: u64 = 4;
-
-/// Whether the packet still belongs to a socket: sent from this host (a process, or a
-/// container whose packet crossed the bridge), not received from beyond it (IP receive
-/// orphans what it forwards).
-#[inline(always)]
-fn local_sender(ctx: &TcContext) -> bool {
-    // SAFETY: reads the `sk` pointer of the program's own __sk_buff, compared only.
-    !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
 }
 
 /// How far in debt (seconds at the rate, beyond a burst) the bucket lets paced same-host

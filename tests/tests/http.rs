@@ -4,7 +4,9 @@
 
 use std::{fs, process::Command, time::Duration};
 
-use dockops_integration::{Container, docker, dockops_ok, http_get, wait_for};
+use dockops_integration::{
+    Container, docker, dockops_ok, field, http_get, stats_json, tc, wait_for,
+};
 
 const CAP_MBIT: f64 = 40.0;
 const OBJECT_KIB: u64 = 256;
@@ -75,6 +77,62 @@ fn qdiscs(pid: &str) -> String {
 
 fn backlog(pid: &str) -> bool {
     qdiscs(pid).contains("htb d0c8:")
+}
+
+/// 256 connections opening together send their initial windows unpaced, 1 MiB at line rate,
+/// into a container capped for ingress: their flows are paced ones, so the bucket lets them
+/// into the backlog on the host veth instead of dropping them (alone, it retransmitted 15 %
+/// of the segments at 10 Mbit/s).
+#[test]
+fn ingress_cap_queues_what_paced_senders_on_the_host_send_unpaced() {
+    let web = Container::start(
+        "http-source",
+        &format!(
+            "mkdir -p /www && head -c {} /dev/zero > /www/small && exec nginx",
+            SMALL_KIB << 10
+        ),
+    );
+    let client = Container::start("http-sink", "sleep 600");
+    let url = format!("http://{}:80/small", web.ip());
+    wait_for(Duration::from_secs(10), "nginx", || {
+        http_get(&url, None).is_some_and(|body| body.len() as u64 == SMALL_KIB << 10)
+    });
+    dockops_ok(&["limit", &client.name, "--ingress", "40mbit"]);
+    let (_, veth) = client.host_veth();
+    let root = tc(&["qdisc", "show", "dev", &veth]);
+    assert!(
+        root.contains("htb d0c8:"),
+        "no ingress backlog on {veth}: {root}"
+    );
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
+    let before = segments(&pid);
+    let out = client.exec(&format!("wrk -t2 -c256 -d8s -H 'Connection: close' {url}"));
+    let after = segments(&pid);
+    let (bytes, seconds) = parse_wrk(&out).unwrap_or_else(|| panic!("wrk: {out}"));
+    #[expect(clippy::cast_precision_loss, reason = "ratios")]
+    let (ratio, retransmitted) = (
+        bytes as f64 * 8.0 / seconds / (CAP_MBIT * 1e6),
+        (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64,
+    );
+    let dropped = field(&stats_json(), &client.name, "/network/rx_dropped_total")
+        .as_u64()
+        .expect("rx_dropped_total");
+    eprintln!(
+        "ingress: goodput/cap {ratio:.3}, retransmitted {retransmitted:.4}, dropped {dropped}"
+    );
+    assert!((0.85..=1.02).contains(&ratio), "goodput/cap = {ratio:.3}");
+    assert!(
+        retransmitted <= 0.05,
+        "{:.2} % of segments retransmitted",
+        retransmitted * 100.0
+    );
+    assert!(dropped < 100, "the bucket dropped {dropped} packets");
+    dockops_ok(&["unlimit", &client.name]);
+    let root = tc(&["qdisc", "show", "dev", &veth]);
+    assert!(
+        !root.contains("d0c8:"),
+        "the backlog outlived the cap: {root}"
+    );
 }
 
 /// Runs wrk for 8 s with `connections` (Connection: close); returns the bytes it read

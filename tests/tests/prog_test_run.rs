@@ -302,3 +302,48 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions_and_small_pack
         (6, 1, 4)
     );
 }
+
+#[test]
+fn a_paced_flow_into_an_empty_bucket_passes_on_credit_into_the_backlog() {
+    const ECT0: u8 = 2;
+    let (_pins, mut ebpf) = load("paced");
+    let mut caps: aya::maps::HashMap<_, u64, TcCap> =
+        aya::maps::HashMap::try_from(ebpf.take_map(names::TC_CAPS).unwrap()).unwrap();
+    let mut flows: aya::maps::HashMap<_, [u32; 3], u8> =
+        aya::maps::HashMap::try_from(ebpf.take_map("PACED_FLOWS").unwrap()).unwrap();
+    let prog = |name| -> &SchedClassifier { ebpf.program(name).unwrap().try_into().unwrap() };
+    let (into, out_of) = (prog(names::TC_EGRESS_ACCT), prog(names::TC_INGRESS_ACCT));
+    let bucket = |tokens| TcCap {
+        ecn_slot: 1,
+        rate_bytes: 1,
+        burst_bytes: 10_000,
+        tokens,
+        ..TcCap::default()
+    };
+    // tcp_frame's flow as its packets carry it: 10.0.0.1:1000 → 10.0.0.2:2000.
+    let flow = [
+        u32::from_ne_bytes([10, 0, 0, 1]),
+        u32::from_ne_bytes([10, 0, 0, 2]),
+        u32::from_ne_bytes([0x03, 0xe8, 0x07, 0xd0]),
+    ];
+    let packet = tcp_frame(ECT0, 1000);
+    for ingress in [true, false] {
+        caps.insert(tc_cap_key(LO, ingress), bucket(0), 0).unwrap();
+    }
+    // Not a paced flow: dropped either way.
+    assert_eq!(run_frame(into, &packet).0, TC_ACT_SHOT);
+    flows.insert(flow, 1, 0).unwrap();
+    // Paced into the container: passes, and the bucket owes its bytes.
+    assert_eq!(run_frame(into, &packet).0, TC_ACT_UNSPEC);
+    let owed = caps.get(&tc_cap_key(LO, true), 0).unwrap().tokens;
+    assert!(
+        owed < 0,
+        "tokens {owed} after a paced packet passed on credit"
+    );
+    // Out of the container, the egress backlog holds it before the bucket: no credit here.
+    assert_eq!(run_frame(out_of, &packet).0, TC_ACT_SHOT);
+    // At most a burst and 4 s of the rate in debt.
+    caps.insert(tc_cap_key(LO, true), bucket(-10_004), 0)
+        .unwrap();
+    assert_eq!(run_frame(into, &packet).0, TC_ACT_SHOT);
+}

@@ -159,7 +159,9 @@ fn discipline(caps: Caps) -> Option<queue::Discipline> {
         })
     } else if caps.edt() {
         Some(queue::Discipline::Fq)
-    } else if caps.ingress_bits != 0 {
+    } else if caps.ingress_bits != 0 && caps.paced() {
+        // Behind pacing only: with `--no-pacing` the bucket polices (ECN, drops) senders
+        // beyond the host, and a queue behind it at the same rate would hide the signal.
         Some(queue::Discipline::Backlog {
             rate_bytes: tc_caps::wire_rate(caps.ingress_bits, caps),
         })
