@@ -14,7 +14,9 @@ use anyhow::bail;
 use crate::{docker::Engine, sh};
 
 /// Label of every container a benchmark starts.
-const LABEL: &str = "dockops.bench=1";
+/// Namespaced (`dockops.bench.*`), so the agent skips it rather than warning at every
+/// reconcile that it is no limit it knows.
+const LABEL: &str = "dockops.bench.run=1";
 
 /// The benchmark's containers (found by [`LABEL`]), removed on drop, even on error.
 struct Containers<'a> {
