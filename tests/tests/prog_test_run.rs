@@ -189,6 +189,17 @@ fn ip_sum(header: &[u8]) -> u16 {
     u16::try_from(sum).unwrap()
 }
 
+/// A bucket of 10 000 bytes at 1 byte/s (refills nothing that matters) holding `tokens`.
+fn bucket(tokens: i64) -> TcCap {
+    TcCap {
+        ecn_slot: 1,
+        rate_bytes: 1,
+        burst_bytes: 10_000,
+        tokens,
+        ..TcCap::default()
+    }
+}
+
 /// Runs the program on `frame`; returns the verdict and the frame as it left.
 fn run_frame(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
     let ctx = skb_ctx(LO, 1);
@@ -219,13 +230,6 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions_and_small_pack
         .try_into()
         .unwrap();
     let key = tc_cap_key(LO, true);
-    let bucket = |tokens| TcCap {
-        ecn_slot: 1,
-        rate_bytes: 1,
-        burst_bytes: 10_000,
-        tokens,
-        ..TcCap::default()
-    };
     let ect = tcp_frame(ECT0, 1000);
     let not_ect = tcp_frame(0, 1000);
 
@@ -313,13 +317,6 @@ fn a_paced_flow_into_an_empty_bucket_passes_on_credit_into_the_backlog() {
         aya::maps::HashMap::try_from(ebpf.take_map("PACED_FLOWS").unwrap()).unwrap();
     let prog = |name| -> &SchedClassifier { ebpf.program(name).unwrap().try_into().unwrap() };
     let (into, out_of) = (prog(names::TC_EGRESS_ACCT), prog(names::TC_INGRESS_ACCT));
-    let bucket = |tokens| TcCap {
-        ecn_slot: 1,
-        rate_bytes: 1,
-        burst_bytes: 10_000,
-        tokens,
-        ..TcCap::default()
-    };
     // tcp_frame's flow as its packets carry it: 10.0.0.1:1000 → 10.0.0.2:2000.
     let flow = [
         u32::from_ne_bytes([10, 0, 0, 1]),
