@@ -6,8 +6,8 @@
 //! bucket on the host side can only drop them: half the segments retransmitted, a second's
 //! timeout each. A queue in the sender's own namespace holds them instead, and TCP's
 //! small-queue limit keeps each socket to a couple of packets in it, so senders wait rather
-//! than lose. Behind exact pacing it stays empty (the bucket and the backlog run 5 % faster
-//! than paced payload), so long flows and pings never wait in it.
+//! than lose. Behind exact pacing it stays empty (pacing sends 0.995 of the cap in payload, the
+//! bucket and the backlog pass 1.045 of it in wire bytes), so long flows never wait in it.
 //!
 //! It is a refinement: when it cannot be set (no HTB, a root qdisc someone else put there,
 //! the container is exiting), the cap holds as before, by the bucket alone, with a warning.

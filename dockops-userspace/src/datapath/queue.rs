@@ -6,8 +6,9 @@
 //!   the tc program stamped (`tc/edt.rs` in the eBPF crate); per-flow queues, no shaper of
 //!   its own.
 //!
-//! - backlog (every egress cap, `backlog.rs`): the same HTB and FIFO at the egress bucket's
-//!   rate, in the container's own namespace on the veth peer of a host veth.
+//! - backlog (`backlog.rs`): the same HTB over a deep FIFO at the bucket's rate, behind
+//!   pacing: for an egress cap in the container's own namespace on the veth peer of each host
+//!   veth, for a paced ingress cap at the root of the host veth.
 //!
 //! dockops' qdiscs carry their own handles ([`ROOT`], [`LEAF`], [`FQ`], [`BACKLOG`],
 //! [`BACKLOG_LEAF`]), so they are told apart from the host's and never replace a root qdisc
@@ -77,7 +78,7 @@ pub enum Discipline {
     Queue { rate_bytes: u64 },
     /// fq, releasing packets at the times the tc program stamped.
     Fq,
-    /// HTB at `rate_bytes` per second over a deep byte FIFO, on the container's side.
+    /// HTB at `rate_bytes` per second over a deep byte FIFO, behind the bucket.
     Backlog { rate_bytes: u64 },
 }
 
@@ -121,7 +122,7 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     let flag = match major {
                         FQ => "--edt",
-                        BACKLOG => "an egress cap's backlog",
+                        BACKLOG => "the backlog",
                         _ => "--queue",
                     };
                     return Err(QueueError::Unsupported { kind, flag });
