@@ -120,8 +120,7 @@ const PACED_DEBT_SECONDS: u64 = 4;
 /// Whether an IPv4 TCP packet belongs to a flow `sock_ops` paces into a capped container.
 #[inline(always)]
 fn paced_flow(ctx: &TcContext) -> bool {
-    const ETH_P_IP: u16 = 0x0800;
-    const IPPROTO_TCP: u8 = 6;
+    use ecn::{ETH_P_IP, IPPROTO_TCP};
     let flow = || -> Option<[u32; 3]> {
         if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP
             || ctx.load::<u8>(23).ok()? != IPPROTO_TCP

@@ -331,6 +331,16 @@ pub fn tc(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `tc ARGS` (the host's binary) run in the network namespace of process `pid`; its stdout.
+pub fn tc_in(pid: &str, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .args(["-t", pid, "-n", "tc"])
+        .args(args)
+        .output()
+        .expect("nsenter");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A counter of a container from a stats JSON object.
 pub fn counter<S: std::hash::BuildHasher>(
     stats: &HashMap<String, Value, S>,

@@ -4,7 +4,7 @@
 use std::{process::Command, thread, time::Duration};
 
 use dockops_integration::{
-    Container, Pair, counter, docker, dockops, dockops_ok, field, fq_works, stats_json, tc,
+    Container, Pair, counter, docker, dockops, dockops_ok, field, fq_works, stats_json, tc, tc_in,
 };
 use serde_json::Value;
 
@@ -527,11 +527,7 @@ fn udp_flood_is_held_by_the_hard_cap_and_its_drops_counted() {
     // Without the backlog (a sender it cannot hold), the tc bucket holds the flood alone,
     // dropping and counting what is beyond the cap.
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &pair.client.id]);
-    let _ = Command::new("nsenter")
-        .args([
-            "-t", &pid, "-n", "tc", "qdisc", "del", "dev", "eth0", "root",
-        ])
-        .status();
+    tc_in(&pid, &["qdisc", "del", "dev", "eth0", "root"]);
     let before = dropped();
     let held = ratio(pair.iperf(&["-u", "-b", "80M", "-t", "4"]), UDP_CAP);
     assert!(

@@ -5,7 +5,7 @@
 use std::{fs, process::Command, time::Duration};
 
 use dockops_integration::{
-    Container, docker, dockops_ok, field, http_get, stats_json, tc, wait_for,
+    Container, docker, dockops_ok, field, http_get, stats_json, tc, tc_in, wait_for,
 };
 
 const CAP_MBIT: f64 = 40.0;
@@ -66,13 +66,9 @@ fn egress_cap_holds_for_many_short_http_connections_and_few() {
     );
 }
 
-/// The root qdiscs in the container's namespace (`tc` of the host, run inside it).
+/// The root qdiscs in the container's namespace.
 fn qdiscs(pid: &str) -> String {
-    let out = Command::new("nsenter")
-        .args(["-t", pid, "-n", "tc", "qdisc", "show"])
-        .output()
-        .expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    tc_in(pid, &["qdisc", "show"])
 }
 
 fn backlog(pid: &str) -> bool {

@@ -1,10 +1,10 @@
 //! The persistent datapath: adoption, pick-up of new containers, cleanup, reset.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use dockops_integration::{
     Background, Container, PINS, all_link_ids, docker, dockops, dockops_ok, dockops_programs,
-    link_ids, list, tc, wait_for,
+    link_ids, list, tc, tc_in, wait_for,
 };
 
 #[test]
@@ -106,13 +106,7 @@ fn reset_leaves_nothing_behind() {
     // An egress cap puts a backlog queue in the container's own namespace.
     dockops_ok(&["limit", &c.name, "--egress", "10mbit"]);
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c.id]);
-    let container_qdiscs = || {
-        let out = Command::new("nsenter")
-            .args(["-t", &pid, "-n", "tc", "qdisc", "show"])
-            .output()
-            .expect("nsenter");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let container_qdiscs = || tc_in(&pid, &["qdisc", "show"]);
     assert!(container_qdiscs().contains("htb d0c8:"), "no backlog");
     dockops_ok(&["stats"]);
     let pins = list(&c.pin_dir());

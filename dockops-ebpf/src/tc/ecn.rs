@@ -17,9 +17,9 @@ use dockops_common::{ECN_WAYS, MAX_TC_CAPS};
 
 use super::Verdict;
 
-const ETH_P_IP: u16 = 0x0800;
+pub(super) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
+pub(super) const IPPROTO_TCP: u8 = 6;
 const NOT_ECT: u8 = 0;
 /// Up to this size (a pure ACK, a ping, a DNS query) a packet passes an empty bucket on
 /// credit: they are a trickle of the bytes, and dropping them costs the most (a stalled
