@@ -127,6 +127,12 @@ pub const fn window_key_group(group: u32) -> u64 {
     1 << 61 | group as u64
 }
 
+/// The `skb->priority` that `sock_ops` gives every TCP socket it paces: it names the bulk
+/// class (`d0ca:2`) of dockops' backlog qdisc (HTB `d0ca:`), which HTB then picks without a
+/// filter. Everything else there (ICMP, handshakes, UDP, DNS) falls into its prompt class and
+/// overtakes the bulk. Its low bits, 2, are `TC_PRIO_BULK` for any other qdisc that looks.
+pub const BULK_PRIORITY: u32 = 0xd0ca_0002;
+
 /// Flows each capped hook remembers as marked with ECN: its own slots of `ECN_FLOWS`, so one
 /// container's flows never push out another's.
 pub const ECN_WAYS: u32 = 32;

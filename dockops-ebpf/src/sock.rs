@@ -19,7 +19,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
-        BPF_TCP_CLOSE, BPF_TCP_FIN_WAIT2, BPF_TCP_TIME_WAIT, SO_MAX_PACING_RATE, SOL_SOCKET,
+        BPF_TCP_CLOSE, BPF_TCP_FIN_WAIT2, BPF_TCP_TIME_WAIT, SO_MAX_PACING_RATE, SO_PRIORITY,
+        SOL_SOCKET,
     },
     helpers::{bpf_get_socket_cookie, bpf_getsockopt, bpf_ktime_get_ns, bpf_setsockopt},
     macros::{map, sock_ops},
@@ -27,7 +28,7 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use dockops_common::{
-    Caps, InsertFailures, MAX_CAPS, window_key_group, window_key_v4, window_key_v6,
+    BULK_PRIORITY, Caps, InsertFailures, MAX_CAPS, window_key_group, window_key_v4, window_key_v6,
 };
 use shares::{Lease, NO_KEY, SLOT_SHIFT};
 
@@ -146,8 +147,8 @@ fn now_slot() -> u64 {
     unsafe { bpf_ktime_get_ns() >> SLOT_SHIFT }
 }
 
-/// A connection is up: asks for the per-packet and state callbacks of a capped one, and
-/// paces it at the share it will have once it sends.
+/// A connection is up: asks for the per-packet and state callbacks of a capped one, puts it
+/// in the backlogs' bulk class, and paces it at the share it will have once it sends.
 #[inline(always)]
 fn established(ctx: &SockOpsContext) {
     let cookie = cookie(ctx);
@@ -156,6 +157,10 @@ fn established(ctx: &SockOpsContext) {
         return;
     };
     let _ = ctx.set_cb_flags(((ctx.cb_flags() | FLAGS) & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+    // A priority the application chose stays.
+    if priority(ctx) == Some(0) {
+        set_priority(ctx, BULK_PRIORITY);
+    }
     if want.keys[1] != NO_KEY
         && let Some(flow) = flow(ctx)
     {
@@ -291,8 +296,8 @@ fn closed(ctx: &SockOpsContext, gone: bool) -> bool {
     clamped
 }
 
-/// Capped once, no longer: lifts the pacing and the window clamp, stops the callbacks and
-/// forgets the socket.
+/// Capped once, no longer: lifts the pacing, the window clamp and the bulk priority, stops
+/// the callbacks and forgets the socket.
 #[inline(always)]
 fn unpace(ctx: &SockOpsContext, cookie: u64) {
     if PACED_SOCKETS.get_ptr(&cookie).is_none() {
@@ -302,6 +307,9 @@ fn unpace(ctx: &SockOpsContext, cookie: u64) {
         set_clamp(ctx, u64::MAX);
     }
     set_pacing(ctx, u64::MAX);
+    if priority(ctx) == Some(BULK_PRIORITY) {
+        set_priority(ctx, 0);
+    }
     let _ = ctx.set_cb_flags((ctx.cb_flags() & !(FLAGS | BPF_SOCK_OPS_RTT_CB_FLAG)) as i32);
 }
 
@@ -411,14 +419,41 @@ unsafe fn ip6(field: *const [u32; 4]) -> [u32; 4] {
 /// The socket's `SO_MAX_PACING_RATE` (bytes per second).
 #[inline(always)]
 fn pacing(ctx: &SockOpsContext) -> Option<u32> {
+    get_int(ctx, SO_MAX_PACING_RATE)
+}
+
+/// The socket's `SO_PRIORITY`: its packets' `skb->priority`.
+#[inline(always)]
+fn priority(ctx: &SockOpsContext) -> Option<u32> {
+    get_int(ctx, SO_PRIORITY)
+}
+
+#[inline(always)]
+fn set_priority(ctx: &SockOpsContext, priority: u32) {
+    let mut value = priority;
+    // SAFETY: optval points to a 4-byte stack value, optlen is that size.
+    let _ = unsafe {
+        bpf_setsockopt(
+            ctx.ops.cast(),
+            SOL_SOCKET as i32,
+            SO_PRIORITY as i32,
+            (&raw mut value).cast(),
+            4,
+        )
+    };
+}
+
+/// A 4-byte `SOL_SOCKET` option of the socket.
+#[inline(always)]
+fn get_int(ctx: &SockOpsContext, option: u32) -> Option<u32> {
     let mut current: u32 = 0;
     // SAFETY: optval points to a 4-byte stack value, optlen is that size (the kernel takes
-    // exactly an int for this option).
+    // exactly an int for these options).
     let read = unsafe {
         bpf_getsockopt(
             ctx.ops.cast(),
             SOL_SOCKET as i32,
-            SO_MAX_PACING_RATE as i32,
+            option as i32,
             (&raw mut current).cast(),
             4,
         )

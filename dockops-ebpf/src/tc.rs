@@ -74,15 +74,30 @@ enum Verdict {
 #[inline(always)]
 fn account(ctx: &TcContext, into: bool) -> i32 {
     let (ifindex, packets, bytes) = sizes(ctx);
-    let (level, key) = take(tc_cap_key(ifindex, into), bytes);
+    let key = tc_cap_key(ifindex, into);
+    let (level, key) = match take(key, bytes) {
+        Some(taken) => {
+            if into {
+                classify(ctx, bytes);
+            }
+            taken
+        }
+        None => (Level::Plenty, key),
+    };
     let verdict = match level {
         Level::Plenty => Verdict::Pass,
         Level::Low(slot) => ecn::mark(ctx, slot),
         // A paced sender on this host, into the container: the backlog behind (this veth's
         // root qdisc) holds what it sent unpaced, and its pacing pays the debt back. The
         // debt (as deep as the backlog at 10 Mbit/s) keeps senders beyond the host out
-        // meanwhile.
-        Level::Empty(_) if into && paced_flow(ctx) && owe(key, bytes, PACED_DEBT_SECONDS) => {
+        // meanwhile. Small packets (handshakes, acknowledgements, pings) pass on the same
+        // credit, which `ecn::when_empty` would give only a second of: a paced flow's debt
+        // would shut them out, and a dropped SYN-ACK costs its connection a second.
+        Level::Empty(_)
+            if into
+                && (bytes <= ecn::SMALL_PACKET || paced_flow(ctx))
+                && owe(key, bytes, PACED_DEBT_SECONDS) =>
+        {
             Verdict::Pass
         }
         Level::Empty(slot) => ecn::when_empty(ctx, key, slot, bytes),
@@ -116,6 +131,40 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
 /// How far in debt (seconds at the rate, beyond a burst) the bucket lets paced same-host
 /// senders go into the ingress backlog: 256 connections opening at once put 3.7 MB there.
 const PACED_DEBT_SECONDS: u64 = 4;
+
+/// Puts a packet into the container in the bulk class of the backlog behind, or leaves it
+/// in the prompt one. A sender's socket priority does not reach this far (crossing a veth
+/// clears it), so the packet decides: data and handshakes in bulk, the rest (pings,
+/// acknowledgements) prompt. Handshakes wait with the data so that the senders' first round
+/// trip, on which they time their retransmissions, measures the wait their data will have.
+#[inline(always)]
+fn classify(ctx: &TcContext, bytes: u64) {
+    if bytes > ecn::SMALL_PACKET || syn(ctx) {
+        // SAFETY: ctx.skb.skb is the kernel's __sk_buff, whose priority tc programs may
+        // write.
+        unsafe { (*ctx.skb.skb).priority = dockops_common::BULK_PRIORITY };
+    }
+}
+
+/// Whether the packet is a TCP SYN or SYN-ACK, over IPv4 or IPv6 (without extension
+/// headers).
+#[inline(always)]
+fn syn(ctx: &TcContext) -> bool {
+    use ecn::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP};
+    const TCP_FLAGS: usize = 13;
+    const SYN: u8 = 0x02;
+    let flags = || -> Option<u8> {
+        let tcp = match u16::from_be(ctx.load::<u16>(12).ok()?) {
+            ETH_P_IP if ctx.load::<u8>(23).ok()? == IPPROTO_TCP => {
+                14 + usize::from(ctx.load::<u8>(14).ok()? & 0x0f) * 4
+            }
+            ETH_P_IPV6 if ctx.load::<u8>(20).ok()? == IPPROTO_TCP => 14 + 40,
+            _ => return None,
+        };
+        ctx.load(tcp + TCP_FLAGS).ok()
+    };
+    flags().is_some_and(|f| f & SYN != 0)
+}
 
 /// Whether an IPv4 TCP packet belongs to a flow `sock_ops` paces into a capped container.
 #[inline(always)]
@@ -170,8 +219,8 @@ enum Level {
     Beyond,
 }
 
-/// Takes `bytes` from the hook's bucket. The bucket is shared by all CPUs, so it is updated
-/// under its spin lock (no helper calls while held).
+/// Takes `bytes` from the hook's bucket (`None`: the hook has no cap). The bucket is shared
+/// by all CPUs, so it is updated under its spin lock (no helper calls while held).
 ///
 /// The clock is the coarse one (one tick, 4 ms at HZ=250): reading it costs a few ns where
 /// `bpf_ktime_get_coarse_ns` costs ~30 ns in a VM. Tokens then arrive a tick's worth at a time, so a
@@ -180,11 +229,9 @@ enum Level {
 /// A group member's entry points at the group's bucket, which all members share: the key
 /// returned is the bucket's.
 #[inline(always)]
-fn take(key: u64, bytes: u64) -> (Level, u64) {
-    let Some((bucket, key)) = bucket(key) else {
-        return (Level::Plenty, key);
-    };
-    (take_from(bucket, bytes), key)
+fn take(key: u64, bytes: u64) -> Option<(Level, u64)> {
+    let (bucket, key) = bucket(key)?;
+    Some((take_from(bucket, bytes), key))
 }
 
 /// The bucket of hook `key` and its own key: the hook's, or its group's.

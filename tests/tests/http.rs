@@ -2,7 +2,7 @@
 //! connection per request, as web servers, APIs and registries do. Retransmissions are the
 //! sender's (the container's `Tcp:` counters).
 
-use std::{fs, process::Command, time::Duration};
+use std::{fs, process::Command, thread, time::Duration};
 
 use dockops_integration::{
     Container, docker, dockops_ok, field, http_get, stats_json, tc, tc_in, wait_for,
@@ -32,17 +32,22 @@ fn egress_cap_holds_for_many_short_http_connections_and_few() {
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
     assert!(
         backlog(&pid),
-        "no egress backlog (htb d0c8:) in the container: {}",
+        "no egress backlog (htb d0ca:) in the container: {}",
         qdiscs(&pid)
     );
 
     // 256 connections for 4 KiB each: every byte unpaced, 1 MiB at once, which only the
-    // backlog can hold without dropping.
+    // backlog can hold without dropping. Meanwhile the container pings its gateway: the
+    // echo requests leave through the backlog's prompt class, past the queued data.
     let small = format!("http://{}:80/small", web.ip());
+    let gateway = docker(&["inspect", "-f", "{{.NetworkSettings.Gateway}}", &web.id]);
     for (url, connections) in [(&url, 32), (&url, 4), (&small, 256)] {
         let before = segments(&pid);
-        let (bytes, seconds) = wrk(url, connections);
+        let ((bytes, seconds), ping) = ping_while(&web, &gateway, || wrk(url, connections));
         let after = segments(&pid);
+        if connections == 256 {
+            ping.assert_prompt("egress, 256 connections");
+        }
         #[expect(clippy::cast_precision_loss, reason = "ratios")]
         let (ratio, retransmitted) = (
             bytes as f64 * 8.0 / seconds / (CAP_MBIT * 1e6),
@@ -58,6 +63,8 @@ fn egress_cap_holds_for_many_short_http_connections_and_few() {
             retransmitted * 100.0
         );
     }
+    let (bulk, prompt) = class_bytes(&tc_in(&pid, &["-s", "class", "show", "dev", "eth0"]));
+    assert_bulk(bulk, prompt);
     dockops_ok(&["unlimit", &web.name]);
     assert!(
         !backlog(&pid),
@@ -72,13 +79,14 @@ fn qdiscs(pid: &str) -> String {
 }
 
 fn backlog(pid: &str) -> bool {
-    qdiscs(pid).contains("htb d0c8:")
+    qdiscs(pid).contains("htb d0ca:")
 }
 
 /// 256 connections opening together send their initial windows unpaced, 1 MiB at line rate,
 /// into a container capped for ingress: their flows are paced ones, so the bucket lets them
 /// into the backlog on the host veth instead of dropping them (alone, it retransmitted 15 %
-/// of the segments at 10 Mbit/s).
+/// of the segments at 10 Mbit/s). The tc program puts their data in the bulk class there,
+/// so the echo replies to the client's pings overtake it.
 #[test]
 fn ingress_cap_queues_what_paced_senders_on_the_host_send_unpaced() {
     let web = Container::start(
@@ -97,13 +105,18 @@ fn ingress_cap_queues_what_paced_senders_on_the_host_send_unpaced() {
     let (_, veth) = client.host_veth();
     let root = tc(&["qdisc", "show", "dev", &veth]);
     assert!(
-        root.contains("htb d0c8:"),
+        root.contains("htb d0ca:"),
         "no ingress backlog on {veth}: {root}"
     );
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
     let before = segments(&pid);
-    let out = client.exec(&format!("wrk -t2 -c256 -d8s -H 'Connection: close' {url}"));
+    let (out, ping) = ping_while(&client, &web.ip(), || {
+        client.exec(&format!("wrk -t2 -c256 -d8s -H 'Connection: close' {url}"))
+    });
     let after = segments(&pid);
+    ping.assert_prompt("ingress, 256 connections");
+    let (bulk, prompt) = class_bytes(&tc(&["-s", "class", "show", "dev", &veth]));
+    assert_bulk(bulk, prompt);
     let (bytes, seconds) = parse_wrk(&out).unwrap_or_else(|| panic!("wrk: {out}"));
     #[expect(clippy::cast_precision_loss, reason = "ratios")]
     let (ratio, retransmitted) = (
@@ -126,8 +139,79 @@ fn ingress_cap_queues_what_paced_senders_on_the_host_send_unpaced() {
     dockops_ok(&["unlimit", &client.name]);
     let root = tc(&["qdisc", "show", "dev", &veth]);
     assert!(
-        !root.contains("d0c8:"),
+        !root.contains("d0ca:"),
         "the backlog outlived the cap: {root}"
+    );
+}
+
+/// Busybox ping's summary of a run.
+struct Ping {
+    text: String,
+    loss_percent: Option<u32>,
+    avg_ms: Option<f64>,
+}
+
+impl Ping {
+    /// The echoes all came back, and did not wait behind the data: in a FIFO they waited
+    /// 90 ms on average at this cap (the bench measured 370 ms at 10 Mbit/s); in the prompt
+    /// class, 0.1 ms.
+    fn assert_prompt(&self, what: &str) {
+        eprintln!("{what}: {}", self.text.trim());
+        assert_eq!(self.loss_percent, Some(0), "{what}: ping: {}", self.text);
+        let avg = self.avg_ms.unwrap_or(f64::INFINITY);
+        assert!(avg < 20.0, "{what}: pings waited {avg} ms on average");
+    }
+}
+
+/// Runs `load` while `from` pings `target` 5 times a second (starting half a second in).
+fn ping_while<T>(from: &Container, target: &str, load: impl FnOnce() -> T) -> (T, Ping) {
+    thread::scope(|scope| {
+        let pinger = scope.spawn(|| from.exec(&format!("sleep 0.5; ping -c 30 -i 0.2 {target}")));
+        let out = load();
+        (out, parse_ping(&pinger.join().expect("pinger")))
+    })
+}
+
+/// "30 packets transmitted, 30 packets received, 0% packet loss" and "round-trip
+/// min/avg/max = 0.067/0.086/0.206 ms".
+fn parse_ping(text: &str) -> Ping {
+    let loss_percent = text
+        .lines()
+        .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix("% packet loss")))
+        .and_then(|p| p.trim().parse().ok());
+    let avg_ms = text
+        .lines()
+        .find_map(|l| l.split(" = ").nth(1).filter(|_| l.contains("min/avg/max")))
+        .and_then(|v| v.split('/').nth(1)?.parse().ok());
+    Ping {
+        text: text.to_owned(),
+        loss_percent,
+        avg_ms,
+    }
+}
+
+/// Bytes the backlog's bulk (`d0ca:2`) and prompt (`d0ca:6`) classes sent, from `tc -s
+/// class show`.
+fn class_bytes(text: &str) -> (u64, u64) {
+    let sent = |class: &str| -> u64 {
+        let mut lines = text
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("class htb {class} ")));
+        lines
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no class {class}: {text}"))
+    };
+    (sent("d0ca:2"), sent("d0ca:6"))
+}
+
+/// The data went to the bulk class; handshakes, acknowledgements and pings (a few percent of
+/// the bytes) to the prompt one.
+fn assert_bulk(bulk: u64, prompt: u64) {
+    eprintln!("backlog: bulk class sent {bulk} bytes, prompt class {prompt}");
+    assert!(
+        bulk > 0 && prompt < (bulk + prompt) / 10,
+        "bulk class sent {bulk} bytes, prompt class {prompt}: the data was not told apart"
     );
 }
 
@@ -182,6 +266,25 @@ fn segments(pid: &str) -> (u64, u64) {
         values[i].parse().expect("a counter")
     };
     (get("OutSegs"), get("RetransSegs"))
+}
+
+#[test]
+fn ping_and_class_summaries_parse() {
+    let ping = parse_ping(
+        "PING 172.17.0.1 (172.17.0.1): 56 data bytes\n\n--- 172.17.0.1 ping statistics ---\n\
+         30 packets transmitted, 29 packets received, 3% packet loss\n\
+         round-trip min/avg/max = 0.067/0.086/0.206 ms\n",
+    );
+    assert_eq!((ping.loss_percent, ping.avg_ms), (Some(3), Some(0.086)));
+    let none = parse_ping("ping: sendto: Network unreachable\n");
+    assert_eq!((none.loss_percent, none.avg_ms), (None, None));
+    let classes = "class htb d0ca:1 root rate 10450Kbit ceil 10450Kbit\n \
+                   Sent 39044720 bytes 31626 pkt (dropped 0, overlimits 1090 requeues 0)\n\
+                   class htb d0ca:2 parent d0ca:1 leaf d0cb: prio 1 rate 9796Kbit\n \
+                   Sent 38990844 bytes 30940 pkt (dropped 0, overlimits 4429 requeues 0)\n\
+                   class htb d0ca:6 parent d0ca:1 leaf d0cc: prio 0 rate 653120bit\n \
+                   Sent 53876 bytes 686 pkt (dropped 0, overlimits 0 requeues 0)\n";
+    assert_eq!(class_bytes(classes), (38_990_844, 53_876));
 }
 
 #[test]

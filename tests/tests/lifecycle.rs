@@ -107,7 +107,7 @@ fn reset_leaves_nothing_behind() {
     dockops_ok(&["limit", &c.name, "--egress", "10mbit"]);
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c.id]);
     let container_qdiscs = || tc_in(&pid, &["qdisc", "show"]);
-    assert!(container_qdiscs().contains("htb d0c8:"), "no backlog");
+    assert!(container_qdiscs().contains("htb d0ca:"), "no backlog");
     dockops_ok(&["stats"]);
     let pins = list(&c.pin_dir());
     assert_eq!(pins.len(), 2, "{pins:?}");
@@ -150,7 +150,7 @@ fn reset_leaves_nothing_behind() {
     }
     let left = container_qdiscs();
     assert!(
-        !left.contains("d0c8:"),
+        !left.contains("d0ca:"),
         "the backlog survived reset: {left}"
     );
     assert!(

@@ -7,7 +7,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     util::nr_cpus,
 };
-use dockops_common::{TcCap, TrafficCounters, names, tc_cap_key};
+use dockops_common::{BULK_PRIORITY, TcCap, TrafficCounters, names, tc_cap_key};
 use dockops_integration::PinDir;
 
 /// `TC_ACT_UNSPEC` (-1) as the test run reports it.
@@ -200,16 +200,20 @@ fn bucket(tokens: i64) -> TcCap {
     }
 }
 
-/// Runs the program on `frame`; returns the verdict and the frame as it left.
-fn run_frame(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>) {
+/// Runs the program on `frame`; returns the verdict, the frame as it left and its
+/// `skb->priority` (at byte 32 of `struct __sk_buff`).
+fn run_frame(prog: &SchedClassifier, frame: &[u8]) -> (u32, Vec<u8>, u32) {
     let ctx = skb_ctx(LO, 1);
+    let mut ctx_out = [0_u8; 192];
     let mut out = vec![0_u8; frame.len()];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     opts.data_out = Some(&mut out);
     opts.ctx_in = Some(&ctx);
+    opts.ctx_out = Some(&mut ctx_out);
     let verdict = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
-    (verdict, out)
+    let priority = u32::from_ne_bytes(ctx_out[32..36].try_into().unwrap());
+    (verdict, out, priority)
 }
 
 #[test]
@@ -235,16 +239,16 @@ fn a_low_bucket_marks_ecn_and_an_empty_one_spares_retransmissions_and_small_pack
 
     // Plenty of tokens: passed untouched.
     caps.insert(key, bucket(10_000), 0).unwrap();
-    let (verdict, out) = run_frame(egress, &ect);
+    let (verdict, out, _) = run_frame(egress, &ect);
     assert_eq!((verdict, out[15] & 3), (TC_ACT_UNSPEC, ECT0));
 
     // Below half the bucket: an ECN-capable packet passes marked CE, with a valid checksum;
     // a packet that is not ECN-capable passes as it is.
     caps.insert(key, bucket(4000), 0).unwrap();
-    let (verdict, out) = run_frame(egress, &ect);
+    let (verdict, out, _) = run_frame(egress, &ect);
     assert_eq!((verdict, out[15] & 3), (TC_ACT_UNSPEC, CE));
     assert_eq!(ip_sum(&out[14..34]), 0xffff, "IPv4 checksum after marking");
-    let (verdict, out) = run_frame(egress, &not_ect);
+    let (verdict, out, _) = run_frame(egress, &not_ect);
     assert_eq!((verdict, out[15] & 3), (TC_ACT_UNSPEC, 0));
 
     // Empty: an ECN-capable packet is dropped; the flow's next non-ECT packet (how Linux
@@ -343,4 +347,32 @@ fn a_paced_flow_into_an_empty_bucket_passes_on_credit_into_the_backlog() {
     caps.insert(tc_cap_key(LO, true), bucket(-10_004), 0)
         .unwrap();
     assert_eq!(run_frame(into, &packet).0, TC_ACT_SHOT);
+}
+
+#[test]
+fn data_and_handshakes_into_a_capped_container_go_to_the_backlogs_bulk_class() {
+    let (_pins, mut ebpf) = load("classes");
+    let mut caps: aya::maps::HashMap<_, u64, TcCap> =
+        aya::maps::HashMap::try_from(ebpf.take_map(names::TC_CAPS).unwrap()).unwrap();
+    let prog = |name| -> &SchedClassifier { ebpf.program(name).unwrap().try_into().unwrap() };
+    let (into, out_of) = (prog(names::TC_EGRESS_ACCT), prog(names::TC_INGRESS_ACCT));
+    let (data, ack) = (tcp_frame(0, 1000), tcp_frame(0, 0));
+    let mut syn_ack = tcp_frame(0, 0);
+    syn_ack[14 + 20 + 13] = 0x12;
+    let priority = |prog, frame: &[u8]| {
+        let (verdict, _, priority) = run_frame(prog, frame);
+        assert_eq!(verdict, TC_ACT_UNSPEC);
+        priority
+    };
+    // No cap: nothing is classified.
+    assert_eq!(priority(into, &data), 0);
+    for ingress in [true, false] {
+        caps.insert(tc_cap_key(LO, ingress), bucket(10_000), 0)
+            .unwrap();
+    }
+    assert_eq!(priority(into, &data), BULK_PRIORITY, "data");
+    assert_eq!(priority(into, &syn_ack), BULK_PRIORITY, "a SYN-ACK");
+    assert_eq!(priority(into, &ack), 0, "an acknowledgement");
+    // Out of the container, the socket's own priority (set by sock_ops) decides.
+    assert_eq!(priority(out_of, &data), 0);
 }

@@ -18,14 +18,14 @@ use dockops_common::{ECN_WAYS, MAX_TC_CAPS};
 use super::Verdict;
 
 pub(super) const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub(super) const ETH_P_IPV6: u16 = 0x86DD;
 pub(super) const IPPROTO_TCP: u8 = 6;
 const NOT_ECT: u8 = 0;
 /// Up to this size (a pure ACK, a ping, a DNS query) a packet passes an empty bucket on
 /// credit: they are a trickle of the bytes, and dropping them costs the most (a stalled
 /// reverse flow, a lost probe). A flood of them still runs into the debt limit.
 /// (129 in the `variant-code` test build: an object that differs, with the same maps.)
-const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
+pub(super) const SMALL_PACKET: u64 = if cfg!(feature = "variant-code") {
     129
 } else {
     128

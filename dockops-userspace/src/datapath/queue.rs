@@ -16,6 +16,7 @@
 
 use std::{io, num::NonZeroI32};
 
+use dockops_common::BULK_PRIORITY;
 use rtnetlink::{
     packet_core::{
         DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -34,11 +35,23 @@ const ROOT: u16 = 0xd0c5;
 const LEAF: u16 = 0xd0c6;
 /// Major of dockops' fq root qdisc (EDT mode).
 const FQ: u16 = 0xd0c7;
-/// Majors of the backlog's HTB root and of the FIFO under its class.
-const BACKLOG: u16 = 0xd0c8;
-const BACKLOG_LEAF: u16 = 0xd0c9;
-/// Minor of the one HTB class, which is also the default class.
+/// Major of the backlog's HTB root, and the minor of its bulk class: what the priority of
+/// paced sockets names.
+const BACKLOG: u16 = (BULK_PRIORITY >> 16) as u16;
+const BULK_MINOR: u16 = (BULK_PRIORITY & 0xffff) as u16;
+/// Minor of the backlog's prompt class (`TC_PRIO_INTERACTIVE`), its default.
+const PROMPT_MINOR: u16 = 6;
+/// Majors of the FIFOs under the backlog's bulk and prompt classes.
+const BULK_LEAF: u16 = 0xd0cb;
+const PROMPT_LEAF: u16 = 0xd0cc;
+/// The backlog of earlier builds (one class, one FIFO): still dockops', replaced when set.
+const OLD_BACKLOG: u16 = 0xd0c8;
+/// Minor of the top HTB class: the only one of a queue (and its default), the parent of the
+/// backlog's two.
 const CLASS_MINOR: u16 = 1;
+/// The share of the backlog's rate the prompt class is guaranteed (1/16); either class may
+/// borrow up to the whole rate, the prompt one first.
+const PROMPT_SHARE: u64 = 16;
 /// `TCA_OPTIONS`, and the HTB attributes inside it.
 const TCA_OPTIONS: u16 = 2;
 const TCA_HTB_PARMS: u16 = 1;
@@ -71,32 +84,97 @@ pub enum QueueError {
     },
 }
 
-/// What holds an ingress cap at the root of a host veth.
+/// What dockops puts at the root of an interface's egress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Discipline {
     /// HTB at `rate_bytes` per second over a byte FIFO.
     Queue { rate_bytes: u64 },
     /// fq, releasing packets at the times the tc program stamped.
     Fq,
-    /// HTB at `rate_bytes` per second over a deep byte FIFO, behind the bucket.
+    /// HTB at `rate_bytes` per second, behind the bucket, in two classes over deep byte
+    /// FIFOs: bulk for what paced sockets send ([`BULK_PRIORITY`]), prompt for the rest.
     Backlog { rate_bytes: u64 },
 }
 
 impl Discipline {
-    /// Majors of its root qdisc and (HTB only) leaf, and the root's kind.
-    fn handles(self) -> (u16, u16, &'static str) {
+    /// Major of its root qdisc, and the root's kind.
+    fn handles(self) -> (u16, &'static str) {
         match self {
-            Self::Queue { .. } => (ROOT, LEAF, "htb"),
-            Self::Fq => (FQ, 0, "fq"),
-            Self::Backlog { .. } => (BACKLOG, BACKLOG_LEAF, "htb"),
+            Self::Queue { .. } => (ROOT, "htb"),
+            Self::Fq => (FQ, "fq"),
+            Self::Backlog { .. } => (BACKLOG, "htb"),
         }
     }
+
+    /// Its HTB classes under the root, parents first.
+    fn classes(self) -> Vec<Class> {
+        let class = |minor, parent, rate, ceil, prio, leaf| Class {
+            minor,
+            parent,
+            rate,
+            ceil,
+            prio,
+            leaf,
+        };
+        match self {
+            Self::Fq => Vec::new(),
+            Self::Queue { rate_bytes: r } => {
+                let limit = (r * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES);
+                vec![class(CLASS_MINOR, 0, r, r, 0, Some((LEAF, limit)))]
+            }
+            Self::Backlog { rate_bytes: r } => {
+                let limit = r.clamp(BACKLOG_BYTES.0, BACKLOG_BYTES.1);
+                let prompt = (r / PROMPT_SHARE).max(1);
+                vec![
+                    class(CLASS_MINOR, 0, r, r, 0, None),
+                    class(
+                        PROMPT_MINOR,
+                        CLASS_MINOR,
+                        prompt,
+                        r,
+                        0,
+                        Some((PROMPT_LEAF, limit)),
+                    ),
+                    class(
+                        BULK_MINOR,
+                        CLASS_MINOR,
+                        r.saturating_sub(prompt),
+                        r,
+                        1,
+                        Some((BULK_LEAF, limit)),
+                    ),
+                ]
+            }
+        }
+    }
+
+    /// The class that takes what no priority names.
+    fn default_minor(self) -> u16 {
+        match self {
+            Self::Backlog { .. } => PROMPT_MINOR,
+            _ => CLASS_MINOR,
+        }
+    }
+}
+
+/// One HTB class of a [`Discipline`].
+struct Class {
+    minor: u16,
+    /// The parent class's minor; 0: the root qdisc.
+    parent: u16,
+    /// Bytes per second it is guaranteed, and may borrow up to.
+    rate: u64,
+    ceil: u64,
+    /// Order among classes borrowing (0 first).
+    prio: u32,
+    /// A leaf's FIFO: its major, and its limit in bytes.
+    leaf: Option<(u16, u64)>,
 }
 
 /// Puts `discipline` at the root of the interface's egress (what its container receives).
 /// Idempotent: an existing dockops queue is updated in place, one of the other kind replaced.
 pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
-    let (major, leaf_major, kind) = discipline.handles();
+    let (major, kind) = discipline.handles();
     match root_qdisc(ifindex)? {
         Some((handle, _)) if handle.major == major => {}
         Some((handle, kind)) if handle != TcHandle::UNSPEC && !is_ours(handle) => {
@@ -111,7 +189,8 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
             let mut msg = tc_message(ifindex, TcHandle::ROOT, TcHandle { major, minor: 0 });
             msg.attributes.push(TcAttribute::Kind(kind.into()));
             if kind == "htb" {
-                let glob = [3_u32, 10, u32::from(CLASS_MINOR), 0, 0]; // version, r2q, default class
+                // version, r2q, default class
+                let glob = [3_u32, 10, u32::from(discipline.default_minor()), 0, 0];
                 msg.attributes
                     .push(TcAttribute::Options(vec![TcOption::Other(
                         DefaultNla::new(TCA_HTB_INIT, words(&glob)),
@@ -131,55 +210,45 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
             };
         }
     }
-    let (rate_bytes, limit) = match discipline {
-        Discipline::Queue { rate_bytes } => (
-            rate_bytes,
-            (rate_bytes * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES),
-        ),
-        Discipline::Backlog { rate_bytes } => (
-            rate_bytes,
-            rate_bytes.clamp(BACKLOG_BYTES.0, BACKLOG_BYTES.1),
-        ),
-        Discipline::Fq => return Ok(()),
-    };
-    let class_handle = TcHandle {
-        major,
-        minor: CLASS_MINOR,
-    };
-    let mut class = tc_message(ifindex, TcHandle { major, minor: 0 }, class_handle);
-    class.attributes.push(TcAttribute::Kind("htb".into()));
-    class
-        .attributes
-        .push(TcAttribute::Options(vec![TcOption::Other(
-            DefaultNla::new(TCA_HTB_PARMS, htb_opt(rate_bytes)),
-        )]));
-    request(
-        RouteNetlinkMessage::NewTrafficClass(class),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )?;
-    let mut leaf = tc_message(
-        ifindex,
-        class_handle,
-        TcHandle {
-            major: leaf_major,
-            minor: 0,
-        },
-    );
-    leaf.attributes.push(TcAttribute::Kind("bfifo".into()));
-    // A FIFO's options are a bare `struct tc_fifo_qopt { __u32 limit; }`.
-    leaf.attributes.push(TcAttribute::Other(DefaultNla::new(
-        TCA_OPTIONS,
-        words(&[u32::try_from(limit).unwrap_or(u32::MAX)]),
-    )));
-    request(
-        RouteNetlinkMessage::NewQueueDiscipline(leaf),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )?;
+    for class in discipline.classes() {
+        let handle = |minor| TcHandle { major, minor };
+        let mut msg = tc_message(ifindex, handle(class.parent), handle(class.minor));
+        msg.attributes.push(TcAttribute::Kind("htb".into()));
+        msg.attributes
+            .push(TcAttribute::Options(vec![TcOption::Other(
+                DefaultNla::new(TCA_HTB_PARMS, htb_opt(class.rate, class.ceil, class.prio)),
+            )]));
+        request(
+            RouteNetlinkMessage::NewTrafficClass(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        let Some((leaf_major, limit)) = class.leaf else {
+            continue;
+        };
+        let mut leaf = tc_message(
+            ifindex,
+            handle(class.minor),
+            TcHandle {
+                major: leaf_major,
+                minor: 0,
+            },
+        );
+        leaf.attributes.push(TcAttribute::Kind("bfifo".into()));
+        // A FIFO's options are a bare `struct tc_fifo_qopt { __u32 limit; }`.
+        leaf.attributes.push(TcAttribute::Other(DefaultNla::new(
+            TCA_OPTIONS,
+            words(&[u32::try_from(limit).unwrap_or(u32::MAX)]),
+        )));
+        request(
+            RouteNetlinkMessage::NewQueueDiscipline(leaf),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+    }
     Ok(())
 }
 
 fn is_ours(handle: TcHandle) -> bool {
-    matches!(handle.major, ROOT | FQ | BACKLOG)
+    matches!(handle.major, ROOT | FQ | BACKLOG | OLD_BACKLOG)
 }
 
 /// Removes dockops' root qdisc from the interface, if it has one. True if it did.
@@ -205,7 +274,7 @@ pub fn interfaces() -> Result<Vec<(u32, Discipline)>, QueueError> {
             // The rate is the class's; a reconcile compares kinds only.
             let discipline = match handle.major {
                 FQ => Discipline::Fq,
-                BACKLOG => Discipline::Backlog { rate_bytes: 0 },
+                BACKLOG | OLD_BACKLOG => Discipline::Backlog { rate_bytes: 0 },
                 _ => Discipline::Queue { rate_bytes: 0 },
             };
             (ifindex, discipline)
@@ -249,21 +318,26 @@ fn tc_message(ifindex: u32, parent: TcHandle, handle: TcHandle) -> TcMessage {
     msg
 }
 
-/// `struct tc_htb_opt` with rate = ceil = `rate_bytes`, and a burst of 10 ms at the rate plus
-/// a full-size frame, in the kernel's 64 ns scheduler ticks.
-fn htb_opt(rate_bytes: u64) -> Vec<u8> {
-    let rate = u32::try_from(rate_bytes).unwrap_or(u32::MAX);
-    let burst_bytes = u128::from(rate_bytes / 100 + 1514);
-    let ticks = burst_bytes * 1_000_000_000 / u128::from(rate_bytes.max(1)) / 64;
-    let buffer = u32::try_from(ticks).unwrap_or(u32::MAX);
+/// `struct tc_htb_opt` for a class at `rate` that may borrow up to `ceil` (bytes per second),
+/// served in order of `prio` (0 first) when borrowing; bursts of 10 ms at each rate plus a
+/// full-size frame, in the kernel's 64 ns scheduler ticks.
+fn htb_opt(rate: u64, ceil: u64, prio: u32) -> Vec<u8> {
+    let ticks = |rate_bytes: u64| {
+        let burst_bytes = u128::from(rate_bytes / 100 + 1514);
+        let ticks = burst_bytes * 1_000_000_000 / u128::from(rate_bytes.max(1)) / 64;
+        u32::try_from(ticks).unwrap_or(u32::MAX)
+    };
     // struct tc_ratespec: cell_log u8, linklayer u8, overhead u16, cell_align i16, mpu u16,
     // rate u32 (bytes per second).
-    let mut ratespec = vec![0_u8, TC_LINKLAYER_ETHERNET, 0, 0, 0, 0, 0, 0];
-    ratespec.extend_from_slice(&rate.to_ne_bytes());
-    let mut opt = ratespec.clone(); // rate
-    opt.extend_from_slice(&ratespec); // ceil
+    let ratespec = |rate_bytes: u64| {
+        let mut spec = vec![0_u8, TC_LINKLAYER_ETHERNET, 0, 0, 0, 0, 0, 0];
+        spec.extend_from_slice(&u32::try_from(rate_bytes).unwrap_or(u32::MAX).to_ne_bytes());
+        spec
+    };
+    let mut opt = ratespec(rate);
+    opt.extend_from_slice(&ratespec(ceil));
     // buffer, cbuffer, quantum (0: the kernel derives it), level, prio.
-    opt.extend_from_slice(&words(&[buffer, buffer, 0, 0, 0]));
+    opt.extend_from_slice(&words(&[ticks(rate), ticks(ceil), 0, 0, prio]));
     opt
 }
 
@@ -317,12 +391,49 @@ mod tests {
     #[test]
     fn htb_options_have_the_kernel_layout() {
         // 50 Mbit/s: 6 250 000 bytes/s; burst 62 500 + 1514 bytes = 10.242 ms = 160 035 ticks.
-        let opt = htb_opt(6_250_000);
+        // 100 Mbit/s: 125 000 + 1514 bytes = 10.121 ms = 158 142 ticks.
+        let opt = htb_opt(6_250_000, 12_500_000, 1);
         assert_eq!(opt.len(), 44, "sizeof(struct tc_htb_opt)");
         let word = |at: usize| u32::from_ne_bytes(opt[at..at + 4].try_into().unwrap());
-        assert_eq!(opt[1], TC_LINKLAYER_ETHERNET);
-        assert_eq!((word(8), word(20)), (6_250_000, 6_250_000), "rate, ceil");
-        assert_eq!((word(24), word(28)), (160_035, 160_035), "buffer, cbuffer");
-        assert_eq!(htb_opt(u64::MAX)[8..12], u32::MAX.to_ne_bytes());
+        assert_eq!(
+            (opt[1], opt[13]),
+            (TC_LINKLAYER_ETHERNET, TC_LINKLAYER_ETHERNET)
+        );
+        assert_eq!((word(8), word(20)), (6_250_000, 12_500_000), "rate, ceil");
+        assert_eq!((word(24), word(28)), (160_035, 158_142), "buffer, cbuffer");
+        assert_eq!(word(40), 1, "prio");
+        assert_eq!(
+            htb_opt(u64::MAX, u64::MAX, 0)[8..12],
+            u32::MAX.to_ne_bytes()
+        );
+    }
+
+    #[test]
+    fn the_backlog_guarantees_its_prompt_class_a_sixteenth_and_lets_each_borrow_it_all() {
+        let classes = Discipline::Backlog {
+            rate_bytes: 1_600_000,
+        }
+        .classes();
+        let row = |c: &Class| (c.minor, c.parent, c.rate, c.ceil, c.prio);
+        let rows: Vec<_> = classes.iter().map(row).collect();
+        assert_eq!(
+            rows,
+            [
+                (1, 0, 1_600_000, 1_600_000, 0),
+                (6, 1, 100_000, 1_600_000, 0),
+                (2, 1, 1_500_000, 1_600_000, 1),
+            ]
+        );
+        assert_eq!(
+            classes[0].leaf, None,
+            "the parent class has no queue of its own"
+        );
+        assert_eq!(classes[1].leaf, Some((PROMPT_LEAF, 4 << 20)));
+        assert_eq!(classes[2].leaf, Some((BULK_LEAF, 4 << 20)));
+        assert_eq!(
+            u32::from(BACKLOG) << 16 | u32::from(classes[2].minor),
+            BULK_PRIORITY,
+            "paced sockets' priority names the bulk class"
+        );
     }
 }
