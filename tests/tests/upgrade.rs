@@ -12,8 +12,8 @@ use std::{
 };
 
 use dockops_integration::{
-    Background, Container, PINS, Pair, bpftool_json, counter, dockops, dockops_ok,
-    dockops_variant_cmd, field, link_ids, list, stats_json, tc, wait_for,
+    Background, Container, PINS, Pair, bpftool_json, counter, docker, dockops, dockops_ok,
+    dockops_variant_cmd, field, link_ids, list, stats_json, tc, tc_in, wait_for,
 };
 use serde_json::Value;
 
@@ -306,4 +306,48 @@ fn upgrade_stops_a_watch_of_the_old_build() {
     assert_eq!(watch.exited().and_then(|s| s.code()), Some(1));
     dockops_ok(&["stats"]);
     assert_eq!(list(&c.pin_dir()).len(), 2);
+}
+
+/// Backlogs an earlier build laid out (one class under `htb d0c8:`) are set again by the
+/// new build's first reconcile, in the container and on the host veth.
+#[test]
+fn upgrade_lays_the_backlogs_out_anew() {
+    dockops_ok(&["reset", "--all"]);
+    let c = Container::start("upg-backlog", "sleep 600");
+    dockops_ok(&[
+        "limit",
+        &c.name,
+        "--egress",
+        "20mbit",
+        "--ingress",
+        "20mbit",
+    ]);
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &c.id]);
+    let (_, veth) = c.host_veth();
+    let old = ["root", "handle", "d0c8:", "htb", "default", "1"];
+    let mut inside = vec!["qdisc", "replace", "dev", "eth0"];
+    inside.extend(old);
+    tc_in(&pid, &["qdisc", "del", "dev", "eth0", "root"]);
+    tc_in(&pid, &inside);
+    let mut host = vec!["qdisc", "replace", "dev", veth.as_str()];
+    host.extend(old);
+    tc(&["qdisc", "del", "dev", &veth, "root"]);
+    tc(&host);
+    let roots = || {
+        (
+            tc_in(&pid, &["qdisc", "show", "dev", "eth0", "root"]),
+            tc(&["qdisc", "show", "dev", &veth, "root"]),
+        )
+    };
+    let (inside, host) = roots();
+    assert!(
+        inside.contains("htb d0c8:") && host.contains("htb d0c8:"),
+        "the old layout was not set up: {inside} / {host}"
+    );
+    variant("variant-code", &["stats"]);
+    let (inside, host) = roots();
+    assert!(inside.contains("htb d0ca:"), "in the container: {inside}");
+    assert!(host.contains("htb d0ca:"), "on {veth}: {host}");
+    dockops_ok(&["stats"]);
+    dockops_ok(&["unlimit", &c.name]);
 }

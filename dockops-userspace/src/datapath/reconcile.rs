@@ -357,21 +357,26 @@ impl Datapath {
         present: &HashSet<u64>,
         queues: &HashMap<u32, Discipline>,
     ) -> Result<(), DatapathError> {
+        // A new veth is a new namespace (a restart): its backlog went with the old one. A
+        // new build may lay the backlogs out differently: they are set again.
+        let mut backlog = self.upgrading;
         for iface in container.interfaces.iter().flatten() {
             let missing =
                 |ingress, bits| bits != 0 && !present.contains(&tc_cap_key(iface.ifindex, ingress));
             let ingress_bucket = if want.queued() { 0 } else { want.ingress_bits };
             if missing(false, want.egress_bits) || missing(true, ingress_bucket) {
                 self.set_tc_caps(iface.ifindex, want)?;
-                // A new veth is a new namespace (a restart): its backlog goes with it.
-                super::backlog::apply(container, want);
+                backlog = true;
             }
             let kind = |d: &Discipline| std::mem::discriminant(d);
             if let Some(needed) = super::discipline(want)
-                && queues.get(&iface.ifindex).map(kind) != Some(kind(&needed))
+                && (self.upgrading || queues.get(&iface.ifindex).map(kind) != Some(kind(&needed)))
             {
                 super::set_queue(iface.ifindex, want)?;
             }
+        }
+        if backlog {
+            super::backlog::apply(container, want);
         }
         Ok(())
     }
