@@ -524,6 +524,21 @@ fn udp_flood_is_held_by_the_hard_cap_and_its_drops_counted() {
         (0.8..=1.1).contains(&held),
         "UDP flood under a 20 Mbit/s cap: goodput/cap = {held:.3}"
     );
+    // Beside a TCP flow, the flood keeps to the backlog's prompt class (guaranteed half the
+    // rate, as is the paced sockets' bulk class): each gets about half the cap.
+    pair.server.exec("iperf3 -s -D -p 5202");
+    let (tcp, udp) = thread::scope(|scope| {
+        let udp = scope.spawn(|| pair.iperf(&["-p", "5202", "-u", "-b", "80M", "-t", "4"]));
+        let tcp = pair.iperf(&["-t", "4"]);
+        (
+            ratio(tcp, UDP_CAP),
+            ratio(udp.join().expect("UDP client"), UDP_CAP),
+        )
+    });
+    assert!(
+        (0.3..=0.7).contains(&tcp) && (0.3..=0.7).contains(&udp) && tcp + udp <= 1.1,
+        "TCP beside a UDP flood: TCP {tcp:.3}, UDP {udp:.3} of the cap"
+    );
     // Without the backlog (a sender it cannot hold), the tc bucket holds the flood alone,
     // dropping and counting what is beyond the cap.
     let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &pair.client.id]);

@@ -49,9 +49,10 @@ const OLD_BACKLOG: u16 = 0xd0c8;
 /// Minor of the top HTB class: the only one of a queue (and its default), the parent of the
 /// backlog's two.
 const CLASS_MINOR: u16 = 1;
-/// The share of the backlog's rate the prompt class is guaranteed (1/16); either class may
-/// borrow up to the whole rate, the prompt one first.
-const PROMPT_SHARE: u64 = 16;
+/// The share of the backlog's rate each class is guaranteed (half); either may borrow up to
+/// the whole rate, the prompt one first. A UDP flood (prompt) beside paced TCP (bulk) gets
+/// half the cap, and the TCP the other half.
+const PROMPT_SHARE: u64 = 2;
 /// `TCA_OPTIONS`, and the HTB attributes inside it.
 const TCA_OPTIONS: u16 = 2;
 const TCA_HTB_PARMS: u16 = 1;
@@ -409,7 +410,7 @@ mod tests {
     }
 
     #[test]
-    fn the_backlog_guarantees_its_prompt_class_a_sixteenth_and_lets_each_borrow_it_all() {
+    fn the_backlog_guarantees_each_class_half_and_lets_each_borrow_it_all() {
         let classes = Discipline::Backlog {
             rate_bytes: 1_600_000,
         }
@@ -420,8 +421,8 @@ mod tests {
             rows,
             [
                 (1, 0, 1_600_000, 1_600_000, 0),
-                (6, 1, 100_000, 1_600_000, 0),
-                (2, 1, 1_500_000, 1_600_000, 1),
+                (6, 1, 800_000, 1_600_000, 0),
+                (2, 1, 800_000, 1_600_000, 1),
             ]
         );
         assert_eq!(
