@@ -430,17 +430,7 @@ fn priority(ctx: &SockOpsContext) -> Option<u32> {
 
 #[inline(always)]
 fn set_priority(ctx: &SockOpsContext, priority: u32) {
-    let mut value = priority;
-    // SAFETY: optval points to a 4-byte stack value, optlen is that size.
-    let _ = unsafe {
-        bpf_setsockopt(
-            ctx.ops.cast(),
-            SOL_SOCKET as i32,
-            SO_PRIORITY as i32,
-            (&raw mut value).cast(),
-            4,
-        )
-    };
+    set_int(ctx, SO_PRIORITY, priority);
 }
 
 /// A 4-byte `SOL_SOCKET` option of the socket.
@@ -473,14 +463,21 @@ fn set_pacing(ctx: &SockOpsContext, rate: u64) {
     if pacing(ctx) == Some(rate) {
         return;
     }
+    set_int(ctx, SO_MAX_PACING_RATE, rate);
+}
+
+/// Sets a 4-byte `SOL_SOCKET` option of the socket.
+#[inline(always)]
+fn set_int(ctx: &SockOpsContext, option: u32, value: u32) {
     let ops: *mut c_void = ctx.ops.cast();
-    let mut value = rate;
-    // SAFETY: as in `pacing`.
+    let mut value = value;
+    // SAFETY: optval points to a 4-byte stack value, optlen is that size (the kernel takes
+    // exactly an int for these options).
     let _ = unsafe {
         bpf_setsockopt(
             ops,
             SOL_SOCKET as i32,
-            SO_MAX_PACING_RATE as i32,
+            option as i32,
             (&raw mut value).cast(),
             4,
         )
