@@ -152,9 +152,9 @@ struct Ping {
 }
 
 impl Ping {
-    /// The echoes all came back, and did not wait behind the data: in a FIFO they waited
-    /// 90 ms on average at this cap (the bench measured 370 ms at 10 Mbit/s); in the prompt
-    /// class, 0.1 ms.
+    /// The echoes all came back, and did not wait behind the data: in one FIFO they waited
+    /// for all of it (the bench measured 370 ms on average at 10 Mbit/s with 256
+    /// connections, so about 90 ms at this cap); in the prompt class, 0.1 ms.
     fn assert_prompt(&self, what: &str) {
         eprintln!("{what}: {}", self.text.trim());
         assert_eq!(self.loss_percent, Some(0), "{what}: ping: {}", self.text);
