@@ -525,7 +525,9 @@ fn udp_flood_is_held_by_the_hard_cap_and_its_drops_counted() {
         "UDP flood under a 20 Mbit/s cap: goodput/cap = {held:.3}"
     );
     // Beside a TCP flow, the flood keeps to the backlog's prompt class (guaranteed half the
-    // rate, as is the paced sockets' bulk class): each gets about half the cap.
+    // rate, as is the paced sockets' bulk class): each gets about half the cap. (The two
+    // runs start a moment apart, each alone with the whole cap meanwhile: their sum may
+    // pass the cap, which the run above bounds.)
     pair.server.exec("iperf3 -s -D -p 5202");
     let (tcp, udp) = thread::scope(|scope| {
         let udp = scope.spawn(|| pair.iperf(&["-p", "5202", "-u", "-b", "80M", "-t", "4"]));
@@ -536,7 +538,7 @@ fn udp_flood_is_held_by_the_hard_cap_and_its_drops_counted() {
         )
     });
     assert!(
-        (0.3..=0.7).contains(&tcp) && (0.3..=0.7).contains(&udp) && tcp + udp <= 1.1,
+        (0.3..=0.7).contains(&tcp) && (0.3..=0.7).contains(&udp),
         "TCP beside a UDP flood: TCP {tcp:.3}, UDP {udp:.3} of the cap"
     );
     // Without the backlog (a sender it cannot hold), the tc bucket holds the flood alone,
