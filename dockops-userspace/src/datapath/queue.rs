@@ -109,41 +109,44 @@ impl Discipline {
 
     /// Its HTB classes under the root, parents first.
     fn classes(self) -> Vec<Class> {
-        let class = |minor, parent, rate, ceil, prio, leaf| Class {
-            minor,
-            parent,
-            rate,
-            ceil,
-            prio,
-            leaf,
-        };
         match self {
             Self::Fq => Vec::new(),
-            Self::Queue { rate_bytes: r } => {
-                let limit = (r * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES);
-                vec![class(CLASS_MINOR, 0, r, r, 0, Some((LEAF, limit)))]
-            }
+            Self::Queue { rate_bytes: r } => vec![Class {
+                minor: CLASS_MINOR,
+                parent: 0,
+                rate: r,
+                ceil: r,
+                prio: 0,
+                leaf: Some((LEAF, (r * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES))),
+            }],
             Self::Backlog { rate_bytes: r } => {
                 let limit = r.clamp(BACKLOG_BYTES.0, BACKLOG_BYTES.1);
                 let prompt = (r / PROMPT_SHARE).max(1);
+                let top = Class {
+                    minor: CLASS_MINOR,
+                    parent: 0,
+                    rate: r,
+                    ceil: r,
+                    prio: 0,
+                    leaf: None,
+                };
                 vec![
-                    class(CLASS_MINOR, 0, r, r, 0, None),
-                    class(
-                        PROMPT_MINOR,
-                        CLASS_MINOR,
-                        prompt,
-                        r,
-                        0,
-                        Some((PROMPT_LEAF, limit)),
-                    ),
-                    class(
-                        BULK_MINOR,
-                        CLASS_MINOR,
-                        r.saturating_sub(prompt),
-                        r,
-                        1,
-                        Some((BULK_LEAF, limit)),
-                    ),
+                    top,
+                    Class {
+                        minor: PROMPT_MINOR,
+                        parent: CLASS_MINOR,
+                        rate: prompt,
+                        leaf: Some((PROMPT_LEAF, limit)),
+                        ..top
+                    },
+                    Class {
+                        minor: BULK_MINOR,
+                        parent: CLASS_MINOR,
+                        rate: r.saturating_sub(prompt),
+                        prio: 1,
+                        leaf: Some((BULK_LEAF, limit)),
+                        ..top
+                    },
                 ]
             }
         }
@@ -159,6 +162,7 @@ impl Discipline {
 }
 
 /// One HTB class of a [`Discipline`].
+#[derive(Clone, Copy)]
 struct Class {
     minor: u16,
     /// The parent class's minor; 0: the root qdisc.
