@@ -37,6 +37,8 @@ const AF_INET6: u32 = 10;
 /// The third word of a v4-mapped IPv6 address, `0000:ffff` in network byte order.
 const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 const SOL_TCP: i32 = 6;
+/// `bpf_setsockopt` only: the initial congestion window, before any data is sent.
+const TCP_BPF_IW: i32 = 1001;
 /// `bpf_setsockopt` only: the congestion window's upper bound (also its slow-start threshold).
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 /// The rate that means "not paced" (`~0U` in the kernel).
@@ -180,6 +182,14 @@ fn established(ctx: &SockOpsContext) {
         }
     }
     set_pacing(ctx, rate);
+    // TCP paces nothing of a connection's first ten segments: the initial window goes out
+    // at once and waits in the backlog. Cut to what the share sends per window, it stays
+    // there: 256 connections under 10 Mbit/s put 0.7 MB there, not 3.4 MB.
+    let window = window_clamp(ctx, rate);
+    // SAFETY: ctx.ops is the program's context.
+    if window < u64::from(unsafe { read_volatile(&raw const (*ctx.ops).snd_cwnd) }) {
+        set_tcp(ctx, TCP_BPF_IW, window);
+    }
 }
 
 /// A data packet of `bytes` is leaving: renews the socket's lease (taking one if it had
@@ -258,17 +268,16 @@ fn window_clamp(ctx: &SockOpsContext, rate: u64) -> u64 {
 /// Sets the socket's congestion window clamp (`i32::MAX`: none); true if the kernel took it.
 #[inline(always)]
 fn set_clamp(ctx: &SockOpsContext, segments: u64) -> bool {
-    let mut value = i32::try_from(segments).unwrap_or(i32::MAX);
+    set_tcp(ctx, TCP_BPF_SNDCWND_CLAMP, segments)
+}
+
+/// Sets a `SOL_TCP` option the kernel takes as an int (`value` saturates at `i32::MAX`);
+/// true if it took it.
+#[inline(always)]
+fn set_tcp(ctx: &SockOpsContext, option: i32, value: u64) -> bool {
+    let mut value = i32::try_from(value).unwrap_or(i32::MAX);
     // SAFETY: optval points to a 4-byte stack value, optlen is that size.
-    unsafe {
-        bpf_setsockopt(
-            ctx.ops.cast(),
-            SOL_TCP,
-            TCP_BPF_SNDCWND_CLAMP,
-            (&raw mut value).cast(),
-            4,
-        ) == 0
-    }
+    unsafe { bpf_setsockopt(ctx.ops.cast(), SOL_TCP, option, (&raw mut value).cast(), 4) == 0 }
 }
 
 /// The socket has nothing more to send: hands its share back; `gone`: forgets it. Returns
