@@ -66,6 +66,11 @@ static PACED_SOCKETS: LruHashMap<u64, Lease> = LruHashMap::pinned(65536, 0);
 #[map(name = "PACED_FLOWS")]
 pub static PACED_FLOWS: LruHashMap<[u32; 3], u8> = LruHashMap::pinned(65536, 0);
 
+/// IPv6 flows, as `PACED_FLOWS`: the source address's four words, the destination's, then
+/// the ports.
+#[map(name = "PACED_FLOWS6")]
+pub static PACED_FLOWS6: LruHashMap<[u32; 9], u8> = LruHashMap::pinned(65536, 0);
+
 /// `struct bpf_sock_ops` callbacks on the cgroup v2 root.
 #[sock_ops]
 pub fn sock_pace(ctx: SockOpsContext) -> u32 {
@@ -163,10 +168,16 @@ fn established(ctx: &SockOpsContext) {
     if priority(ctx) == Some(0) {
         set_priority(ctx, BULK_PRIORITY);
     }
-    if want.keys[1] != NO_KEY
-        && let Some(flow) = flow(ctx)
-    {
-        let _ = PACED_FLOWS.insert(&flow, &1, 0);
+    if want.keys[1] != NO_KEY {
+        match flow(ctx) {
+            Some(Flow::V4(f)) => {
+                let _ = PACED_FLOWS.insert(&f, &1, 0);
+            }
+            Some(Flow::V6(f)) => {
+                let _ = PACED_FLOWS6.insert(&f, &1, 0);
+            }
+            None => {}
+        }
     }
     if PACED_SOCKETS.get_ptr(&cookie).is_none()
         && PACED_SOCKETS.insert(&cookie, &Lease::NONE, 0).is_err()
@@ -298,8 +309,14 @@ fn closed(ctx: &SockOpsContext, gone: bool) -> bool {
     }
     if gone {
         let _ = PACED_SOCKETS.remove(&cookie);
-        if let Some(flow) = flow(ctx) {
-            let _ = PACED_FLOWS.remove(&flow);
+        match flow(ctx) {
+            Some(Flow::V4(f)) => {
+                let _ = PACED_FLOWS.remove(&f);
+            }
+            Some(Flow::V6(f)) => {
+                let _ = PACED_FLOWS6.remove(&f);
+            }
+            None => {}
         }
     }
     clamped
@@ -322,12 +339,16 @@ fn unpace(ctx: &SockOpsContext, cookie: u64) {
     let _ = ctx.set_cb_flags((ctx.cb_flags() & !(FLAGS | BPF_SOCK_OPS_RTT_CB_FLAG)) as i32);
 }
 
-/// The socket's IPv4 flow as its packets carry it (see [`PACED_FLOWS`]), if it is one.
+/// A socket's flow as its packets carry it: the key of [`PACED_FLOWS`] or [`PACED_FLOWS6`].
+enum Flow {
+    V4([u32; 3]),
+    V6([u32; 9]),
+}
+
+/// The socket's flow as its packets carry it.
 #[inline(always)]
-fn flow(ctx: &SockOpsContext) -> Option<[u32; 3]> {
-    let (Addr::V4(local), Addr::V4(remote)) = addresses(ctx)? else {
-        return None;
-    };
+fn flow(ctx: &SockOpsContext) -> Option<Flow> {
+    let (local, remote) = addresses(ctx)?;
     // SAFETY: ctx.ops is the program's context. `local_port` is in host byte order,
     // `remote_port` holds the network-order port in its upper 16 bits.
     let (local_port, remote_port) = unsafe {
@@ -337,7 +358,13 @@ fn flow(ctx: &SockOpsContext) -> Option<[u32; 3]> {
         )
     };
     let ports = u32::from((local_port as u16).to_be()) | (remote_port >> 16) << 16;
-    Some([local, remote, ports])
+    match (local, remote) {
+        (Addr::V4(l), Addr::V4(r)) => Some(Flow::V4([l, r, ports])),
+        (Addr::V6(l), Addr::V6(r)) => Some(Flow::V6([
+            l[0], l[1], l[2], l[3], r[0], r[1], r[2], r[3], ports,
+        ])),
+        _ => None,
+    }
 }
 
 /// A socket's address, in network byte order.

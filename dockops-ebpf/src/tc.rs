@@ -146,45 +146,53 @@ fn classify(ctx: &TcContext, bytes: u64) {
     }
 }
 
-/// Whether the packet is a TCP SYN or SYN-ACK, over IPv4 or IPv6 (without extension
-/// headers).
+/// Whether the packet is a TCP SYN or SYN-ACK.
 #[inline(always)]
 fn syn(ctx: &TcContext) -> bool {
-    use ecn::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP};
     const TCP_FLAGS: usize = 13;
     const SYN: u8 = 0x02;
-    let flags = || -> Option<u8> {
-        let tcp = match u16::from_be(ctx.load::<u16>(12).ok()?) {
-            ETH_P_IP if ctx.load::<u8>(23).ok()? == IPPROTO_TCP => {
-                14 + usize::from(ctx.load::<u8>(14).ok()? & 0x0f) * 4
-            }
-            ETH_P_IPV6 if ctx.load::<u8>(20).ok()? == IPPROTO_TCP => 14 + 40,
-            _ => return None,
-        };
-        ctx.load(tcp + TCP_FLAGS).ok()
-    };
-    flags().is_some_and(|f| f & SYN != 0)
+    tcp_header(ctx)
+        .and_then(|(tcp, _)| ctx.load::<u8>(tcp + TCP_FLAGS).ok())
+        .is_some_and(|f| f & SYN != 0)
 }
 
-/// Whether an IPv4 TCP packet belongs to a flow `sock_ops` paces into a capped container.
+/// Whether a TCP packet belongs to a flow `sock_ops` paces into a capped container.
 #[inline(always)]
 fn paced_flow(ctx: &TcContext) -> bool {
-    use ecn::{ETH_P_IP, IPPROTO_TCP};
-    let flow = || -> Option<[u32; 3]> {
-        if u16::from_be(ctx.load::<u16>(12).ok()?) != ETH_P_IP
-            || ctx.load::<u8>(23).ok()? != IPPROTO_TCP
-        {
-            return None;
-        }
-        let ihl = usize::from(ctx.load::<u8>(14).ok()? & 0x0f) * 4;
-        Some([
-            ctx.load(26).ok()?,
-            ctx.load(30).ok()?,
-            ctx.load(14 + ihl).ok()?,
-        ])
+    const SOURCE6: usize = 14 + 8;
+    let Some((tcp, v6)) = tcp_header(ctx) else {
+        return false;
     };
-    // SAFETY: a plain lookup, read at once.
-    flow().is_some_and(|f| unsafe { crate::sock::PACED_FLOWS.get(&f) }.is_some())
+    let word = |offset: usize| ctx.load::<u32>(offset).ok();
+    // SAFETY (both lookups): plain lookups, read at once.
+    if v6 {
+        let flow = || -> Option<[u32; 9]> {
+            let mut key = [0; 9];
+            for (i, k) in key.iter_mut().take(8).enumerate() {
+                *k = word(SOURCE6 + 4 * i)?;
+            }
+            key[8] = word(tcp)?;
+            Some(key)
+        };
+        flow().is_some_and(|f| unsafe { crate::sock::PACED_FLOWS6.get(&f) }.is_some())
+    } else {
+        let flow = || Some([word(26)?, word(30)?, word(tcp)?]);
+        flow().is_some_and(|f| unsafe { crate::sock::PACED_FLOWS.get(&f) }.is_some())
+    }
+}
+
+/// Where a TCP packet's header starts, and whether it is IPv6 (without extension headers);
+/// `None` for anything but TCP over IPv4 or IPv6.
+#[inline(always)]
+fn tcp_header(ctx: &TcContext) -> Option<(usize, bool)> {
+    use ecn::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP};
+    match u16::from_be(ctx.load::<u16>(12).ok()?) {
+        ETH_P_IP if ctx.load::<u8>(23).ok()? == IPPROTO_TCP => {
+            Some((14 + usize::from(ctx.load::<u8>(14).ok()? & 0x0f) * 4, false))
+        }
+        ETH_P_IPV6 if ctx.load::<u8>(20).ok()? == IPPROTO_TCP => Some((14 + 40, true)),
+        _ => None,
+    }
 }
 
 /// This CPU's counters of an interface. Per-CPU values need no atomics: a tc program runs to
