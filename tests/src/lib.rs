@@ -94,6 +94,31 @@ pub struct Container {
     pub id: String,
 }
 
+/// A Docker network with IPv6, removed on drop (after the containers on it: declare it
+/// first).
+pub struct Ipv6Network(pub &'static str);
+
+impl Ipv6Network {
+    /// Creates it (replacing a leftover of an aborted run) with the IPv6 `subnet`.
+    pub fn create(name: &'static str, subnet: &str) -> Self {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", env("DOCKER_HOST"))
+            .args(["network", "rm", name])
+            .output();
+        docker(&["network", "create", "--ipv6", "--subnet", subnet, name]);
+        Self(name)
+    }
+}
+
+impl Drop for Ipv6Network {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .env("DOCKER_HOST", env("DOCKER_HOST"))
+            .args(["network", "rm", self.0])
+            .output();
+    }
+}
+
 impl Container {
     /// Starts `sh -c script` in the busybox test image, named `dockops-it-<name>`.
     pub fn start(name: &str, script: &str) -> Self {
@@ -120,6 +145,16 @@ impl Container {
 
     pub fn ip(&self) -> String {
         docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &self.id])
+    }
+
+    /// Its global IPv6 address (on an [`Ipv6Network`]).
+    pub fn ipv6(&self) -> String {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
+            &self.id,
+        ])
     }
 
     pub fn exec(&self, script: &str) -> String {

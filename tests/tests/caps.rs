@@ -4,7 +4,8 @@
 use std::{process::Command, thread, time::Duration};
 
 use dockops_integration::{
-    Container, Pair, counter, docker, dockops, dockops_ok, field, fq_works, stats_json, tc, tc_in,
+    Container, Ipv6Network, Pair, counter, docker, dockops, dockops_ok, field, fq_works,
+    stats_json, tc, tc_in,
 };
 use serde_json::Value;
 
@@ -273,42 +274,15 @@ fn labels_cap_their_container_and_limit_overrides_them() {
     assert_eq!(egress(), 20_000_000);
 }
 
-/// A Docker network with IPv6, removed on drop (after the containers on it).
-struct Ipv6Network(&'static str);
-
-impl Drop for Ipv6Network {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["network", "rm", self.0])
-            .output();
-    }
-}
-
 #[test]
 fn ipv6_senders_are_paced_too() {
-    let net = Ipv6Network("dockops-it-v6");
-    let _ = Command::new("docker")
-        .args(["network", "rm", net.0])
-        .output();
-    docker(&[
-        "network",
-        "create",
-        "--ipv6",
-        "--subnet",
-        "fd00:d0c5::/64",
-        net.0,
-    ]);
+    let net = Ipv6Network::create("dockops-it-v6", "fd00:d0c5::/64");
     let options = ["--network", net.0];
     let pair = Pair {
         server: Container::start_with("v6-srv", &options, "iperf3 -s"),
         client: Container::start_with("v6-cli", &options, "sleep 600"),
     };
-    let server6 = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}",
-        &pair.server.id,
-    ]);
+    let server6 = pair.server.ipv6();
     assert!(server6.starts_with("fd00:d0c5::"), "{server6:?}");
     dockops_ok(&[
         "limit",

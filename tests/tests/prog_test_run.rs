@@ -177,6 +177,28 @@ fn tcp_frame(ecn: u8, payload: usize) -> Vec<u8> {
     f
 }
 
+/// `tcp_frame` over IPv6 (`[fd00::1]:1000` → `[fd00::2]:2000`).
+fn tcp6_frame(ecn: u8, payload: usize) -> Vec<u8> {
+    let mut f = vec![0_u8; 14 + 40 + 20 + payload];
+    f[12..14].copy_from_slice(&0x86dd_u16.to_be_bytes());
+    let ip = &mut f[14..54];
+    ip[0] = 0x60;
+    ip[1] = ecn << 4;
+    ip[4..6].copy_from_slice(&u16::try_from(20 + payload).unwrap().to_be_bytes());
+    ip[6] = 6;
+    ip[7] = 64;
+    ip[8..10].copy_from_slice(&[0xfd, 0x00]);
+    ip[23] = 1;
+    ip[24..26].copy_from_slice(&[0xfd, 0x00]);
+    ip[39] = 2;
+    let tcp = &mut f[54..74];
+    tcp[0..2].copy_from_slice(&1000_u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&2000_u16.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x18; // PSH, ACK
+    f
+}
+
 /// The ones' complement sum of an IPv4 header (0xffff when its checksum is right).
 fn ip_sum(header: &[u8]) -> u16 {
     let mut sum: u32 = header
@@ -319,6 +341,8 @@ fn a_paced_flow_into_an_empty_bucket_passes_on_credit_into_the_backlog() {
         aya::maps::HashMap::try_from(ebpf.take_map(names::TC_CAPS).unwrap()).unwrap();
     let mut flows: aya::maps::HashMap<_, [u32; 3], u8> =
         aya::maps::HashMap::try_from(ebpf.take_map("PACED_FLOWS").unwrap()).unwrap();
+    let mut v6_flows: aya::maps::HashMap<_, [u32; 9], u8> =
+        aya::maps::HashMap::try_from(ebpf.take_map("PACED_FLOWS6").unwrap()).unwrap();
     let prog = |name| -> &SchedClassifier { ebpf.program(name).unwrap().try_into().unwrap() };
     let (into, out_of) = (prog(names::TC_EGRESS_ACCT), prog(names::TC_INGRESS_ACCT));
     // tcp_frame's flow as its packets carry it: 10.0.0.1:1000 → 10.0.0.2:2000.
@@ -347,6 +371,27 @@ fn a_paced_flow_into_an_empty_bucket_passes_on_credit_into_the_backlog() {
     caps.insert(tc_cap_key(LO, true), bucket(-10_004), 0)
         .unwrap();
     assert_eq!(run_frame(into, &packet).0, TC_ACT_SHOT);
+
+    // The same over IPv6, from PACED_FLOWS6: addresses word by word, then the ports.
+    let word = |b: [u8; 4]| u32::from_ne_bytes(b);
+    let v6_flow = [
+        word([0xfd, 0, 0, 0]),
+        0,
+        0,
+        word([0, 0, 0, 1]),
+        word([0xfd, 0, 0, 0]),
+        0,
+        0,
+        word([0, 0, 0, 2]),
+        word([0x03, 0xe8, 0x07, 0xd0]),
+    ];
+    let v6_packet = tcp6_frame(ECT0, 1000);
+    caps.insert(tc_cap_key(LO, true), bucket(0), 0).unwrap();
+    assert_eq!(run_frame(into, &v6_packet).0, TC_ACT_SHOT);
+    v6_flows.insert(v6_flow, 1, 0).unwrap();
+    assert_eq!(run_frame(into, &v6_packet).0, TC_ACT_UNSPEC);
+    assert!(caps.get(&tc_cap_key(LO, true), 0).unwrap().tokens < 0);
+    assert_eq!(run_frame(out_of, &v6_packet).0, TC_ACT_SHOT);
 }
 
 #[test]
