@@ -15,21 +15,7 @@ const SMALL_KIB: u64 = 4;
 
 #[test]
 fn egress_cap_holds_for_many_short_http_connections_and_few() {
-    let web = Container::start(
-        "http-web",
-        &format!(
-            "mkdir -p /www && head -c {} /dev/zero > /www/object && head -c {} /dev/zero > \
-             /www/small && exec nginx",
-            OBJECT_KIB << 10,
-            SMALL_KIB << 10
-        ),
-    );
-    let url = format!("http://{}:80/object", web.ip());
-    wait_for(Duration::from_secs(10), "nginx", || {
-        http_get(&url, None).is_some_and(|body| body.len() as u64 == OBJECT_KIB << 10)
-    });
-    dockops_ok(&["limit", &web.name, "--egress", "40mbit"]);
-    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
+    let (web, url, pid) = capped_nginx("http-web", "40mbit");
     assert!(
         backlog(&pid),
         "no egress backlog (htb d0ca:) in the container: {}",
@@ -81,19 +67,7 @@ fn egress_cap_holds_for_many_short_http_connections_and_few() {
 #[test]
 fn new_connections_start_with_the_window_their_share_sends() {
     const CONNECTIONS: u64 = 64;
-    let web = Container::start(
-        "http-window",
-        &format!(
-            "mkdir -p /www && head -c {} /dev/zero > /www/object && exec nginx",
-            OBJECT_KIB << 10
-        ),
-    );
-    let url = format!("http://{}:80/object", web.ip());
-    wait_for(Duration::from_secs(10), "nginx", || {
-        http_get(&url, None).is_some_and(|body| body.len() as u64 == OBJECT_KIB << 10)
-    });
-    dockops_ok(&["limit", &web.name, "--egress", "10mbit"]);
-    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
+    let (web, url, pid) = capped_nginx("http-window", "10mbit");
     let deepest = thread::scope(|scope| {
         let load = scope.spawn(|| {
             Command::new("wrk")
@@ -127,6 +101,27 @@ fn bulk_backlog(pid: &str) -> u64 {
         .find(|q| q["handle"] == "d0cb:")
         .and_then(|q| q["backlog"].as_u64())
         .unwrap_or(0)
+}
+
+/// nginx in a container serving `/object` and `/small`, capped at `egress`: the container,
+/// the object's URL and the container's pid.
+fn capped_nginx(name: &str, egress: &str) -> (Container, String, String) {
+    let web = Container::start(
+        name,
+        &format!(
+            "mkdir -p /www && head -c {} /dev/zero > /www/object && head -c {} /dev/zero > \
+             /www/small && exec nginx",
+            OBJECT_KIB << 10,
+            SMALL_KIB << 10
+        ),
+    );
+    let url = format!("http://{}:80/object", web.ip());
+    wait_for(Duration::from_secs(10), "nginx", || {
+        http_get(&url, None).is_some_and(|body| body.len() as u64 == OBJECT_KIB << 10)
+    });
+    dockops_ok(&["limit", &web.name, "--egress", egress]);
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
+    (web, url, pid)
 }
 
 /// The root qdiscs in the container's namespace.
