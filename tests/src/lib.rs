@@ -101,21 +101,22 @@ pub struct Ipv6Network(pub &'static str);
 impl Ipv6Network {
     /// Creates it (replacing a leftover of an aborted run) with the IPv6 `subnet`.
     pub fn create(name: &'static str, subnet: &str) -> Self {
+        Self::remove(name);
+        docker(&["network", "create", "--ipv6", "--subnet", subnet, name]);
+        Self(name)
+    }
+
+    fn remove(name: &str) {
         let _ = Command::new("docker")
             .env("DOCKER_HOST", env("DOCKER_HOST"))
             .args(["network", "rm", name])
             .output();
-        docker(&["network", "create", "--ipv6", "--subnet", subnet, name]);
-        Self(name)
     }
 }
 
 impl Drop for Ipv6Network {
     fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .env("DOCKER_HOST", env("DOCKER_HOST"))
-            .args(["network", "rm", self.0])
-            .output();
+        Self::remove(self.0);
     }
 }
 

@@ -169,12 +169,16 @@ fn tcp_frame(ecn: u8, payload: usize) -> Vec<u8> {
     ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
     let sum = !ip_sum(ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    let tcp = &mut f[34..54];
+    tcp_header(&mut f[34..54]);
+    f
+}
+
+/// A TCP header from port 1000 to 2000 with PSH and ACK set.
+fn tcp_header(tcp: &mut [u8]) {
     tcp[0..2].copy_from_slice(&1000_u16.to_be_bytes());
     tcp[2..4].copy_from_slice(&2000_u16.to_be_bytes());
     tcp[12] = 5 << 4;
     tcp[13] = 0x18; // PSH, ACK
-    f
 }
 
 /// `tcp_frame` over IPv6 (`[fd00::1]:1000` → `[fd00::2]:2000`).
@@ -191,11 +195,7 @@ fn tcp6_frame(ecn: u8, payload: usize) -> Vec<u8> {
     ip[23] = 1;
     ip[24..26].copy_from_slice(&[0xfd, 0x00]);
     ip[39] = 2;
-    let tcp = &mut f[54..74];
-    tcp[0..2].copy_from_slice(&1000_u16.to_be_bytes());
-    tcp[2..4].copy_from_slice(&2000_u16.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x18; // PSH, ACK
+    tcp_header(&mut f[54..74]);
     f
 }
 
