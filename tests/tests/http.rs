@@ -2,7 +2,7 @@
 //! connection per request, as web servers, APIs and registries do. Retransmissions are the
 //! sender's (the container's `Tcp:` counters).
 
-use std::{fs, net::TcpStream, process::Command, thread, time::Duration};
+use std::{fs, process::Command, thread, time::Duration};
 
 use dockops_integration::{
     Container, Ipv6Network, docker, dockops_ok, field, http_get, stats_json, tc, tc_in, wait_for,
@@ -89,47 +89,6 @@ fn new_connections_start_with_the_window_their_share_sends() {
         deepest > 0 && deepest < CONNECTIONS * 5 * 1514,
         "the bulk class held up to {deepest} bytes for {CONNECTIONS} connections"
     );
-    dockops_ok(&["unlimit", &web.name]);
-}
-
-/// A listener's SYN-ACKs carry no priority of dockops' (it marks established connections'
-/// sockets), so the backlog's filters send handshakes to the bulk class, over IPv4 and IPv6:
-/// they wait with the data, and the sender's first round-trip sample includes the wait its
-/// first flight will have. Before, they went to the prompt class (100 packets of each 100
-/// connections here). By hand, 256 connections for 4 KiB at 10 Mbit/s, 4 s, five runs each:
-/// goodput/cap 0.89 → 0.92 on average, segments retransmitted 0.99 % → 0.77 %.
-#[test]
-fn handshakes_wait_with_the_data() {
-    const CONNECTIONS: u64 = 100;
-    let net = Ipv6Network::create("dockops-it-http-syn6", "fd00:d0c8::/64");
-    let web = Container::start_with("http-syn", &["--network", net.0], "exec nginx");
-    let v4 = docker(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &web.id,
-    ]);
-    let addresses = [format!("{v4}:80"), format!("[{}]:80", web.ipv6())];
-    wait_for(Duration::from_secs(10), "nginx", || {
-        addresses.iter().all(|a| TcpStream::connect(a).is_ok())
-    });
-    dockops_ok(&["limit", &web.name, "--egress", "10mbit"]);
-    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
-    let classes = || class_packets(&tc_in(&pid, &["-s", "class", "show", "dev", "eth0"]));
-    for address in &addresses {
-        let (bulk, prompt) = classes();
-        for _ in 0..CONNECTIONS {
-            drop(TcpStream::connect(address).expect("connect"));
-        }
-        thread::sleep(Duration::from_millis(500));
-        let after = classes();
-        let (bulk, prompt) = (after.0 - bulk, after.1 - prompt);
-        eprintln!("{CONNECTIONS} handshakes with {address}: bulk {bulk} packets, prompt {prompt}");
-        assert!(
-            bulk >= CONNECTIONS && prompt < CONNECTIONS / 4,
-            "{address}: bulk class sent {bulk} packets, prompt class {prompt}"
-        );
-    }
     dockops_ok(&["unlimit", &web.name]);
 }
 
@@ -304,23 +263,13 @@ fn parse_ping(text: &str) -> Ping {
 /// Bytes the backlog's bulk (`d0ca:2`) and prompt (`d0ca:6`) classes sent, from `tc -s
 /// class show`.
 fn class_bytes(text: &str) -> (u64, u64) {
-    class_sent(text, 1)
-}
-
-/// Packets the bulk and prompt classes sent.
-fn class_packets(text: &str) -> (u64, u64) {
-    class_sent(text, 3)
-}
-
-/// Field `at` of each class's "Sent 123 bytes 4 pkt" line.
-fn class_sent(text: &str, at: usize) -> (u64, u64) {
     let sent = |class: &str| -> u64 {
         let mut lines = text
             .lines()
             .skip_while(|l| !l.starts_with(&format!("class htb {class} ")));
         lines
             .nth(1)
-            .and_then(|l| l.split_whitespace().nth(at)?.parse().ok())
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or_else(|| panic!("no class {class}: {text}"))
     };
     (sent("d0ca:2"), sent("d0ca:6"))
@@ -406,7 +355,6 @@ fn ping_and_class_summaries_parse() {
                    class htb d0ca:6 parent d0ca:1 leaf d0cc: prio 0 rate 653120bit\n \
                    Sent 53876 bytes 686 pkt (dropped 0, overlimits 0 requeues 0)\n";
     assert_eq!(class_bytes(classes), (38_990_844, 53_876));
-    assert_eq!(class_packets(classes), (30_940, 686));
 }
 
 #[test]

@@ -19,15 +19,12 @@ use std::{io, num::NonZeroI32};
 use dockops_common::BULK_PRIORITY;
 use rtnetlink::{
     packet_core::{
-        DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+        DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
         NetlinkMessage, NetlinkPayload,
     },
     packet_route::{
         RouteNetlinkMessage,
-        tc::{
-            TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcOption, TcU32Key, TcU32Selector,
-            TcU32SelectorFlags,
-        },
+        tc::{TcAttribute, TcHandle, TcMessage, TcOption},
     },
     sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE},
 };
@@ -68,41 +65,6 @@ const MIN_QUEUE_BYTES: u64 = 128 << 10;
 /// connections starting together put in it at once (TCP's small-queue limit keeps each
 /// socket to a couple of packets there), so that it never drops what pacing let through.
 const BACKLOG_BYTES: (u64, u64) = (4 << 20, 64 << 20);
-/// A u32 filter on the backlog's root that sends TCP handshakes (SYN, SYN-ACK) to the bulk
-/// class, whatever the sending socket's priority (a listener's is not a paced socket's). A
-/// connection's handshake then waits with the data, so the sender's first round-trip sample,
-/// on which TCP times its loss probes and timeouts, includes the wait its first flight will
-/// have.
-struct HandshakeFilter {
-    /// The filter's priority (one per protocol).
-    prio: u16,
-    /// `ETH_P_IP`, `ETH_P_IPV6`.
-    protocol: u16,
-    /// Offset from the network header, mask and value of a big-endian word.
-    keys: &'static [(i32, u32, u32)],
-}
-
-const HANDSHAKE_FILTERS: [HandshakeFilter; 2] = [
-    // IPv4 without options (header length 5 words), protocol TCP, the SYN flag.
-    HandshakeFilter {
-        prio: 1,
-        protocol: 0x0800,
-        keys: &[
-            (0, 0x0f00_0000, 0x0500_0000),
-            (8, 0x00ff_0000, 0x0006_0000),
-            (32, 0x0002_0000, 0x0002_0000),
-        ],
-    },
-    // IPv6 with TCP as the next header, the SYN flag.
-    HandshakeFilter {
-        prio: 2,
-        protocol: 0x86dd,
-        keys: &[
-            (4, 0x0000_ff00, 0x0000_0600),
-            (52, 0x0002_0000, 0x0002_0000),
-        ],
-    },
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -285,73 +247,6 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
         request(
             RouteNetlinkMessage::NewQueueDiscipline(leaf),
             NLM_F_CREATE | NLM_F_REPLACE,
-        )?;
-    }
-    // A refinement of the backlog: without the filters (no cls_u32) handshakes overtake the
-    // data, as in earlier builds.
-    if matches!(discipline, Discipline::Backlog { .. })
-        && let Err(error) = handshake_filters(ifindex)
-    {
-        tracing::warn!(
-            ifindex,
-            "backlog without its handshake filters (u32): {error}; TCP handshakes will \
-             overtake the queued data"
-        );
-    }
-    Ok(())
-}
-
-/// Adds the [`HANDSHAKE_FILTERS`] the backlog on `ifindex` lacks (a backlog of an earlier
-/// build has none).
-fn handshake_filters(ifindex: u32) -> io::Result<()> {
-    let root = TcHandle {
-        major: BACKLOG,
-        minor: 0,
-    };
-    let present: Vec<u32> = request(
-        RouteNetlinkMessage::GetTrafficFilter(tc_message(ifindex, root, TcHandle::UNSPEC)),
-        NLM_F_DUMP,
-    )?
-    .into_iter()
-    .filter_map(|m| match m {
-        RouteNetlinkMessage::NewTrafficFilter(f) => Some(f.header.info >> 16),
-        _ => None,
-    })
-    .collect();
-    for HandshakeFilter {
-        prio,
-        protocol,
-        keys,
-    } in HANDSHAKE_FILTERS
-    {
-        if present.contains(&u32::from(prio)) {
-            continue;
-        }
-        let mut msg = tc_message(ifindex, root, TcHandle::UNSPEC);
-        // tcm_info: the filter's priority, and the protocol in network order.
-        msg.header.info = u32::from(prio) << 16 | u32::from(protocol.to_be());
-        let mut selector = TcU32Selector::default();
-        selector.flags = TcU32SelectorFlags::Terminal;
-        selector.nkeys = u8::try_from(keys.len()).unwrap_or(u8::MAX);
-        selector.keys = keys
-            .iter()
-            .map(|&(off, mask, val)| {
-                let mut key = TcU32Key::default();
-                (key.off, key.mask, key.val) = (off, mask, val);
-                key
-            })
-            .collect();
-        msg.attributes.push(TcAttribute::Kind("u32".into()));
-        msg.attributes.push(TcAttribute::Options(vec![
-            TcOption::U32(TcFilterU32Option::ClassId(TcHandle {
-                major: BACKLOG,
-                minor: BULK_MINOR,
-            })),
-            TcOption::U32(TcFilterU32Option::Selector(selector)),
-        ]));
-        request(
-            RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
         )?;
     }
     Ok(())

@@ -45,8 +45,6 @@ const SUITE: &[(&str, &[&str])] = &[
         ],
     ),
     ("traffic", &["download_is_counted_in_the_right_direction"]),
-    // The backlog's u32 filters: cls_u32 is a module there.
-    ("http", &["handshakes_wait_with_the_data"]),
     (
         "caps",
         &[
