@@ -133,6 +133,21 @@ pub const fn window_key_group(group: u32) -> u64 {
 /// overtakes the bulk. Its low bits, 2, are `TC_PRIO_BULK` for any other qdisc that looks.
 pub const BULK_PRIORITY: u32 = 0xd0ca_0002;
 
+/// `skb->priority` of a SYN-ACK into a capped container when new connections arrive faster
+/// than the cap carries their first flights: the admission class (`d0ca:3`) of its ingress
+/// backlog, which lets SYN-ACKs through at that pace (`tc/admit.rs` in the eBPF crate).
+pub const ADMIT_PRIORITY: u32 = 0xd0ca_0003;
+
+/// The largest first flight the admission of new connections into a capped container
+/// counts, in wire bytes: the smallest initial window `sock_ops` gives a paced sender (2
+/// segments), as full frames. The admission class's rate assumes it; the credit uses less
+/// when connections carry less (what the last second delivered per SYN-ACK).
+pub const FIRST_FLIGHT_BYTES: u64 = 2 * 1514;
+
+/// Wire bytes of a SYN-ACK over IPv4 with the options Linux sends (MSS, SACK, timestamps,
+/// window scale): what the admission class's rate is counted in.
+pub const SYN_ACK_BYTES: u64 = 74;
+
 /// Flows each capped hook remembers as marked with ECN: its own slots of `ECN_FLOWS`, so one
 /// container's flows never push out another's.
 pub const ECN_WAYS: u32 = 32;
@@ -255,9 +270,22 @@ pub struct TcCap {
     /// Nonzero on a member of a group cap: the bucket is the group's, at this key
     /// ([`group_cap_key`]), and this entry's own rate and tokens are unused.
     pub group_key: u64,
+    /// Credit of first-flight bytes for new connections into the container (ingress, token
+    /// bucket): refilled at `rate_bytes`, at most 10 ms of it; each SYN-ACK takes
+    /// `flight_bytes`. Without enough, SYN-ACKs wait in the admission class.
+    pub admit_tokens: i64,
+    /// When `admit_tokens` was last refilled.
+    pub admit_ns: u64,
+    /// What a SYN-ACK takes: bytes delivered per SYN-ACK in the last window, at most
+    /// [`FIRST_FLIGHT_BYTES`] (0: that, no window yet).
+    pub flight_bytes: u64,
+    /// The current window (a second from `window_ns`): bytes the bucket passed, SYN-ACKs.
+    pub window_ns: u64,
+    pub window_bytes: u64,
+    pub window_syn_acks: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<TcCap>() == 56);
+const _: () = assert!(core::mem::size_of::<TcCap>() == 104);
 
 /// Room for this many capped hooks.
 pub const MAX_TC_CAPS: u32 = 16384;

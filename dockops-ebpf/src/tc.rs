@@ -18,6 +18,7 @@ use aya_ebpf::{
 };
 use dockops_common::{MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
 
+mod admit;
 mod ecn;
 mod edt;
 
@@ -44,6 +45,12 @@ struct CapBucket {
     last_ns: u64,
     horizon_ns: u64,
     group_key: u64,
+    admit_tokens: i64,
+    admit_ns: u64,
+    flight_bytes: u64,
+    window_ns: u64,
+    window_bytes: u64,
+    window_syn_acks: u64,
 }
 
 const _: () = assert!(size_of::<CapBucket>() == size_of::<dockops_common::TcCap>());
@@ -78,7 +85,7 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
     let (level, key) = match take(key, bytes) {
         Some(taken) => {
             if into {
-                classify(ctx, bytes);
+                classify(ctx, bytes, taken.1);
             }
             taken
         }
@@ -132,28 +139,34 @@ fn account(ctx: &TcContext, into: bool) -> i32 {
 /// senders go into the ingress backlog: 256 connections opening at once put 3.7 MB there.
 const PACED_DEBT_SECONDS: u64 = 4;
 
-/// Puts a packet into the container in the bulk class of the backlog behind, or leaves it
-/// in the prompt one. A sender's socket priority does not reach this far (crossing a veth
-/// clears it), so the packet decides: data and handshakes in bulk, the rest (pings,
-/// acknowledgements) prompt. Handshakes wait with the data so that the senders' first round
-/// trip, on which they time their retransmissions, measures the wait their data will have.
+/// Puts a packet into the container (hard cap `key`) in a class of the backlog behind. A
+/// sender's socket priority does not reach this far (crossing a veth clears it), so the
+/// packet decides: data and handshakes in bulk, the rest (pings, acknowledgements) stays
+/// prompt. Handshakes wait with the data so that the senders' first round trip, on which
+/// they time their retransmissions, measures the wait their data will have; a SYN-ACK that
+/// finds no credit for its connection's first flight waits in the admission class instead
+/// (`tc/admit.rs`).
 #[inline(always)]
-fn classify(ctx: &TcContext, bytes: u64) {
-    if bytes > ecn::SMALL_PACKET || syn(ctx) {
-        // SAFETY: ctx.skb.skb is the kernel's __sk_buff, whose priority tc programs may
-        // write.
-        unsafe { (*ctx.skb.skb).priority = dockops_common::BULK_PRIORITY };
-    }
-}
-
-/// Whether the packet is a TCP SYN or SYN-ACK.
-#[inline(always)]
-fn syn(ctx: &TcContext) -> bool {
+fn classify(ctx: &TcContext, bytes: u64, key: u64) {
     const TCP_FLAGS: usize = 13;
     const SYN: u8 = 0x02;
-    tcp_header(ctx)
-        .and_then(|(tcp, _)| ctx.load::<u8>(tcp + TCP_FLAGS).ok())
-        .is_some_and(|f| f & SYN != 0)
+    const ACK: u8 = 0x10;
+    let priority = if bytes > ecn::SMALL_PACKET {
+        dockops_common::BULK_PRIORITY
+    } else {
+        let flags = tcp_header(ctx)
+            .and_then(|(tcp, _)| ctx.load::<u8>(tcp + TCP_FLAGS).ok())
+            .unwrap_or(0);
+        if flags & (SYN | ACK) == SYN | ACK && !admit::admitted(key) {
+            dockops_common::ADMIT_PRIORITY
+        } else if flags & SYN != 0 {
+            dockops_common::BULK_PRIORITY
+        } else {
+            return;
+        }
+    };
+    // SAFETY: ctx.skb.skb is the kernel's __sk_buff, whose priority tc programs may write.
+    unsafe { (*ctx.skb.skb).priority = priority };
 }
 
 /// Whether a TCP packet belongs to a flow `sock_ops` paces into a capped container.
@@ -281,6 +294,7 @@ fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
     };
     b.tokens = if tokens < want { tokens } else { tokens - want };
     b.last_ns = b.last_ns.max(now);
+    b.window_bytes += bytes;
     unsafe { unlock(&raw mut b.lock) };
     level
 }

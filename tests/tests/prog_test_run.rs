@@ -7,7 +7,9 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
     util::nr_cpus,
 };
-use dockops_common::{BULK_PRIORITY, TcCap, TrafficCounters, names, tc_cap_key};
+use dockops_common::{
+    ADMIT_PRIORITY, BULK_PRIORITY, FIRST_FLIGHT_BYTES, TcCap, TrafficCounters, names, tc_cap_key,
+};
 use dockops_integration::PinDir;
 
 /// `TC_ACT_UNSPEC` (-1) as the test run reports it.
@@ -395,7 +397,7 @@ fn a_paced_flow_into_an_empty_bucket_passes_on_credit_into_the_backlog() {
 }
 
 #[test]
-fn data_and_handshakes_into_a_capped_container_go_to_the_backlogs_bulk_class() {
+fn data_and_handshakes_into_a_capped_container_go_to_the_backlogs_bulk_or_admission_class() {
     let (_pins, mut ebpf) = load("classes");
     let mut caps: aya::maps::HashMap<_, u64, TcCap> =
         aya::maps::HashMap::try_from(ebpf.take_map(names::TC_CAPS).unwrap()).unwrap();
@@ -416,8 +418,39 @@ fn data_and_handshakes_into_a_capped_container_go_to_the_backlogs_bulk_class() {
             .unwrap();
     }
     assert_eq!(priority(into, &data), BULK_PRIORITY, "data");
-    assert_eq!(priority(into, &syn_ack), BULK_PRIORITY, "a SYN-ACK");
     assert_eq!(priority(into, &ack), 0, "an acknowledgement");
     // Out of the container, the socket's own priority (set by sock_ops) decides.
     assert_eq!(priority(out_of, &data), 0);
+
+    // A SYN-ACK takes credit for its connection's first flight (the bucket refills 1 byte
+    // a second: nothing that matters here); without it, it waits in the admission class.
+    let mut admission = |credit: i64, window: (u64, u64, u64)| {
+        let (window_ns, window_bytes, window_syn_acks) = window;
+        let cap = TcCap {
+            admit_tokens: credit,
+            admit_ns: u64::MAX / 2,
+            window_ns,
+            window_bytes,
+            window_syn_acks,
+            ..bucket(10_000)
+        };
+        caps.insert(tc_cap_key(LO, true), cap, 0).unwrap();
+        (priority(into, &syn_ack), priority(into, &syn_ack))
+    };
+    let flight = i64::try_from(FIRST_FLIGHT_BYTES).unwrap();
+    // A window still open (it started in the future): a first flight counts in full.
+    let open = (u64::MAX / 2, 0, 0);
+    assert_eq!(
+        admission(flight, open),
+        (BULK_PRIORITY, ADMIT_PRIORITY),
+        "credit for one first flight admits one SYN-ACK"
+    );
+    assert_eq!(admission(flight - 1, open).0, ADMIT_PRIORITY);
+    // A window past: 10 SYN-ACKs with 5000 bytes delivered (and this SYN-ACK's 54), so a
+    // first flight counts 505.
+    assert_eq!(
+        admission(600, (0, 5000, 10)),
+        (BULK_PRIORITY, ADMIT_PRIORITY),
+        "connections that carried little take little credit"
+    );
 }

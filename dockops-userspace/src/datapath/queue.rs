@@ -16,7 +16,7 @@
 
 use std::{io, num::NonZeroI32};
 
-use dockops_common::BULK_PRIORITY;
+use dockops_common::{ADMIT_PRIORITY, BULK_PRIORITY, FIRST_FLIGHT_BYTES, SYN_ACK_BYTES};
 use rtnetlink::{
     packet_core::{
         DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
@@ -41,9 +41,15 @@ const BACKLOG: u16 = (BULK_PRIORITY >> 16) as u16;
 const BULK_MINOR: u16 = (BULK_PRIORITY & 0xffff) as u16;
 /// Minor of the backlog's prompt class (`TC_PRIO_INTERACTIVE`), its default.
 const PROMPT_MINOR: u16 = 6;
-/// Majors of the FIFOs under the backlog's bulk and prompt classes.
+/// Minor of the backlog's admission class: SYN-ACKs into the container that found no credit
+/// for their connection's first flight (`tc/admit.rs` in the eBPF crate).
+const ADMIT_MINOR: u16 = (ADMIT_PRIORITY & 0xffff) as u16;
+/// Majors of the FIFOs under the backlog's bulk, prompt and admission classes.
 const BULK_LEAF: u16 = 0xd0cb;
 const PROMPT_LEAF: u16 = 0xd0cc;
+const ADMIT_LEAF: u16 = 0xd0cd;
+/// Full-size frames: what a class's burst holds beyond 10 ms at its rate.
+const FRAME: u64 = 1514;
 /// The backlog of earlier builds (one class, one FIFO): still dockops', replaced when set.
 const OLD_BACKLOG: u16 = 0xd0c8;
 /// Minor of the top HTB class: the only one of a queue (and its default), the parent of the
@@ -93,7 +99,10 @@ pub enum Discipline {
     /// fq, releasing packets at the times the tc program stamped.
     Fq,
     /// HTB at `rate_bytes` per second, behind the bucket, in two classes over deep byte
-    /// FIFOs: bulk for what paced sockets send ([`BULK_PRIORITY`]), prompt for the rest.
+    /// FIFOs: bulk for what paced sockets send ([`BULK_PRIORITY`]), prompt for the rest; and
+    /// an admission class for SYN-ACKs into the container ([`ADMIT_PRIORITY`], set by the tc
+    /// program on ingress only), at the pace the rate carries their connections' first
+    /// flights, with a second of them in its FIFO.
     Backlog { rate_bytes: u64 },
 }
 
@@ -117,17 +126,20 @@ impl Discipline {
                 rate: r,
                 ceil: r,
                 prio: 0,
+                frame: FRAME,
                 leaf: Some((LEAF, (r * QUEUE_MS / 1000).max(MIN_QUEUE_BYTES))),
             }],
             Self::Backlog { rate_bytes: r } => {
                 let limit = r.clamp(BACKLOG_BYTES.0, BACKLOG_BYTES.1);
                 let prompt = (r / PROMPT_SHARE).max(1);
+                let admit = (r * SYN_ACK_BYTES / FIRST_FLIGHT_BYTES).max(1);
                 let top = Class {
                     minor: CLASS_MINOR,
                     parent: 0,
                     rate: r,
                     ceil: r,
                     prio: 0,
+                    frame: FRAME,
                     leaf: None,
                 };
                 vec![
@@ -145,6 +157,15 @@ impl Discipline {
                         rate: r.saturating_sub(prompt),
                         prio: 1,
                         leaf: Some((BULK_LEAF, limit)),
+                        ..top
+                    },
+                    Class {
+                        minor: ADMIT_MINOR,
+                        parent: CLASS_MINOR,
+                        rate: admit,
+                        ceil: admit,
+                        frame: SYN_ACK_BYTES,
+                        leaf: Some((ADMIT_LEAF, admit.max(FRAME))),
                         ..top
                     },
                 ]
@@ -172,6 +193,8 @@ struct Class {
     ceil: u64,
     /// Order among classes borrowing (0 first).
     prio: u32,
+    /// The largest frame it sends: its burst holds one beyond 10 ms at its rates.
+    frame: u64,
     /// A leaf's FIFO: its major, and its limit in bytes.
     leaf: Option<(u16, u64)>,
 }
@@ -221,7 +244,7 @@ pub fn set(ifindex: u32, discipline: Discipline) -> Result<(), QueueError> {
         msg.attributes.push(TcAttribute::Kind("htb".into()));
         msg.attributes
             .push(TcAttribute::Options(vec![TcOption::Other(
-                DefaultNla::new(TCA_HTB_PARMS, htb_opt(class.rate, class.ceil, class.prio)),
+                DefaultNla::new(TCA_HTB_PARMS, htb_opt(&class)),
             )]));
         request(
             RouteNetlinkMessage::NewTrafficClass(msg),
@@ -323,12 +346,15 @@ fn tc_message(ifindex: u32, parent: TcHandle, handle: TcHandle) -> TcMessage {
     msg
 }
 
-/// `struct tc_htb_opt` for a class at `rate` that may borrow up to `ceil` (bytes per second),
+/// `struct tc_htb_opt` for `class`: at `rate`, borrowing up to `ceil` (bytes per second),
 /// served in order of `prio` (0 first) when borrowing; bursts of 10 ms at each rate plus a
-/// full-size frame, in the kernel's 64 ns scheduler ticks.
-fn htb_opt(rate: u64, ceil: u64, prio: u32) -> Vec<u8> {
+/// frame, in the kernel's 64 ns scheduler ticks.
+fn htb_opt(class: &Class) -> Vec<u8> {
+    let Class {
+        rate, ceil, prio, ..
+    } = *class;
     let ticks = |rate_bytes: u64| {
-        let burst_bytes = u128::from(rate_bytes / 100 + 1514);
+        let burst_bytes = u128::from(rate_bytes / 100 + class.frame);
         let ticks = burst_bytes * 1_000_000_000 / u128::from(rate_bytes.max(1)) / 64;
         u32::try_from(ticks).unwrap_or(u32::MAX)
     };
@@ -397,7 +423,16 @@ mod tests {
     fn htb_options_have_the_kernel_layout() {
         // 50 Mbit/s: 6 250 000 bytes/s; burst 62 500 + 1514 bytes = 10.242 ms = 160 035 ticks.
         // 100 Mbit/s: 125 000 + 1514 bytes = 10.121 ms = 158 142 ticks.
-        let opt = htb_opt(6_250_000, 12_500_000, 1);
+        let class = Class {
+            minor: 2,
+            parent: 1,
+            rate: 6_250_000,
+            ceil: 12_500_000,
+            prio: 1,
+            frame: FRAME,
+            leaf: None,
+        };
+        let opt = htb_opt(&class);
         assert_eq!(opt.len(), 44, "sizeof(struct tc_htb_opt)");
         let word = |at: usize| u32::from_ne_bytes(opt[at..at + 4].try_into().unwrap());
         assert_eq!(
@@ -407,14 +442,25 @@ mod tests {
         assert_eq!((word(8), word(20)), (6_250_000, 12_500_000), "rate, ceil");
         assert_eq!((word(24), word(28)), (160_035, 158_142), "buffer, cbuffer");
         assert_eq!(word(40), 1, "prio");
-        assert_eq!(
-            htb_opt(u64::MAX, u64::MAX, 0)[8..12],
-            u32::MAX.to_ne_bytes()
-        );
+        let fastest = Class {
+            rate: u64::MAX,
+            ceil: u64::MAX,
+            ..class
+        };
+        assert_eq!(htb_opt(&fastest)[8..12], u32::MAX.to_ne_bytes());
+        // The admission class at 39 101 bytes/s: burst 391 + 74 bytes = 11.89 ms.
+        let admit = Class {
+            rate: 39_101,
+            ceil: 39_101,
+            frame: SYN_ACK_BYTES,
+            ..class
+        };
+        let word = |at: usize| u32::from_ne_bytes(htb_opt(&admit)[at..at + 4].try_into().unwrap());
+        assert_eq!(word(24), 185_816, "buffer: 465 bytes at the rate");
     }
 
     #[test]
-    fn the_backlog_guarantees_each_class_half_and_lets_each_borrow_it_all() {
+    fn the_backlog_guarantees_each_class_half_and_admits_at_the_first_flights_pace() {
         let classes = Discipline::Backlog {
             rate_bytes: 1_600_000,
         }
@@ -427,6 +473,9 @@ mod tests {
                 (1, 0, 1_600_000, 1_600_000, 0),
                 (6, 1, 800_000, 1_600_000, 0),
                 (2, 1, 800_000, 1_600_000, 1),
+                // 1 600 000 bytes/s carry 528 first flights of 3028 bytes a second: as many
+                // SYN-ACKs of 74 bytes.
+                (3, 1, 39_101, 39_101, 0),
             ]
         );
         assert_eq!(
@@ -435,6 +484,15 @@ mod tests {
         );
         assert_eq!(classes[1].leaf, Some((PROMPT_LEAF, 4 << 20)));
         assert_eq!(classes[2].leaf, Some((BULK_LEAF, 4 << 20)));
+        assert_eq!(
+            classes[3].leaf,
+            Some((ADMIT_LEAF, 39_101)),
+            "a second of SYN-ACKs"
+        );
+        assert_eq!(
+            u32::from(BACKLOG) << 16 | u32::from(classes[3].minor),
+            ADMIT_PRIORITY
+        );
         assert_eq!(
             u32::from(BACKLOG) << 16 | u32::from(classes[2].minor),
             BULK_PRIORITY,
