@@ -154,6 +154,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 const RUN_HEADER: &str = r#"#!/bin/sh
 export DOCKER_HOST=unix:///var/run/docker.sock DOCKOPS_BIN=/share/dockops-bpf \
     DOCKOPS_TEST_IMAGE=dockops-test/busybox:latest RUST_BACKTRACE=1
+# A test binary that hangs is killed with what shows why, and the others still run (the
+# longest takes about 4 minutes here).
+BINARY_TIMEOUT=600
 docker import --change "LABEL dockops.image.version=guest" /share/busybox.tar \
     "$DOCKOPS_TEST_IMAGE" > /dev/null || exit 1
 /share/dockops-bpf probe
@@ -161,7 +164,15 @@ failed=""
 run() {
     binary=$1; shift
     echo "guest: test binary $binary $*"
-    /share/tests/$binary --test-threads=1 "$@" || failed="$failed $binary"
+    timeout -k 10 "$BINARY_TIMEOUT" /share/tests/$binary --test-threads=1 "$@"
+    status=$?
+    if [ $status -eq 124 ] || [ $status -eq 137 ]; then
+        echo "guest: $binary did not finish within $BINARY_TIMEOUT s; blocked tasks, the kernel's last lines, dockerd's:"
+        echo w > /proc/sysrq-trigger
+        dmesg | tail -n 100
+        tail -n 40 /var/log/dockerd.log
+    fi
+    [ $status -eq 0 ] || failed="$failed $binary"
 }
 "#;
 const RUN_FOOTER: &str = r#"/share/dockops-bpf reset --all || failed="$failed reset"
