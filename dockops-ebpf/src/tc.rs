@@ -279,11 +279,8 @@ fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
     // SAFETY: reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     unsafe { lock(&raw mut b.lock) };
-    // At most one second of refill: keeps `elapsed * rate` below 2^63 at any rate.
-    let elapsed = now.saturating_sub(b.last_ns).min(1_000_000_000);
-    let refill = (elapsed * b.rate_bytes / 1_000_000_000) as i64;
     let burst = b.burst_bytes as i64;
-    let tokens = (b.tokens + refill).min(burst);
+    let tokens = (b.tokens + refill(b.last_ns, now, b.rate_bytes)).min(burst);
     let want = bytes as i64;
     let level = if tokens < want {
         Level::Empty(b.ecn_slot)
@@ -297,6 +294,14 @@ fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
     b.window_bytes += bytes;
     unsafe { unlock(&raw mut b.lock) };
     level
+}
+
+/// Bytes a bucket at `rate` bytes/s gains from `since` to `now`: at most one second's,
+/// which keeps `elapsed * rate` below 2^63 at any rate.
+#[inline(always)]
+fn refill(since: u64, now: u64, rate: u64) -> i64 {
+    let elapsed = now.saturating_sub(since).min(1_000_000_000);
+    (elapsed * rate / 1_000_000_000) as i64
 }
 
 /// Takes `bytes` the bucket does not have, for a packet that must pass anyway (a

@@ -19,7 +19,7 @@ use aya_ebpf::helpers::{
 };
 use dockops_common::{FIRST_FLIGHT_BYTES, SYN_ACK_BYTES};
 
-use super::{CapBucket, TC_CAPS};
+use super::{CapBucket, TC_CAPS, refill};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -38,10 +38,8 @@ pub(super) fn admitted(key: u64) -> bool {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     unsafe { lock(&raw mut b.lock) };
     let flight = flight_bytes(b, now) as i64;
-    let elapsed = now.saturating_sub(b.admit_ns).min(SECOND);
-    let refill = (elapsed * b.rate_bytes / SECOND) as i64;
     let most = ((b.rate_bytes / 100) as i64).max(flight);
-    let tokens = (b.admit_tokens + refill).min(most);
+    let tokens = (b.admit_tokens + refill(b.admit_ns, now, b.rate_bytes)).min(most);
     b.admit_tokens = (tokens - flight).max(-(b.rate_bytes as i64));
     b.admit_ns = b.admit_ns.max(now);
     unsafe { unlock(&raw mut b.lock) };
