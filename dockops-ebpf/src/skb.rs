@@ -2,6 +2,9 @@
 //! packet a socket of the host sends or receives, counted for the container that owns the
 //! socket. Unlike the tc programs on a container's veth, this also sees containers with
 //! `--network host` or `--network container:X`, which have no veth of their own.
+//!
+//! The egress program also puts a capped container's TCP handshakes in its backlog's bulk
+//! class (`sock/handshake.rs`).
 
 use aya_ebpf::{
     helpers::{bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
@@ -16,7 +19,7 @@ use crate::cgroup::{Watched, container_of};
 #[map(name = "SOCKET_TRAFFIC")]
 static SOCKET_TRAFFIC: PerCpuHashMap<u64, SocketCounters> = PerCpuHashMap::pinned(MAX_CGROUPS, 0);
 
-/// Let the packet through: these programs only count.
+/// Let the packet through: these programs never drop.
 const PASS: i32 = 1;
 
 /// Packets delivered to a socket (`sk_filter`): IP header included, link layer not.
@@ -26,10 +29,12 @@ pub fn cg_skb_ingress(ctx: SkBuffContext) -> i32 {
     PASS
 }
 
-/// Packets a socket sends (`ip_finish_output`): a GSO aggregate is one skb.
+/// Packets a socket sends (`ip_finish_output`, before the qdisc): a GSO aggregate is one
+/// skb.
 #[cgroup_skb(egress)]
 pub fn cg_skb_egress(ctx: SkBuffContext) -> i32 {
     count(&ctx, false);
+    crate::sock::handshake::classify(&ctx);
     PASS
 }
 

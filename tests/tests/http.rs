@@ -2,7 +2,7 @@
 //! connection per request, as web servers, APIs and registries do. Retransmissions are the
 //! sender's (the container's `Tcp:` counters).
 
-use std::{fs, process::Command, thread, time::Duration};
+use std::{fs, net::TcpStream, process::Command, thread, time::Duration};
 
 use dockops_integration::{
     Container, Ipv6Network, docker, dockops_ok, field, http_get, stats_json, tc, tc_in, wait_for,
@@ -89,6 +89,50 @@ fn new_connections_start_with_the_window_their_share_sends() {
         deepest > 0 && deepest < CONNECTIONS * 5 * 1514,
         "the bulk class held up to {deepest} bytes for {CONNECTIONS} connections"
     );
+    dockops_ok(&["unlimit", &web.name]);
+}
+
+/// A listener's SYN-ACKs carry its priority (none of dockops'), and a connecting socket's
+/// SYN comes before `sock_ops` marks it: the `cgroup_skb` egress program gives both the bulk
+/// priority in a capped container, over IPv4 and IPv6 (nginx listens on both), so they wait
+/// with the data and the sender's first round-trip sample includes the wait its first flight
+/// will have. Without it, each of these connections sent its SYN-ACK through the prompt
+/// class (100 packets of 100 connections).
+#[test]
+fn handshakes_wait_with_the_data() {
+    const CONNECTIONS: u64 = 100;
+    let net = Ipv6Network::create("dockops-it-http-syn6", "fd00:d0c8::/64");
+    let web = Container::start_with("http-syn", &["--network", net.0], "exec nginx");
+    let v4 = docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &web.id,
+    ]);
+    let addresses = [format!("{v4}:80"), format!("[{}]:80", web.ipv6())];
+    wait_for(Duration::from_secs(10), "nginx", || {
+        addresses.iter().all(|a| TcpStream::connect(a).is_ok())
+    });
+    dockops_ok(&["limit", &web.name, "--egress", "10mbit"]);
+    let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &web.id]);
+    let packets = || {
+        let text = tc_in(&pid, &["-s", "class", "show", "dev", "eth0"]);
+        (class_sent(&text, "d0ca:2").1, class_sent(&text, "d0ca:6").1)
+    };
+    for address in &addresses {
+        let before = packets();
+        for _ in 0..CONNECTIONS {
+            drop(TcpStream::connect(address).expect("connect"));
+        }
+        thread::sleep(Duration::from_millis(500));
+        let after = packets();
+        let (bulk, prompt) = (after.0 - before.0, after.1 - before.1);
+        eprintln!("{CONNECTIONS} handshakes with {address}: bulk {bulk} packets, prompt {prompt}");
+        assert!(
+            bulk >= CONNECTIONS && prompt < CONNECTIONS / 4,
+            "{address}: bulk class sent {bulk} packets, prompt class {prompt}"
+        );
+    }
     dockops_ok(&["unlimit", &web.name]);
 }
 

@@ -45,6 +45,8 @@ const SUITE: &[(&str, &[&str])] = &[
         ],
     ),
     ("traffic", &["download_is_counted_in_the_right_direction"]),
+    // The cgroup_skb program writes the handshakes' priority.
+    ("http", &["handshakes_wait_with_the_data"]),
     (
         "caps",
         &[
