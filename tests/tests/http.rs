@@ -98,6 +98,10 @@ fn new_connections_start_with_the_window_their_share_sends() {
 /// with the data and the sender's first round-trip sample includes the wait its first flight
 /// will have. Without it, each of these connections sent its SYN-ACK through the prompt
 /// class (100 packets of 100 connections).
+///
+/// Before some kernel between 6.1 and 6.18 the cgroup egress hook skips an IPv6 SYN-ACK
+/// (`ip6_xmit` is handed the listener, the packet belongs to the request): there the IPv6
+/// handshakes stay prompt, as before. Measured: prompt 100 on Debian's 6.1, 0 on 6.18.
 #[test]
 fn handshakes_wait_with_the_data() {
     const CONNECTIONS: u64 = 100;
@@ -110,6 +114,8 @@ fn handshakes_wait_with_the_data() {
         &web.id,
     ]);
     let addresses = [format!("{v4}:80"), format!("[{}]:80", web.ipv6())];
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let v6_seen = kernel_at_least(&release, (6, 18));
     wait_for(Duration::from_secs(10), "nginx", || {
         addresses.iter().all(|a| TcpStream::connect(a).is_ok())
     });
@@ -128,12 +134,23 @@ fn handshakes_wait_with_the_data() {
         let after = packets();
         let (bulk, prompt) = (after.0 - before.0, after.1 - before.1);
         eprintln!("{CONNECTIONS} handshakes with {address}: bulk {bulk} packets, prompt {prompt}");
+        if address.starts_with('[') && !v6_seen {
+            continue;
+        }
         assert!(
             bulk >= CONNECTIONS && prompt < CONNECTIONS / 4,
             "{address}: bulk class sent {bulk} packets, prompt class {prompt}"
         );
     }
     dockops_ok(&["unlimit", &web.name]);
+}
+
+/// Whether a kernel release ("6.18.44-fc-v1252") is at least `major.minor`.
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= want
 }
 
 /// Bytes waiting in the backlog's bulk FIFO (`d0cb:`) in the container.
@@ -417,6 +434,14 @@ fn ping_and_class_summaries_parse() {
                    Sent 53876 bytes 686 pkt (dropped 0, overlimits 0 requeues 0)\n";
     assert_eq!(class_bytes(classes), (38_990_844, 53_876));
     assert_eq!(class_sent(classes, "d0ca:6"), (53_876, 686));
+}
+
+#[test]
+fn kernel_releases_compare() {
+    assert!(kernel_at_least("6.18.44-fc-v1252", (6, 18)));
+    assert!(kernel_at_least("7.0.1", (6, 18)));
+    assert!(!kernel_at_least("6.1.0-28-amd64", (6, 18)));
+    assert!(!kernel_at_least("5.19.0", (6, 18)));
 }
 
 #[test]
