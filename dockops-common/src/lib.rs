@@ -133,10 +133,9 @@ pub const fn window_key_group(group: u32) -> u64 {
 /// there (ICMP, UDP, DNS) falls into its prompt class and overtakes the bulk. Its low bits, 2, are `TC_PRIO_BULK` for any other qdisc that looks.
 pub const BULK_PRIORITY: u32 = 0xd0ca_0002;
 
-/// `skb->priority` of a SYN-ACK into or out of a capped container when new connections
-/// arrive faster than the cap carries their first flights: the admission class (`d0ca:3`)
-/// of its ingress or egress backlog, which lets SYN-ACKs through at that pace (`tc/admit.rs`
-/// and `sock/handshake.rs` in the eBPF crate).
+/// `skb->priority` of a SYN-ACK into a capped container when new connections arrive faster
+/// than the cap carries their first flights: the admission class (`d0ca:3`) of its ingress
+/// backlog, which lets SYN-ACKs through at that pace (`tc/admit.rs` in the eBPF crate).
 pub const ADMIT_PRIORITY: u32 = 0xd0ca_0003;
 
 /// The largest first flight the admission of new connections into a capped container
@@ -244,9 +243,6 @@ pub struct LeaseRing {
     pub slot: u64,
     /// Leases ending in slot `s`, at `s % 64`.
     pub ending: [u16; 64],
-    /// Admission of the cap's new connections (egress); its window counts the payload the
-    /// sockets sent.
-    pub admit: Admission,
 }
 
 /// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.
@@ -274,25 +270,16 @@ pub struct TcCap {
     /// Nonzero on a member of a group cap: the bucket is the group's, at this key
     /// ([`group_cap_key`]), and this entry's own rate and tokens are unused.
     pub group_key: u64,
-    /// Admission of new connections into the container (ingress, token bucket), refilled
-    /// at `rate_bytes`; its window counts the bytes the bucket passed.
-    pub admit: Admission,
-}
-
-/// Admission of new connections under a cap: a credit of first-flight bytes, refilled at
-/// the cap, at most 10 ms of it; each SYN-ACK takes `flight_bytes`, and one that finds too
-/// little waits in the backlog's admission class. In a [`TcCap`] for ingress, in a
-/// [`LeaseRing`] for egress.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Admission {
-    pub tokens: i64,
-    /// When `tokens` was last refilled.
-    pub ns: u64,
-    /// What a SYN-ACK takes: bytes sent per SYN-ACK in the last window, at most
+    /// Credit of first-flight bytes for new connections into the container (ingress, token
+    /// bucket): refilled at `rate_bytes`, at most 10 ms of it; each SYN-ACK takes
+    /// `flight_bytes`. Without enough, SYN-ACKs wait in the admission class.
+    pub admit_tokens: i64,
+    /// When `admit_tokens` was last refilled.
+    pub admit_ns: u64,
+    /// What a SYN-ACK takes: bytes delivered per SYN-ACK in the last window, at most
     /// [`FIRST_FLIGHT_BYTES`] (0: that, no window yet).
     pub flight_bytes: u64,
-    /// The current window (a second from `window_ns`): bytes sent, SYN-ACKs.
+    /// The current window (a second from `window_ns`): bytes the bucket passed, SYN-ACKs.
     pub window_ns: u64,
     pub window_bytes: u64,
     pub window_syn_acks: u64,

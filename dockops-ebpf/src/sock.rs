@@ -257,7 +257,7 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
             old_end = 0;
         }
         if key != NO_KEY {
-            let active = shares::shares_renew(key, slot, old_end, end, bytes);
+            let active = shares::shares_renew(key, slot, old_end, end);
             rate = rate.min(paced_cap(want.bits[i]) / active.max(1));
         }
     }

@@ -16,9 +16,9 @@ use aya_ebpf::{
     maps::PerCpuHashMap,
     programs::TcContext,
 };
-use dockops_common::{Admission, MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
+use dockops_common::{MAX_INTERFACES, MAX_TC_CAPS, TrafficCounters, tc_cap_key};
 
-pub mod admit;
+mod admit;
 mod ecn;
 mod edt;
 
@@ -45,7 +45,12 @@ struct CapBucket {
     last_ns: u64,
     horizon_ns: u64,
     group_key: u64,
-    admit: Admission,
+    admit_tokens: i64,
+    admit_ns: u64,
+    flight_bytes: u64,
+    window_ns: u64,
+    window_bytes: u64,
+    window_syn_acks: u64,
 }
 
 const _: () = assert!(size_of::<CapBucket>() == size_of::<dockops_common::TcCap>());
@@ -286,7 +291,7 @@ fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
     };
     b.tokens = if tokens < want { tokens } else { tokens - want };
     b.last_ns = b.last_ns.max(now);
-    b.admit.window_bytes += bytes;
+    b.window_bytes += bytes;
     unsafe { unlock(&raw mut b.lock) };
     level
 }
@@ -294,7 +299,7 @@ fn take_from(bucket: *mut CapBucket, bytes: u64) -> Level {
 /// Bytes a bucket at `rate` bytes/s gains from `since` to `now`: at most one second's,
 /// which keeps `elapsed * rate` below 2^63 at any rate.
 #[inline(always)]
-pub fn refill(since: u64, now: u64, rate: u64) -> i64 {
+fn refill(since: u64, now: u64, rate: u64) -> i64 {
     let elapsed = now.saturating_sub(since).min(1_000_000_000);
     (elapsed * rate / 1_000_000_000) as i64
 }

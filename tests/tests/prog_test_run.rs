@@ -8,8 +8,7 @@ use aya::{
     util::nr_cpus,
 };
 use dockops_common::{
-    ADMIT_PRIORITY, Admission, BULK_PRIORITY, FIRST_FLIGHT_BYTES, TcCap, TrafficCounters, names,
-    tc_cap_key,
+    ADMIT_PRIORITY, BULK_PRIORITY, FIRST_FLIGHT_BYTES, TcCap, TrafficCounters, names, tc_cap_key,
 };
 use dockops_integration::PinDir;
 
@@ -428,14 +427,11 @@ fn data_and_handshakes_into_a_capped_container_go_to_the_backlogs_bulk_or_admiss
     let mut admission = |credit: i64, window: (u64, u64, u64)| {
         let (window_ns, window_bytes, window_syn_acks) = window;
         let cap = TcCap {
-            admit: Admission {
-                tokens: credit,
-                ns: u64::MAX / 2,
-                flight_bytes: 0,
-                window_ns,
-                window_bytes,
-                window_syn_acks,
-            },
+            admit_tokens: credit,
+            admit_ns: u64::MAX / 2,
+            window_ns,
+            window_bytes,
+            window_syn_acks,
             ..bucket(10_000)
         };
         caps.insert(tc_cap_key(LO, true), cap, 0).unwrap();

@@ -9,10 +9,10 @@
 use aya_ebpf::{
     bindings::bpf_spin_lock,
     btf_maps::HashMap as BtfHashMap,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_spin_lock as lock, bpf_spin_unlock as unlock},
+    helpers::{bpf_spin_lock as lock, bpf_spin_unlock as unlock},
     macros::btf_map,
 };
-use dockops_common::{Admission, InsertFailures, MAX_CAPS};
+use dockops_common::{InsertFailures, MAX_CAPS};
 
 /// log2 of a slot in ns (~16.8 ms).
 pub const SLOT_SHIFT: u32 = 24;
@@ -37,8 +37,6 @@ pub struct Ring {
     slot: u64,
     /// Leases ending in slot `s`, at `s % SLOTS`.
     ending: [u16; SLOTS as usize],
-    /// The cap's admission of new connections (egress: `sock/handshake.rs`).
-    admit: Admission,
 }
 
 const _: () = assert!(size_of::<Ring>() == size_of::<dockops_common::LeaseRing>());
@@ -77,14 +75,14 @@ pub fn length(bytes: u64, rate: u64, srtt_ns: u64) -> u64 {
 }
 
 /// Holds a lease in `key`'s ring from `slot` to `end` (replacing the one ending at `old_end`
-/// there) for a socket sending `bytes`; returns the leases the ring has now.
+/// there); returns the leases the ring has now.
 ///
 /// The ring functions are global BPF functions: the verifier checks each once, on its own,
 /// rather than at every call site along every path (inlined, the program took 680 000 of
 /// its million instructions to verify). At most 5 arguments, scalars in and out.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64, bytes: u64) -> u64 {
+pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64) -> u64 {
     let Some(ring) = ring(key, slot) else {
         return 1;
     };
@@ -95,28 +93,9 @@ pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64, byte
     release_locked(r, old_end);
     r.ending[(end % SLOTS) as usize] = r.ending[(end % SLOTS) as usize].saturating_add(1);
     r.active += 1;
-    r.admit.window_bytes += bytes;
     let active = r.active;
     unsafe { unlock(&raw mut r.lock) };
     u64::from(active)
-}
-
-/// Takes a first flight's credit from `key`'s ring, refilled at `rate` bytes/s
-/// (`tc/admit.rs`): 1 when there was enough (or no ring could be made), else 0.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn shares_admit(key: u64, slot: u64, rate: u64) -> u64 {
-    let Some(ring) = ring(key, slot) else {
-        return 1;
-    };
-    // SAFETY: as in `renew`.
-    let r = unsafe { &mut *ring };
-    // SAFETY: reads the monotonic clock (before the lock: no helper calls while held).
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    unsafe { lock(&raw mut r.lock) };
-    let admitted = crate::tc::admit::take_credit(&mut r.admit, rate, now);
-    unsafe { unlock(&raw mut r.lock) };
-    u64::from(admitted)
 }
 
 /// Leases `key`'s ring has at `slot` (at least 1), without taking one.
@@ -165,14 +144,6 @@ fn ring(key: u64, slot: u64) -> Option<*mut Ring> {
         active: 0,
         slot,
         ending: [0; SLOTS as usize],
-        admit: Admission {
-            tokens: 0,
-            ns: 0,
-            flight_bytes: 0,
-            window_ns: 0,
-            window_bytes: 0,
-            window_syn_acks: 0,
-        },
     };
     if WINDOWS.insert(key, empty, 0).is_err() {
         crate::insert_failed(InsertFailures::Windows);
