@@ -201,7 +201,7 @@ fn established(ctx: &SockOpsContext) {
     // has sent data. One round trip, not the clamp's two: the handshake waited in the
     // egress backlog (`sock/handshake.rs`), so the round trip holds the queue, and a
     // window of two would grow it (by hand, 256 × 4 KiB one per request at 10 Mbit/s:
-    // 0.90 % retransmitted with two, 0.68 % with one, means of 13 and 8 runs).
+    // 0.90 % retransmitted with two, 0.63 % with one, means of 13 runs each).
     // Into a capped container the path is this host's: its round trip so far is time spent
     // in the ingress backlog's admission class, not a path to keep full, so the window
     // counts 1 ms alone (with the round trip, connections admitted late in a burst of
