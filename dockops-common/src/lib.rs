@@ -130,7 +130,8 @@ pub const fn window_key_group(group: u32) -> u64 {
 /// The `skb->priority` that `sock_ops` gives every TCP socket it paces: it names the bulk
 /// class (`d0ca:2`) of dockops' backlog qdisc (HTB `d0ca:`), which HTB then picks without a
 /// filter; the `cgroup_skb` egress program gives it to their handshakes too. Everything else
-/// there (ICMP, UDP, DNS) falls into its prompt class and overtakes the bulk. Its low bits, 2, are `TC_PRIO_BULK` for any other qdisc that looks.
+/// there (ICMP, UDP, DNS) falls into its prompt class and overtakes the bulk. Its low bits,
+/// 2, are `TC_PRIO_BULK` for any other qdisc that looks.
 pub const BULK_PRIORITY: u32 = 0xd0ca_0002;
 
 /// `skb->priority` of a SYN-ACK into a capped container when new connections arrive faster

@@ -7,7 +7,9 @@
 //! data: a sender's first round-trip sample then missed the queue its first flight would
 //! meet, and its loss probes fired behind that queue. Here the `cgroup_skb` egress program
 //! gives them the bulk priority before they reach the qdisc (it runs in `ip_finish_output`),
-//! as it does a connecting socket's SYN.
+//! as it does a connecting socket's SYN. Debian 12's 6.1 does not run the hook for an IPv6
+//! SYN-ACK (`ip6_xmit` is handed the listener, the packet belongs to the request): there
+//! those stay prompt, as before; 6.18 runs it.
 
 use core::ptr::read_volatile;
 
