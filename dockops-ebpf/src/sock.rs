@@ -207,9 +207,7 @@ fn established(ctx: &SockOpsContext) {
     // counts 1 ms alone (with the round trip, connections admitted late in a burst of
     // hundreds started with all 10 segments, a queue longer than the wait they measured).
     let window = if want.keys[1] == NO_KEY {
-        // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3.
-        let srtt8 = unsafe { read_volatile(&raw const (*ctx.ops).srtt_us) };
-        window(ctx, rate, 1000 + u64::from(srtt8) / 8)
+        window_rtts(ctx, rate, 1)
     } else {
         window(ctx, rate, 1000)
     };
@@ -281,9 +279,16 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
 /// such bursts meeting empty the tc bucket. The clamp keeps each burst to the window.
 #[inline(always)]
 fn window_clamp(ctx: &SockOpsContext, rate: u64) -> u64 {
+    window_rtts(ctx, rate, 2)
+}
+
+/// What a socket paced at `rate` bytes/s sends in 1 ms and `rtts` smoothed round trips, in
+/// segments, at least 2.
+#[inline(always)]
+fn window_rtts(ctx: &SockOpsContext, rate: u64, rtts: u64) -> u64 {
     // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3.
     let srtt8 = unsafe { read_volatile(&raw const (*ctx.ops).srtt_us) };
-    window(ctx, rate, 1000 + u64::from(srtt8) / 4)
+    window(ctx, rate, 1000 + u64::from(srtt8) * rtts / 8)
 }
 
 /// What a socket paced at `rate` bytes/s sends in `span_us`, in segments, at least 2.

@@ -29,15 +29,17 @@ const TCP_LISTEN: u32 = 10;
 pub fn classify(ctx: &SkBuffContext) {
     let skb = ctx.skb.skb;
     // SAFETY: the program's own `__sk_buff`; `sk` is the packet's full socket or null, and
-    // its `state` is readable on any socket.
+    // its `state` is readable on any socket. The priority first: a paced socket's data has
+    // one, and stops there.
     let handshake = unsafe {
-        let sk = read_volatile(&raw const (*skb).__bindgen_anon_2.sk);
-        read_volatile(&raw const (*skb).priority) == 0
-            && !sk.is_null()
-            && matches!(
-                read_volatile(&raw const (*sk).state),
-                TCP_SYN_SENT | TCP_LISTEN
-            )
+        read_volatile(&raw const (*skb).priority) == 0 && {
+            let sk = read_volatile(&raw const (*skb).__bindgen_anon_2.sk);
+            !sk.is_null()
+                && matches!(
+                    read_volatile(&raw const (*sk).state),
+                    TCP_SYN_SENT | TCP_LISTEN
+                )
+        }
     };
     if !handshake {
         return;
