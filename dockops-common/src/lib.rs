@@ -231,19 +231,20 @@ pub const fn group_cap_key(group: u32, ingress: bool) -> u64 {
     GROUP_CAP_KEY | (group as u64) << 1 | ingress as u64
 }
 
-/// The sockets sharing one cap: leases by the ~16.8 ms slot they end in, in a ring of 64
-/// slots. Written by the `sock_ops` program only; userspace removes stale entries. The eBPF
-/// side declares the same layout with `struct bpf_spin_lock` as the first field.
+/// The sockets sharing one cap: the weight of their leases (256 for a socket that uses all
+/// of its share) by the ~16.8 ms slot they end in, in a ring of 64 slots. Written by the
+/// `sock_ops` program only; userspace removes stale entries. The eBPF side declares the same
+/// layout with `struct bpf_spin_lock` as the first field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseRing {
     pub lock: u32,
-    /// Unexpired leases: the sockets the cap is divided by.
+    /// The unexpired leases' total weight: what the cap is divided by, over 256.
     pub active: u32,
     /// The latest slot (monotonic ns >> 24) the ring was brought to.
     pub slot: u64,
-    /// Leases ending in slot `s`, at `s % 64`.
-    pub ending: [u16; 64],
+    /// The weight of the leases ending in slot `s`, at `s % 64`.
+    pub ending: [u32; 64],
 }
 
 /// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.

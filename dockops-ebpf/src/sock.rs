@@ -6,7 +6,8 @@
 //!
 //! A cap is divided among the sockets sending under it now (`sock/shares.rs`): a socket
 //! counts from its first data packet, for as long as its pace says its next one is due, and
-//! hands its share back when it closes. Its rate is set again before every data packet it
+//! hands its share back when it closes; it weighs what it used of its share lately, so that
+//! what keep-alive connections leave unused between requests goes to the others. Its rate is set again before every data packet it
 //! sends (the header-option callback), so shares follow sockets arriving and leaving within
 //! one packet of each.
 
@@ -31,7 +32,7 @@ use aya_ebpf::{
 use dockops_common::{
     BULK_PRIORITY, Caps, InsertFailures, MAX_CAPS, window_key_group, window_key_v4, window_key_v6,
 };
-use shares::{Lease, NO_KEY, SLOT_SHIFT};
+use shares::{FULL, Lease, NO_KEY, SLOT_SHIFT, held};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -189,8 +190,8 @@ fn established(ctx: &SockOpsContext) {
     let mut rate = u64::MAX;
     for i in 0..2 {
         if want.keys[i] != NO_KEY {
-            rate =
-                rate.min(paced_cap(want.bits[i]) / (shares::shares_active(want.keys[i], slot) + 1));
+            let weight = shares::shares_active(want.keys[i], slot) + FULL;
+            rate = rate.min(paced_cap(want.bits[i]) * FULL / weight);
         }
     }
     set_pacing(ctx, rate);
@@ -241,25 +242,42 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     // SAFETY: a map value, valid for the program run; a socket's callbacks run under its
     // lock, one at a time.
     let lease = unsafe { &mut *lease };
-    let slot = now_slot();
-    // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3.
-    let srtt8 = unsafe { read_volatile(&raw const (*ctx.ops).srtt_us) };
+    // SAFETY: reads the monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let slot = now >> SLOT_SHIFT;
+    // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3,
+    // packets_out what is in flight before this packet.
+    let (srtt8, in_flight) = unsafe {
+        (
+            read_volatile(&raw const (*ctx.ops).srtt_us),
+            read_volatile(&raw const (*ctx.ops).packets_out),
+        )
+    };
     let rate = u64::from(pacing(ctx).unwrap_or(UNPACED));
-    let end = slot + shares::length(bytes, rate, u64::from(srtt8) * 125);
+    let weight = shares::shares_weigh(lease, now, bytes, rate, u64::from(in_flight));
+    lease.next = held(
+        slot + shares::length(bytes, rate, u64::from(srtt8) * 125),
+        weight,
+    );
     let mut rate = u64::MAX;
     for i in 0..2 {
-        let (old, key) = (lease.keys[i], want.keys[i]);
-        let mut old_end = lease.end;
-        if old != key {
-            let _ = shares::shares_release(old, slot, old_end);
-            old_end = 0;
+        let (old_key, key) = (lease.keys[i], want.keys[i]);
+        // The leases are read back from the map value in each round rather than kept from
+        // above: a value live across the loop doubles the states the verifier walks.
+        // SAFETY: fields of the map value.
+        let mut old = unsafe { read_volatile(&raw const lease.held) };
+        if old_key != key {
+            let _ = shares::shares_release(old_key, slot, old);
+            old = 0;
         }
         if key != NO_KEY {
-            let active = shares::shares_renew(key, slot, old_end, end);
-            rate = rate.min(paced_cap(want.bits[i]) / active.max(1));
+            // SAFETY: as above.
+            let new = unsafe { read_volatile(&raw const lease.next) };
+            let active = shares::shares_renew(key, slot, old, new);
+            rate = rate.min(paced_cap(want.bits[i]) * FULL / active.max(FULL));
         }
     }
-    lease.end = end;
+    lease.held = lease.next;
     lease.keys = want.keys;
     // Read again rather than kept from above: a value live across the loop doubles the
     // states the verifier walks, past its limit of a million instructions.
@@ -325,9 +343,9 @@ fn closed(ctx: &SockOpsContext, gone: bool) -> bool {
         let lease = unsafe { &mut *lease };
         let slot = now_slot();
         for key in lease.keys {
-            let _ = shares::shares_release(key, slot, lease.end);
+            let _ = shares::shares_release(key, slot, lease.held);
         }
-        lease.end = 0;
+        lease.held = 0;
         clamped = lease.clamp != 0;
     }
     if gone {

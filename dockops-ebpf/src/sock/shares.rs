@@ -1,10 +1,13 @@
 //! How many sockets share a cap right now: each socket that sends holds a lease, renewed at
 //! every data packet and long enough to reach its next one at its paced rate; a closing
-//! socket hands it back at once. The count per cap is the number of unexpired leases.
+//! socket hands it back at once. A lease weighs what its socket uses of its share: a socket
+//! that sends all the time weighs 1 ([`FULL`]); a keep-alive connection that waits for its
+//! next request half of the time weighs 1/2, and the others' shares grow by what it leaves
+//! unused. The cap is divided by the leases' total weight.
 //!
-//! Leases end on ~16.8 ms slots. Per cap key, a ring of 64 slots (~1.07 s) holds how many
-//! leases end in each slot, with their total: renewing, handing back and expiring are O(1)
-//! (expiring clears the slots passed since the last packet, at most 64).
+//! Leases end on ~16.8 ms slots. Per cap key, a ring of 64 slots (~1.07 s) holds the weight
+//! of the leases ending in each slot, with their total: renewing, handing back and expiring
+//! are O(1) (expiring clears the slots passed since the last packet, at most 64).
 
 use aya_ebpf::{
     bindings::bpf_spin_lock,
@@ -21,6 +24,13 @@ const SLOTS: u64 = 64;
 /// The shortest lease, in slots (17–34 ms): covers a socket's gaps that are not pacing
 /// (waiting for an ACK or for its application) on a short path.
 const MIN_LEASE: u64 = 2;
+/// The weight of a socket that uses all of its share.
+pub const FULL: u64 = 256;
+/// The lightest lease: a socket that sends now and then still counts 1/32.
+const MIN_WEIGHT: u64 = FULL / 32;
+/// How far back a socket's use of its share is measured, in ns: past this, what was
+/// measured counts half.
+const USE_SPAN_NS: u64 = 32_000_000;
 
 /// Lease ring per (address or group, direction): key = address key << 1 | ingress.
 /// Userspace removes the entries of addresses that are no longer capped.
@@ -31,34 +41,111 @@ static WINDOWS: BtfHashMap<u64, Ring, { (2 * MAX_CAPS) as usize }> = BtfHashMap:
 #[repr(C)]
 pub struct Ring {
     lock: bpf_spin_lock,
-    /// Unexpired leases.
+    /// The unexpired leases' total weight.
     active: u32,
     /// The latest slot the ring has been brought to.
     slot: u64,
-    /// Leases ending in slot `s`, at `s % SLOTS`.
-    ending: [u16; SLOTS as usize],
+    /// The weight of the leases ending in slot `s`, at `s % SLOTS`.
+    ending: [u32; SLOTS as usize],
 }
 
 const _: () = assert!(size_of::<Ring>() == size_of::<dockops_common::LeaseRing>());
 
-/// A paced socket: the slot its lease ends in (0: none), the ring keys it is held in
-/// (`NO_KEY`: none), and the congestion window clamp it was given (0: none).
+/// A paced socket: the lease it holds ([`held`]; 0: none), the ring keys it is held in
+/// (`NO_KEY`: none), the congestion window clamp it was given (0: none), and how much of its
+/// share it has been using.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Lease {
-    pub end: u64,
+    pub held: u64,
+    /// The lease being taken, while the rings are updated.
+    pub next: u64,
     pub keys: [u64; 2],
     pub clamp: u64,
+    /// When its last data packet left (ns).
+    last_ns: u64,
+    /// How long its pace held it after that packet (ns).
+    owed_ns: u64,
+    /// Of the time measured (`span_ns`), how long it was sending or waiting on the network
+    /// rather than on its application.
+    busy_ns: u64,
+    span_ns: u64,
 }
 
 pub const NO_KEY: u64 = u64::MAX;
 
 impl Lease {
     pub const NONE: Self = Self {
-        end: 0,
+        held: 0,
+        next: 0,
         keys: [NO_KEY; 2],
         clamp: 0,
+        last_ns: 0,
+        owed_ns: 0,
+        busy_ns: 0,
+        span_ns: 0,
     };
+}
+
+/// The weight of a socket's next lease, as a data packet of `bytes` leaves at `now_ns`, paced
+/// at `rate` bytes/s, with `in_flight` segments unacknowledged before it; updates what
+/// `lease` measured.
+///
+/// The time since its last data packet counts as busy when that packet's pace held it back,
+/// or when it had segments in flight (it waited on ACKs, on its small-queue limit or on a
+/// backlog): only a socket that had everything acknowledged and nothing to send was idle. A
+/// socket whose lease has run out starts again at full weight: what it sends next is not
+/// known.
+///
+/// A global function, as the ring's: inlined, its branches doubled the states the verifier
+/// walks through the rest of the program, past its million instructions. `lease` points to
+/// a map value (the verifier only knows it as memory of its size, maybe null).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn shares_weigh(
+    lease: *mut Lease,
+    now_ns: u64,
+    bytes: u64,
+    rate: u64,
+    in_flight: u64,
+) -> u64 {
+    // SAFETY: null or a `Lease` in PACED_SOCKETS, whose socket's callbacks run one at a time.
+    let Some(l) = (unsafe { lease.as_mut() }) else {
+        return FULL;
+    };
+    let (mut busy, mut span) = (0, 0);
+    if l.held >> 16 > now_ns >> SLOT_SHIFT {
+        let passed = now_ns.saturating_sub(l.last_ns);
+        busy = l.busy_ns
+            + if in_flight > 0 {
+                passed
+            } else {
+                passed.min(l.owed_ns)
+            };
+        span = l.span_ns + passed;
+        if span > USE_SPAN_NS {
+            busy /= 2;
+            span /= 2;
+        }
+    }
+    // Stored once each: two stores of zero became a call to `memset`.
+    l.busy_ns = busy;
+    l.span_ns = span;
+    l.last_ns = now_ns;
+    // Below 2^32 bytes, so the product fits (a saturating product needs 128-bit arithmetic,
+    // which BPF lacks).
+    l.owed_ns = bytes.min(u64::from(u32::MAX)) * 1_000_000_000 / (rate | 1);
+    if span == 0 {
+        return FULL;
+    }
+    (busy.min(span) * FULL / span).clamp(MIN_WEIGHT, FULL)
+}
+
+/// A lease as the ring functions take it: the slot it ends in, then its weight in the low
+/// 16 bits.
+#[inline(always)]
+pub fn held(end: u64, weight: u64) -> u64 {
+    end << 16 | weight.min(FULL)
 }
 
 /// Lease length in slots for a socket that just sent `bytes` at `rate` bytes/s with a
@@ -74,36 +161,37 @@ pub fn length(bytes: u64, rate: u64, srtt_ns: u64) -> u64 {
         .clamp(MIN_LEASE, SLOTS - 1)
 }
 
-/// Holds a lease in `key`'s ring from `slot` to `end` (replacing the one ending at `old_end`
-/// there); returns the leases the ring has now.
+/// Holds the lease `new` ([`held`]) in `key`'s ring from `slot` (replacing `old` there);
+/// returns the ring's total weight now.
 ///
 /// The ring functions are global BPF functions: the verifier checks each once, on its own,
 /// rather than at every call site along every path (inlined, the program took 680 000 of
 /// its million instructions to verify). At most 5 arguments, scalars in and out.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn shares_renew(key: u64, slot: u64, old_end: u64, end: u64) -> u64 {
+pub extern "C" fn shares_renew(key: u64, slot: u64, old: u64, new: u64) -> u64 {
     let Some(ring) = ring(key, slot) else {
-        return 1;
+        return FULL;
     };
     // SAFETY: a map value, valid for the program run; changed only under its lock.
     let r = unsafe { &mut *ring };
     unsafe { lock(&raw mut r.lock) };
     expire(r, slot);
-    release_locked(r, old_end);
-    r.ending[(end % SLOTS) as usize] = r.ending[(end % SLOTS) as usize].saturating_add(1);
-    r.active += 1;
+    release_locked(r, old);
+    let (end, weight) = ((new >> 16) % SLOTS, (new & 0xffff) as u32);
+    r.ending[end as usize] = r.ending[end as usize].saturating_add(weight);
+    r.active = r.active.saturating_add(weight);
     let active = r.active;
     unsafe { unlock(&raw mut r.lock) };
     u64::from(active)
 }
 
-/// Leases `key`'s ring has at `slot` (at least 1), without taking one.
+/// The total weight of `key`'s ring at `slot` (at least [`FULL`]), without taking a lease.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn shares_active(key: u64, slot: u64) -> u64 {
     let Some(ring) = ring(key, slot) else {
-        return 1;
+        return FULL;
     };
     // SAFETY: as in `renew`.
     let r = unsafe { &mut *ring };
@@ -111,14 +199,14 @@ pub extern "C" fn shares_active(key: u64, slot: u64) -> u64 {
     expire(r, slot);
     let active = r.active;
     unsafe { unlock(&raw mut r.lock) };
-    u64::from(active.max(1))
+    u64::from(active).max(FULL)
 }
 
-/// Hands back a lease ending at `end`, if `key`'s ring still holds it at `slot`.
+/// Hands back the lease `old` ([`held`]), if `key`'s ring still holds it at `slot`.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn shares_release(key: u64, slot: u64, end: u64) -> u64 {
-    if key == NO_KEY || end <= slot {
+pub extern "C" fn shares_release(key: u64, slot: u64, old: u64) -> u64 {
+    if key == NO_KEY || old >> 16 <= slot {
         return 0;
     }
     let Some(ring) = WINDOWS.get_ptr_mut(key) else {
@@ -128,7 +216,7 @@ pub extern "C" fn shares_release(key: u64, slot: u64, end: u64) -> u64 {
     let r = unsafe { &mut *ring };
     unsafe { lock(&raw mut r.lock) };
     expire(r, slot);
-    release_locked(r, end);
+    release_locked(r, old);
     unsafe { unlock(&raw mut r.lock) };
     0
 }
@@ -159,29 +247,32 @@ fn ring(key: u64, slot: u64) -> Option<*mut Ring> {
 #[inline(always)]
 fn expire(r: &mut Ring, slot: u64) {
     let passed = slot.saturating_sub(r.slot).min(SLOTS);
-    let mut ended_total = 0u32;
+    let mut ended_total = 0u64;
     for i in 0..SLOTS {
         let s = ((r.slot + 1 + i) & (SLOTS - 1)) as usize;
-        // All ones when i < passed (both below 2^63, so the difference's sign bit says it).
-        let mask = 0u16.wrapping_sub((i.wrapping_sub(passed) >> 63) as u16);
+        // All ones when i < passed (both below 2^63, so the difference's sign bit says it),
+        // by an arithmetic shift: LLVM turns a negated bit into a branch.
+        let mask = ((i.wrapping_sub(passed) as i64) >> 63) as u32;
         let ended = r.ending[s] & mask;
         r.ending[s] -= ended;
-        ended_total += u32::from(ended);
+        // 64 values below 2^32: no overflow, and no branch for a saturating sum.
+        ended_total += u64::from(ended);
     }
-    r.active = r.active.saturating_sub(ended_total);
+    r.active = r
+        .active
+        .saturating_sub(ended_total.min(u64::from(u32::MAX)) as u32);
     r.slot = r.slot.max(slot);
 }
 
-/// Hands back a lease ending at `end` if it has not ended. Called with the lock held, after
-/// `expire`.
+/// Hands back the lease `old` ([`held`]) if it has not ended. Called with the lock held,
+/// after `expire`.
 #[inline(always)]
-fn release_locked(r: &mut Ring, end: u64) {
-    if end <= r.slot {
+fn release_locked(r: &mut Ring, old: u64) {
+    if old >> 16 <= r.slot {
         return;
     }
-    let s = (end % SLOTS) as usize;
-    if r.ending[s] > 0 {
-        r.ending[s] -= 1;
-        r.active = r.active.saturating_sub(1);
-    }
+    let s = ((old >> 16) % SLOTS) as usize;
+    let weight = ((old & 0xffff) as u32).min(r.ending[s]);
+    r.ending[s] -= weight;
+    r.active = r.active.saturating_sub(weight);
 }
