@@ -27,7 +27,7 @@ fn insert_failed(map: InsertFailures) {
     }
 }
 
-/// Extra entries in some maps (`CAPS`, `CAPS6`, `TRAFFIC`, `TC_CAPS`) of the
+/// Extra entries in some maps (`CAPS`, `CAPS6`, `TRAFFIC`, `TC_CAPS`, `PACED_SOCKETS`) of the
 /// `variant-layout` test build: a new layout, which an upgrade must rebuild and refill.
 const LAYOUT_VARIANT: u32 = if cfg!(feature = "variant-layout") {
     1

@@ -43,6 +43,8 @@ const SOL_TCP: i32 = 6;
 const TCP_BPF_IW: i32 = 1001;
 /// `bpf_setsockopt` only: the congestion window's upper bound (also its slow-start threshold).
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
+/// The TCP header's PSH flag, as `skb_tcp_flags` holds it.
+const TCPHDR_PSH: u32 = 0x08;
 /// The rate that means "not paced" (`~0U` in the kernel).
 const UNPACED: u32 = u32::MAX;
 /// Callbacks a capped socket asks for: one before each packet it sends (header options,
@@ -59,7 +61,7 @@ static CAPS6: HashMap<[u8; 16], Caps> = HashMap::pinned(MAX_CAPS + crate::LAYOUT
 /// Socket cookie → its [`Lease`] (for every paced socket, so that lifting the cap can unpace
 /// it). Pinned like every map, so that a new build's program carries on from it.
 #[map(name = "PACED_SOCKETS")]
-static PACED_SOCKETS: LruHashMap<u64, Lease> = LruHashMap::pinned(65536, 0);
+static PACED_SOCKETS: LruHashMap<u64, Lease> = LruHashMap::pinned(65536 + crate::LAYOUT_VARIANT, 0);
 
 /// IPv4 flows of paced senders into an ingress-capped container, as their packets carry them:
 /// source address, destination address, source and destination port (network byte order).
@@ -86,9 +88,10 @@ pub fn sock_pace(ctx: SockOpsContext) -> u32 {
             }
         }
         // RTT_CB: a socket paced by a build that refreshed rates on ACKs.
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
-        | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB
-        | BPF_SOCK_OPS_RTT_CB => established(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            established(&ctx, false);
+        }
+        BPF_SOCK_OPS_RTT_CB => established(&ctx, true),
         BPF_SOCK_OPS_STATE_CB => {
             let state = ctx.arg(1);
             // Everything it sent is acknowledged (FIN_WAIT2, TIME_WAIT), or it is gone.
@@ -158,11 +161,12 @@ fn now_slot() -> u64 {
 
 /// A connection is up: asks for the per-packet and state callbacks of a capped one, puts it
 /// in the backlogs' bulk class, and paces it at the share it will have once it sends.
+/// `paced`: a build paced it already.
 #[inline(always)]
-fn established(ctx: &SockOpsContext) {
+fn established(ctx: &SockOpsContext, paced: bool) {
     let cookie = cookie(ctx);
     let Some(want) = wanted(ctx) else {
-        unpace(ctx, cookie);
+        unpace(ctx, cookie, paced);
         return;
     };
     let _ = ctx.set_cb_flags(((ctx.cb_flags() | FLAGS) & !BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
@@ -224,7 +228,8 @@ fn established(ctx: &SockOpsContext) {
 fn sent(ctx: &SockOpsContext, bytes: u64) {
     let cookie = cookie(ctx);
     let Some(want) = wanted(ctx) else {
-        unpace(ctx, cookie);
+        // Only paced sockets ask for this callback.
+        unpace(ctx, cookie, true);
         return;
     };
     let lease = match PACED_SOCKETS.get_ptr_mut(&cookie) {
@@ -247,14 +252,21 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     let slot = now >> SLOT_SHIFT;
     // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3,
     // packets_out what is in flight before this packet.
-    let (srtt8, in_flight) = unsafe {
+    let (srtt8, in_flight, flags) = unsafe {
         (
             read_volatile(&raw const (*ctx.ops).srtt_us),
             read_volatile(&raw const (*ctx.ops).packets_out),
+            read_volatile(&raw const (*ctx.ops).skb_tcp_flags),
         )
     };
+    let packet = if in_flight > 0 { shares::IN_FLIGHT } else { 0 }
+        | if flags & TCPHDR_PSH != 0 {
+            shares::PUSHED
+        } else {
+            0
+        };
     let rate = u64::from(pacing(ctx).unwrap_or(UNPACED));
-    let weight = shares::shares_weigh(lease, now, bytes, rate, u64::from(in_flight));
+    let weight = shares::shares_weigh(lease, now, bytes, rate, packet);
     lease.next = held(
         slot + shares::length(bytes, rate, u64::from(srtt8) * 125),
         weight,
@@ -364,13 +376,15 @@ fn closed(ctx: &SockOpsContext, gone: bool) -> bool {
 }
 
 /// Capped once, no longer: lifts the pacing, the window clamp and the bulk priority, stops
-/// the callbacks and forgets the socket.
+/// the callbacks and forgets the socket. `paced`: known to be paced, even without an entry
+/// in `PACED_SOCKETS` (a build with another `Lease` layout paced it, and the map was built
+/// anew); otherwise the sockets without one were never paced, and stop at the lookup.
 #[inline(always)]
-fn unpace(ctx: &SockOpsContext, cookie: u64) {
-    if PACED_SOCKETS.get_ptr(&cookie).is_none() {
+fn unpace(ctx: &SockOpsContext, cookie: u64, paced: bool) {
+    if !paced && PACED_SOCKETS.get_ptr(&cookie).is_none() {
         return;
     }
-    if closed(ctx, true) {
+    if closed(ctx, true) || paced {
         set_clamp(ctx, u64::MAX);
     }
     set_pacing(ctx, u64::MAX);

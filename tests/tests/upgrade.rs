@@ -1,9 +1,12 @@
 //! Upgrades and reboots keep what the operator asked for. `cargo xtask test` builds two
 //! variants of the binary whose eBPF objects differ from the default one: `variant-code`
-//! (same map layouts) and `variant-layout` (`CAPS`, `CAPS6`, `TRAFFIC` and `TC_CAPS` resized).
+//! (same map layouts) and `variant-layout` (`CAPS`, `CAPS6`, `TRAFFIC`, `TC_CAPS` and
+//! `PACED_SOCKETS` resized).
 //! Switching between binaries is an upgrade (or a downgrade) on a live host.
 
 use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
     os::unix::fs::PermissionsExt as _,
     path::Path,
     process::Command,
@@ -350,4 +353,57 @@ fn upgrade_lays_the_backlogs_out_anew() {
     assert!(host.contains("htb d0ca:"), "on {veth}: {host}");
     dockops_ok(&["stats"]);
     dockops_ok(&["unlimit", &c.name]);
+}
+
+/// A keep-alive connection paced under a cap, idle while an upgrade rebuilds
+/// `PACED_SOCKETS` (`variant-layout`) and lifts the cap: the new build has no entry for its
+/// socket, and still takes its pacing away at its next packet (an older one kept pacing such
+/// sockets at their old share for good).
+#[test]
+fn a_connection_idle_across_an_upgrade_loses_its_pacing_with_the_cap() {
+    const OBJECT: usize = 4 << 20;
+    dockops_ok(&["reset", "--all"]);
+    let web = Container::start(
+        "upg-idle",
+        &format!("mkdir -p /www && head -c {OBJECT} /dev/zero > /www/object && exec nginx"),
+    );
+    let address = (web.ip(), 80);
+    wait_for(Duration::from_secs(10), "nginx", || {
+        TcpStream::connect(address.clone()).is_ok()
+    });
+    dockops_ok(&["limit", &web.name, "--egress", "20mbit"]);
+    let mut conn = BufReader::new(TcpStream::connect(address).expect("connecting to nginx"));
+    // 4 MiB at 20 Mbit/s: 1.7 s.
+    let capped = fetch(&mut conn, OBJECT);
+    variant("variant-layout", &["unlimit", &web.name]);
+    let lifted = fetch(&mut conn, OBJECT);
+    assert!(
+        capped > Duration::from_millis(1200) && lifted < capped / 4,
+        "capped: {capped:?}, then with the cap lifted: {lifted:?}"
+    );
+    dockops_ok(&["stats"]);
+}
+
+/// GETs `/object` (`size` bytes) over a keep-alive connection; returns how long it took.
+fn fetch(conn: &mut BufReader<TcpStream>, size: usize) -> Duration {
+    let start = Instant::now();
+    conn.get_mut()
+        .write_all(b"GET /object HTTP/1.1\r\nHost: web\r\n\r\n")
+        .expect("request");
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        conn.read_line(&mut line).expect("response header");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse::<usize>().ok();
+        }
+    }
+    assert_eq!(length, Some(size), "the object's length");
+    let mut body = vec![0; size];
+    conn.read_exact(&mut body).expect("response body");
+    start.elapsed()
 }

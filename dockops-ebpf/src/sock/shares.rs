@@ -64,8 +64,9 @@ pub struct Lease {
     pub clamp: u64,
     /// When its last data packet left (ns).
     last_ns: u64,
-    /// How long its pace held it after that packet (ns).
+    /// How long its pace held it after that packet (ns), and whether it carried PSH.
     owed_ns: u64,
+    pushed: u64,
     /// Of the time measured (`span_ns`), how long it was sending or waiting on the network
     /// rather than on its application.
     busy_ns: u64,
@@ -82,20 +83,28 @@ impl Lease {
         clamp: 0,
         last_ns: 0,
         owed_ns: 0,
+        pushed: 0,
         busy_ns: 0,
         span_ns: 0,
     };
 }
 
+/// [`shares_weigh`]'s `packet`: the socket had segments in flight before it.
+pub const IN_FLIGHT: u64 = 1;
+/// [`shares_weigh`]'s `packet`: it carries PSH, the end of what the application had written
+/// when it was queued.
+pub const PUSHED: u64 = 2;
+
 /// The weight of a socket's next lease, as a data packet of `bytes` leaves at `now_ns`, paced
-/// at `rate` bytes/s, with `in_flight` segments unacknowledged before it; updates what
-/// `lease` measured.
+/// at `rate` bytes/s (`packet`: [`IN_FLIGHT`], [`PUSHED`]); updates what `lease` measured.
 ///
-/// The time since its last data packet counts as busy when that packet's pace held it back,
-/// or when it had segments in flight (it waited on ACKs, on its small-queue limit or on a
-/// backlog): only a socket that had everything acknowledged and nothing to send was idle. A
-/// socket whose lease has run out starts again at full weight: what it sends next is not
-/// known.
+/// The time since its last data packet counts as idle beyond what that packet's pace held it
+/// back only when the socket may have run out of data: that packet ended what its
+/// application had written (PSH), and everything was acknowledged before this one. Any other
+/// gap is busy (the pacing timer firing late, waiting on ACKs, on its small-queue limit or
+/// on a backlog): counted idle, a late timer made 4 long flows under one cap weigh 0.95
+/// each and send 1.01× the cap together. A socket whose lease has run out starts again at
+/// full weight: what it sends next is not known.
 ///
 /// A global function, as the ring's: inlined, its branches doubled the states the verifier
 /// walks through the rest of the program, past its million instructions. `lease` points to
@@ -107,7 +116,7 @@ pub extern "C" fn shares_weigh(
     now_ns: u64,
     bytes: u64,
     rate: u64,
-    in_flight: u64,
+    packet: u64,
 ) -> u64 {
     // SAFETY: null or a `Lease` in PACED_SOCKETS, whose socket's callbacks run one at a time.
     let Some(l) = (unsafe { lease.as_mut() }) else {
@@ -116,12 +125,8 @@ pub extern "C" fn shares_weigh(
     let (mut busy, mut span) = (0, 0);
     if l.held >> 16 > now_ns >> SLOT_SHIFT {
         let passed = now_ns.saturating_sub(l.last_ns);
-        busy = l.busy_ns
-            + if in_flight > 0 {
-                passed
-            } else {
-                passed.min(l.owed_ns)
-            };
+        let idle = l.pushed != 0 && packet & IN_FLIGHT == 0;
+        busy = l.busy_ns + if idle { passed.min(l.owed_ns) } else { passed };
         span = l.span_ns + passed;
         if span > USE_SPAN_NS {
             busy /= 2;
@@ -132,6 +137,7 @@ pub extern "C" fn shares_weigh(
     l.busy_ns = busy;
     l.span_ns = span;
     l.last_ns = now_ns;
+    l.pushed = packet & PUSHED;
     // Below 2^32 bytes, so the product fits (a saturating product needs 128-bit arithmetic,
     // which BPF lacks).
     l.owed_ns = bytes.min(u64::from(u32::MAX)) * 1_000_000_000 / (rate | 1);
