@@ -7,9 +7,9 @@
 //! A cap is divided among the sockets sending under it now (`sock/shares.rs`): a socket
 //! counts from its first data packet, for as long as its pace says its next one is due, and
 //! hands its share back when it closes; it weighs what it used of its share lately, so that
-//! what keep-alive connections leave unused between requests goes to the others. Its rate is set again before every data packet it
-//! sends (the header-option callback), so shares follow sockets arriving and leaving within
-//! one packet of each.
+//! what keep-alive connections leave unused between requests goes to the others. Its rate
+//! is set again before every data packet it sends (the header-option callback), so shares
+//! follow sockets arriving and leaving within one packet of each.
 
 pub mod handshake;
 mod shares;

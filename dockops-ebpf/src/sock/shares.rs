@@ -102,9 +102,9 @@ pub const PUSHED: u64 = 2;
 /// back only when the socket may have run out of data: that packet ended what its
 /// application had written (PSH), and everything was acknowledged before this one. Any other
 /// gap is busy (the pacing timer firing late, waiting on ACKs, on its small-queue limit or
-/// on a backlog): counted idle, a late timer made 4 long flows under one cap weigh 0.95
-/// each and send 1.01× the cap together. A socket whose lease has run out starts again at
-/// full weight: what it sends next is not known.
+/// on a backlog): counted idle, a late timer made 4 long flows under one cap weigh ~0.95
+/// each and send 1.000 of the cap together, above the 0.995 they are paced to. A socket
+/// whose lease has run out starts again at full weight: what it sends next is not known.
 ///
 /// A global function, as the ring's: inlined, its branches doubled the states the verifier
 /// walks through the rest of the program, past its million instructions. `lease` points to
