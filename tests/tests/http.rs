@@ -36,11 +36,7 @@ fn egress_cap_holds_for_many_short_http_connections_and_few() {
         if connections == 256 {
             ping.assert_prompt("egress, 256 connections");
         }
-        #[expect(clippy::cast_precision_loss, reason = "ratios")]
-        let (ratio, retransmitted) = (
-            bytes as f64 * 8.0 / seconds / (CAP_MBIT * 1e6),
-            (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64,
-        );
+        let (ratio, retransmitted) = ratios(bytes, seconds, CAP_MBIT, before, after);
         assert!(
             (0.85..=1.02).contains(&ratio),
             "{connections} connections: goodput/cap = {ratio:.3}"
@@ -77,11 +73,7 @@ fn keep_alive_connections_waiting_between_requests_leave_their_share_to_the_othe
     let (bytes, seconds) = wrk(&small, 32, &["-s", &script.to_string_lossy()]);
     let after = segments(&pid);
     let _ = fs::remove_file(&script);
-    #[expect(clippy::cast_precision_loss, reason = "ratios")]
-    let (ratio, retransmitted) = (
-        bytes as f64 * 8.0 / seconds / (CAP_MBIT * 1e6),
-        (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64,
-    );
+    let (ratio, retransmitted) = ratios(bytes, seconds, CAP_MBIT, before, after);
     assert!(
         (0.92..=1.02).contains(&ratio),
         "goodput/cap = {ratio:.3}: the waiting connections' shares went unused"
@@ -438,6 +430,22 @@ fn parse_wrk(text: &str) -> Option<(u64, f64)> {
         reason = "bytes"
     )]
     Some(((value * scale) as u64, seconds))
+}
+
+/// Goodput over a cap of `cap_mbit` for `bytes` in `seconds`, and the share of segments
+/// retransmitted between two [`segments`] readings.
+#[expect(clippy::cast_precision_loss, reason = "ratios")]
+fn ratios(
+    bytes: u64,
+    seconds: f64,
+    cap_mbit: f64,
+    before: (u64, u64),
+    after: (u64, u64),
+) -> (f64, f64) {
+    (
+        bytes as f64 * 8.0 / seconds / (cap_mbit * 1e6),
+        (after.1 - before.1) as f64 / (after.0 - before.0).max(1) as f64,
+    )
 }
 
 /// The `Tcp:` `OutSegs` and `RetransSegs` of the container's network namespace.
