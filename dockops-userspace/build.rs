@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     use_pinned_linker()?;
     // This package's `variant-*` features select the eBPF object's (upgrade tests).
-    let features: Vec<&str> = ["variant-code", "variant-layout"]
+    let features: Vec<&str> = ["variant-code", "variant-layout", "variant-unverifiable"]
         .into_iter()
         .filter(|f| {
             let var = format!("CARGO_FEATURE_{}", f.to_uppercase().replace('-', "_"));

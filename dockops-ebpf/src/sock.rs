@@ -78,6 +78,12 @@ pub static PACED_FLOWS6: LruHashMap<[u32; 9], u8> = LruHashMap::pinned(65536, 0)
 /// `struct bpf_sock_ops` callbacks on the cgroup v2 root.
 #[sock_ops]
 pub fn sock_pace(ctx: SockOpsContext) -> u32 {
+    // The `variant-unverifiable` test build reads past the context: the verifier refuses it.
+    #[cfg(feature = "variant-unverifiable")]
+    // SAFETY: never runs; the kernel refuses to load this build's program.
+    if unsafe { read_volatile((ctx.ops as *const u8).add(4000)) } != 0 {
+        return 0;
+    }
     match ctx.op() {
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
             // SAFETY: ctx.ops is the program's context; 0 when there is no packet (sizing

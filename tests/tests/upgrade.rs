@@ -1,7 +1,7 @@
-//! Upgrades and reboots keep what the operator asked for. `cargo xtask test` builds two
+//! Upgrades and reboots keep what the operator asked for. `cargo xtask test` builds three
 //! variants of the binary whose eBPF objects differ from the default one: `variant-code`
-//! (same map layouts) and `variant-layout` (`CAPS`, `CAPS6`, `TRAFFIC`, `TC_CAPS` and
-//! `PACED_SOCKETS` resized).
+//! (same map layouts), `variant-layout` (`CAPS`, `CAPS6`, `TRAFFIC`, `TC_CAPS` and
+//! `PACED_SOCKETS` resized) and `variant-unverifiable` (a pacing program the kernel refuses).
 //! Switching between binaries is an upgrade (or a downgrade) on a live host.
 
 use std::{
@@ -382,6 +382,66 @@ fn a_connection_idle_across_an_upgrade_loses_its_pacing_with_the_cap() {
         "capped: {capped:?}, then with the cap lifted: {lifted:?}"
     );
     dockops_ok(&["stats"]);
+}
+
+/// A build whose pacing program the kernel refuses (`variant-unverifiable`) cannot take over:
+/// each run fails with the kernel's reason before any pin changes, and the attached build's
+/// programs go on holding the cap. (Before, the first run swapped the tc programs in, left the
+/// older pacing program attached, moved the build marker, and blamed cgroup v2.)
+#[test]
+fn a_build_whose_programs_the_kernel_refuses_leaves_the_attached_one_in_place() {
+    dockops_ok(&["reset", "--all"]);
+    let pair = Pair::start("refused");
+    dockops_ok(&["limit", &pair.client.name, "--egress", "20mbit"]);
+    let links = link_ids(&pair.client);
+    let programs = link_programs(&pair.client);
+    let pinned = pinned_programs();
+    let (per_second, _) = pair.iperf_while(9, false, || {
+        thread::sleep(Duration::from_secs(2));
+        for _ in 0..2 {
+            let out = dockops_variant_cmd("variant-unverifiable")
+                .args(["limit", &pair.client.name, "--egress", "10mbit"])
+                .output()
+                .expect("running variant-unverifiable");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "the refused build capped: {stderr}");
+            assert!(
+                stderr.contains("do not load on this kernel")
+                    && stderr.contains("sock_pace")
+                    && stderr.contains("invalid bpf_context access")
+                    && !stderr.contains("cgroup v2"),
+                "{stderr}"
+            );
+            thread::sleep(Duration::from_secs(2));
+        }
+    });
+    assert_capped(&per_second, "egress while a refused build ran twice");
+    assert_eq!(link_ids(&pair.client), links, "links were re-created");
+    assert_eq!(link_programs(&pair.client), programs, "tc programs swapped");
+    assert_eq!(pinned_programs(), pinned, "pins changed");
+    assert!(!Path::new(PINS).join("probe").exists(), "scratch pins left");
+    let stats = stats_json();
+    assert_eq!(field(&stats, &pair.client.name, "/limits/egress_bps"), CAP);
+}
+
+/// Each pinned program and link of the datapath, with the program it runs.
+fn pinned_programs() -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for (dir, kind) in [("progs", "prog"), ("global", "link")] {
+        let dir = Path::new(PINS).join(dir);
+        for name in list(&dir) {
+            let path = dir.join(&name);
+            let v = bpftool_json(&[kind, "show", "pinned", path.to_str().expect("utf-8")]);
+            let id = if kind == "prog" {
+                &v["id"]
+            } else {
+                &v["prog_id"]
+            };
+            out.push((format!("{kind} {name}"), id.as_u64().expect("program id")));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// GETs `/object` (`size` bytes) over a keep-alive connection; returns how long it took.

@@ -65,7 +65,7 @@ fn build() -> anyhow::Result<()> {
 }
 
 /// eBPF object variants the upgrade tests switch between (dockops-userspace's features).
-const VARIANTS: [&str; 2] = ["variant-code", "variant-layout"];
+const VARIANTS: [&str; 3] = ["variant-code", "variant-layout", "variant-unverifiable"];
 
 /// Where the binary built with `variant` is kept.
 fn variant_binary(variant: &str) -> std::path::PathBuf {

@@ -119,10 +119,14 @@ pub enum DatapathError {
     },
     #[error("counters map")]
     Map(#[from] MapError),
+    #[error("bandwidth caps are unavailable on this host: {0}")]
+    NoPacing(&'static str),
     #[error(
-        "bandwidth caps need a cgroup v2 hierarchy (none is mounted) and the sock_ops program (see the warning above)"
+        "this build's eBPF programs do not load on this kernel, so it cannot take over from the \
+         build whose programs are attached: that build's datapath stays attached and unchanged \
+         (run its binary until this one is fixed)"
     )]
-    NoPacing,
+    Refused(#[source] Box<DatapathError>),
     #[error("no cgroup v2 hierarchy is mounted to attach to")]
     NoUnifiedCgroup,
     #[error(
@@ -228,8 +232,8 @@ pub struct Datapath {
     cpus: usize,
     /// The host-wide tracepoints (those the kernel refused were warned about at start).
     events: events::Events,
-    /// `None` without a cgroup v2 hierarchy to attach the pacing program to.
-    pacing: Option<caps::Pacing>,
+    /// Why there is no pacing program (no cgroup v2 hierarchy, or the kernel refused it).
+    pacing: Result<caps::Pacing, &'static str>,
     /// What operators asked for, durable across reboots and upgrades.
     store: Store,
     /// This build's id ([`build_id`]).
@@ -258,21 +262,13 @@ impl Datapath {
             source,
         })?;
         let shapes = maps::wanted(cpus)?;
+        let plan = events::Plan::probe(Path::new(bpffs::TRACEFS));
         if fresh {
+            let paces = unified.is_some() && layout.global().join(names::SOCK_PACE).exists();
+            upgrade::probe(&layout, &shapes, &plan, paces)?;
             upgrade::check_maps(&layout, &store, &shapes)?;
         }
-        let mut loader = EbpfLoader::new();
-        loader
-            .default_map_pin_directory(layout.maps())
-            // BTF maps (their values hold a spin lock) cannot ask for pinning themselves.
-            .map_pin_path(names::TC_CAPS, layout.maps().join(names::TC_CAPS))
-            .map_pin_path(names::WINDOWS, layout.maps().join(names::WINDOWS));
-        for (name, shape) in &shapes {
-            loader.map_max_entries(name, shape.max_entries);
-        }
-        let plan = events::Plan::probe(Path::new(bpffs::TRACEFS));
-        plan.set_globals(&mut loader);
-        let mut ebpf = loader.load(OBJECT)?;
+        let mut ebpf = load(&layout.maps(), &shapes, &plan)?;
         let ingress = program(&mut ebpf, &layout, names::TC_INGRESS_ACCT, fresh)?;
         let egress = program(&mut ebpf, &layout, names::TC_EGRESS_ACCT, fresh)?;
         let traffic = take_map(&mut ebpf, names::TRAFFIC)?;
@@ -281,12 +277,13 @@ impl Datapath {
         let ecn_flows = take_map(&mut ebpf, names::ECN_FLOWS)?;
         let events = events::Events::open(&mut ebpf, &layout, &plan, unified, fresh, cpus)?;
         let pacing = match unified {
-            Some(root) => caps::Pacing::open(&mut ebpf, &layout, root, fresh)
-                .inspect_err(|error| {
-                    tracing::warn!("bandwidth caps are unavailable: {}", chain(error));
-                })
-                .ok(),
-            None => None,
+            Some(root) => caps::Pacing::open(&mut ebpf, &layout, root, fresh).map_err(|error| {
+                tracing::warn!("bandwidth caps are unavailable: {}", chain(&error));
+                "the kernel refused the sock_ops pacing program (the warning above says why)"
+            }),
+            None => {
+                Err("no cgroup v2 hierarchy is mounted to attach the sock_ops pacing program to")
+            }
         };
         if !fresh {
             upgrade::mark_build(&layout, &build)?;
@@ -325,7 +322,7 @@ impl Datapath {
     pub fn caps(&self) -> Result<HashMap<IpAddr, Caps>, DatapathError> {
         self.pacing
             .as_ref()
-            .map_or_else(|| Ok(HashMap::new()), caps::Pacing::all)
+            .map_or_else(|_| Ok(HashMap::new()), caps::Pacing::all)
     }
 
     /// Sets the caps of every address of `container`, and records them in the durable store
@@ -367,10 +364,10 @@ impl Datapath {
         if container.addresses().next().is_none() {
             return Err(DatapathError::NoAddress(container.name.clone()));
         }
-        let Some(pacing) = &mut self.pacing else {
-            // Without cgroup v2 there is nothing to pace from.
-            return Err(DatapathError::NoPacing);
-        };
+        let pacing = self
+            .pacing
+            .as_mut()
+            .map_err(|why| DatapathError::NoPacing(why))?;
         let caps = Caps {
             owner: container.id_bytes(),
             ..caps
@@ -459,6 +456,26 @@ fn program(
         repin(&path, |path| prog.pin(path))?;
     }
     SchedClassifier::from_pin(&path).map_err(prog_err)
+}
+
+/// Loads the eBPF object (not yet its programs), its maps pinned in `maps` and sized as
+/// `shapes` say, its globals set as `plan` says.
+fn load(
+    maps: &Path,
+    shapes: &BTreeMap<String, maps::Shape>,
+    plan: &events::Plan,
+) -> Result<Ebpf, DatapathError> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(maps)
+        // BTF maps (their values hold a spin lock) cannot ask for pinning themselves.
+        .map_pin_path(names::TC_CAPS, maps.join(names::TC_CAPS))
+        .map_pin_path(names::WINDOWS, maps.join(names::WINDOWS));
+    for (name, shape) in shapes {
+        loader.map_max_entries(name, shape.max_entries);
+    }
+    plan.set_globals(&mut loader);
+    Ok(loader.load(OBJECT)?)
 }
 
 /// The map `name` of the loaded object, typed.

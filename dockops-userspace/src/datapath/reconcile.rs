@@ -180,7 +180,7 @@ impl Datapath {
         for key in stale {
             self.traffic.remove(&key)?;
         }
-        if let Some(pacing) = &mut self.pacing {
+        if let Ok(pacing) = &mut self.pacing {
             let owners = containers
                 .iter()
                 .flat_map(|c| c.addresses().map(|ip| (ip, c.id_bytes())))

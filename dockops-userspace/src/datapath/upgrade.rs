@@ -1,5 +1,7 @@
 //! A new build adopting what an older one pinned, without a moment of uncapped traffic.
 //!
+//! 0. [`probe`] loads this build's programs that replace attached ones into scratch maps: if
+//!    the kernel refuses one, the command fails before any pin changes.
 //! 1. Before loading ([`check_maps`]): each pinned map is compared with this build's
 //!    definition of it (type, key and value size, max entries, flags). Those that match are
 //!    adopted as they are: counters and caps carry on. Those that differ are unpinned, so the
@@ -17,7 +19,7 @@ use std::{collections::BTreeMap, fs, os::fd::AsFd as _, path::Path};
 
 use aya::{
     maps::{HashMap as BpfHashMap, Map, MapData},
-    programs::SockOps,
+    programs::{SchedClassifier, SockOps},
 };
 use dockops_common::{Caps, names};
 
@@ -53,6 +55,60 @@ pub(super) fn mark_build(layout: &Layout, build: &str) -> Result<(), DatapathErr
         path: marker,
         source,
     })
+}
+
+/// Loads the programs this build would swap in (the tc programs, and the pacing program when
+/// `paces`: the older build's is attached) with maps pinned in a scratch directory, removed
+/// after. A program the kernel refuses fails the command with [`DatapathError::Refused`]
+/// before anything pinned changes, so the older build's datapath runs on as it was. (Found
+/// only while swapping, it would leave the older pacing program attached to maps that may
+/// have been rebuilt, while the marker said this build ran.)
+pub(super) fn probe(
+    layout: &Layout,
+    shapes: &BTreeMap<String, Shape>,
+    plan: &super::events::Plan,
+    paces: bool,
+) -> Result<(), DatapathError> {
+    let scratch = layout.root().join("probe");
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DatapathError::Io { path, source }
+    };
+    // Left by a run that died here: nothing else uses it.
+    if scratch.exists() {
+        fs::remove_dir_all(&scratch).map_err(io(&scratch))?;
+    }
+    fs::create_dir_all(&scratch).map_err(io(&scratch))?;
+    let loaded = load_programs(&scratch, shapes, plan, paces);
+    fs::remove_dir_all(&scratch).map_err(io(&scratch))?;
+    loaded.map_err(|error| DatapathError::Refused(Box::new(error)))
+}
+
+fn load_programs(
+    scratch: &Path,
+    shapes: &BTreeMap<String, Shape>,
+    plan: &super::events::Plan,
+    paces: bool,
+) -> Result<(), DatapathError> {
+    let mut ebpf = super::load(scratch, shapes, plan)?;
+    for name in [names::TC_INGRESS_ACCT, names::TC_EGRESS_ACCT] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Missing(name))?
+            .try_into()
+            .map_err(program_err(name))?;
+        prog.load().map_err(program_err(name))?;
+    }
+    if paces {
+        let name = names::SOCK_PACE;
+        let prog: &mut SockOps = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Missing(name))?
+            .try_into()
+            .map_err(program_err(name))?;
+        prog.load().map_err(program_err(name))?;
+    }
+    Ok(())
 }
 
 /// Unpins the maps whose layout this build does not share, and those it no longer has
@@ -177,7 +233,11 @@ impl Datapath {
         let global = self.layout.global();
         let progs = self.layout.progs();
         let sock = global.join(names::SOCK_PACE);
-        if self.pacing.is_some() && sock.exists() {
+        if sock.exists() {
+            // The older build paces: a build that cannot must not pass for the running one.
+            if let Err(why) = self.pacing {
+                return Err(DatapathError::NoPacing(why));
+            }
             let prog = SockOps::from_pin(progs.join(names::SOCK_PACE))
                 .map_err(program_err(names::SOCK_PACE))?;
             let fd = prog.fd().map_err(program_err(names::SOCK_PACE))?;
