@@ -26,6 +26,9 @@ const CLIENT: &str = "dockops-bench-wrk";
 #[derive(Clone, Copy)]
 struct Run {
     goodput_bits: f64,
+    /// What the capped container's eth0 sent (egress) or received (ingress), bit/s, from
+    /// its second second to its last but one: headers, handshakes and ACKs included.
+    wire_bits: f64,
     /// Of all the sender's segments; NaN when it sent none.
     retransmitted: f64,
     /// Request latency, ms; NaN when no request completed.
@@ -40,6 +43,7 @@ struct Bench<'a> {
     engine: &'a Engine,
     web_ip: String,
     web_pid: String,
+    client_pid: String,
     client_veth: String,
     seconds: u64,
 }
@@ -88,7 +92,7 @@ type Key = (&'static str, u64, u64, u32, bool);
 
 fn table(results: &BTreeMap<(Key, bool), anyhow::Result<Run>>) -> String {
     let mut table = String::from(
-        "| direction | cap | object | connections | keep-alive | goodput / cap | retransmitted | p50 request | p99 request | ping avg / max, loss |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| direction | cap | object | connections | keep-alive | goodput / cap | wire / cap | retransmitted | p50 request | p99 request | ping avg / max, loss |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let cell = |key: &Key, tbf: bool| results.get(&(*key, tbf)).and_then(|r| r.as_ref().ok());
     for (key, _) in results.keys().filter(|(_, tbf)| !tbf) {
@@ -101,11 +105,12 @@ fn table(results: &BTreeMap<(Key, bool), anyhow::Result<Run>>) -> String {
         };
         let _ = writeln!(
             table,
-            "| {direction} | {} | {} | {connections} | {} | {} | {} | {} | {} | {} |",
+            "| {direction} | {} | {} | {connections} | {} | {} | {} | {} | {} | {} | {} |",
             rate_name(bits),
             size_name(size),
             if close { "no" } else { "yes" },
             both(&|r| format!("{:.3}", r.goodput_bits / cap)),
+            both(&|r| format!("{:.3}", r.wire_bits / cap)),
             both(&|r| format!("{:.2} %", 100.0 * r.retransmitted)),
             both(&|r| ms(r.p50)),
             both(&|r| ms(r.p99)),
@@ -170,6 +175,7 @@ impl<'a> Bench<'a> {
             engine,
             web_ip: inspect("{{.NetworkSettings.IPAddress}}", WEB)?,
             web_pid: inspect("{{.State.Pid}}", WEB)?,
+            client_pid: inspect("{{.State.Pid}}", CLIENT)?,
             client_veth: super::pair::veth_by_index(iflink.trim())?,
             seconds,
         };
@@ -209,7 +215,18 @@ impl<'a> Bench<'a> {
         cmd.arg(format!("http://{}:80/{size_kib}", self.web_ip));
         let ping = self.ping()?;
         let before = segments(&self.web_pid)?;
-        let out = cmd.output().context("wrk")?;
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("wrk")?;
+        // The steady state only: not the first second's handshakes, nor the last's backlog.
+        thread::sleep(Duration::from_secs(1));
+        let (wire_before, started) = (self.wire(direction)?, Instant::now());
+        thread::sleep(Duration::from_secs(self.seconds.saturating_sub(2).max(1)));
+        let wire = self.wire(direction)? - wire_before;
+        let wire_seconds = started.elapsed().as_secs_f64();
+        let out = child.wait_with_output().context("wrk")?;
         let after = segments(&self.web_pid)?;
         let ping = String::from_utf8_lossy(&ping.wait_with_output()?.stdout).into_owned();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -218,6 +235,7 @@ impl<'a> Bench<'a> {
         #[expect(clippy::cast_precision_loss, reason = "ratios")]
         Ok(Run {
             goodput_bits: bytes * 8.0 / seconds,
+            wire_bits: wire as f64 * 8.0 / wire_seconds,
             retransmitted: (after.1 - before.1) as f64 / (after.0 - before.0) as f64,
             p50: latency(&text, "50%"),
             p99: latency(&text, "99%"),
@@ -225,6 +243,25 @@ impl<'a> Bench<'a> {
             ping_max,
             ping_loss,
         })
+    }
+
+    /// Bytes the capped container's eth0 has sent (egress) or received (ingress), Ethernet
+    /// headers included, as `/proc/PID/net/dev` counts them.
+    fn wire(&self, direction: Direction) -> anyhow::Result<u64> {
+        let (pid, column) = match direction {
+            Direction::Egress => (&self.web_pid, 8),
+            Direction::Ingress => (&self.client_pid, 0),
+        };
+        let dev = fs::read_to_string(format!("/proc/{pid}/net/dev"))?;
+        let line = dev
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+            .context("no eth0 in /proc/PID/net/dev")?;
+        let value = line
+            .split_whitespace()
+            .nth(column)
+            .context("eth0 counters")?;
+        Ok(value.parse()?)
     }
 
     /// Waits (up to 15 s) until the last run's connections are gone from the server (all
