@@ -9,6 +9,7 @@
 //!   global/block_bio_queue        the pinned tracepoint link (host-wide)
 //!   global/sock_pace              the pinned sock_ops link on the cgroup v2 root
 //!   build-<hash>/                 empty: which build's programs are attached
+//!   probe/                        an upgrade's trial load of its programs, while it runs
 //!   links/<container id>/12-ingress-tcx            a pinned tcx link
 //!   links/<container id>/12-egress-netlink-clsact-p49152-h1
 //!                                 a netlink filter's record (a program pin); `-clsact`:
@@ -61,6 +62,10 @@ impl Layout {
     }
     pub fn links(&self) -> PathBuf {
         self.root.join("links")
+    }
+    /// Scratch maps of an upgrade's trial load, there only while it runs.
+    pub fn probe(&self) -> PathBuf {
+        self.root.join("probe")
     }
     pub fn container(&self, id: &str) -> PathBuf {
         self.links().join(id)

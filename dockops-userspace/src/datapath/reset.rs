@@ -105,6 +105,8 @@ pub fn reset() -> Result<Cleared, DatapathError> {
         layout.links(),
         layout.progs(),
         layout.maps(),
+        // Left only by a process killed during an upgrade's trial load.
+        layout.probe(),
     ] {
         for name in read_dir_names(&dir).unwrap_or_default() {
             let path = dir.join(&name);

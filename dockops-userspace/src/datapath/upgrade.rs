@@ -69,7 +69,7 @@ pub(super) fn probe(
     plan: &super::events::Plan,
     paces: bool,
 ) -> Result<(), DatapathError> {
-    let scratch = layout.root().join("probe");
+    let scratch = layout.probe();
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| DatapathError::Io { path, source }
