@@ -245,6 +245,14 @@ pub struct LeaseRing {
     pub slot: u64,
     /// The weight of the leases ending in slot `s`, at `s % 64`.
     pub ending: [u32; 64],
+    /// The ~67 ms budget period (slot >> 2) `sent` counts.
+    pub period: u64,
+    /// Bytes the sockets sent in that period.
+    pub sent: u64,
+    /// What the shares are multiplied by, over 256.
+    pub boost: u32,
+    /// Bit 0: a socket saw a queue in that period; bit 1: a socket was held back by its pace.
+    pub seen: u32,
 }
 
 /// The tc hard cap of one hook and its token bucket, as userspace sees a `TC_CAPS` value.

@@ -32,7 +32,7 @@ use aya_ebpf::{
 use dockops_common::{
     BULK_PRIORITY, Caps, InsertFailures, MAX_CAPS, window_key_group, window_key_v4, window_key_v6,
 };
-use shares::{FULL, Lease, NO_KEY, SLOT_SHIFT, held};
+use shares::{FULL, Lease, NO_KEY, SLOT_SHIFT, TRAFFIC_SHIFT, held};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -45,6 +45,9 @@ const TCP_BPF_IW: i32 = 1001;
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 /// The TCP header's PSH flag, as `skb_tcp_flags` holds it.
 const TCPHDR_PSH: u32 = 0x08;
+/// How far a socket's smoothed round trip may sit above its least before it counts as
+/// queued (µs): the backlog or the hard bucket binds, and the budget stops raising shares.
+const QUEUE_US: u32 = 50_000;
 /// The rate that means "not paced" (`~0U` in the kernel).
 const UNPACED: u32 = u32::MAX;
 /// Callbacks a capped socket asks for: one before each packet it sends (header options,
@@ -256,15 +259,28 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     // SAFETY: reads the monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
     let slot = now >> SLOT_SHIFT;
-    // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3,
-    // packets_out what is in flight before this packet.
-    let (srtt8, in_flight, flags) = unsafe {
+    // SAFETY: ctx.ops is the program's context; srtt_us is the smoothed RTT << 3, rtt_min
+    // the least seen (µs, ~0 before any), packets_out what is in flight before this packet.
+    let (srtt8, rtt_min, in_flight, flags) = unsafe {
         (
             read_volatile(&raw const (*ctx.ops).srtt_us),
+            read_volatile(&raw const (*ctx.ops).rtt_min),
             read_volatile(&raw const (*ctx.ops).packets_out),
             read_volatile(&raw const (*ctx.ops).skb_tcp_flags),
         )
     };
+    // What the ring's budget counts of this packet (`shares::budget`).
+    let traffic = bytes.min(shares::QUEUED - 1)
+        | if srtt8 / 8 > rtt_min.saturating_add(QUEUE_US) {
+            shares::QUEUED
+        } else {
+            0
+        }
+        | if flags & TCPHDR_PSH == 0 {
+            shares::BOUND
+        } else {
+            0
+        };
     let packet = if in_flight > 0 { shares::IN_FLIGHT } else { 0 }
         | if flags & TCPHDR_PSH != 0 {
             shares::PUSHED
@@ -291,8 +307,12 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
         if key != NO_KEY {
             // SAFETY: as above.
             let new = unsafe { read_volatile(&raw const lease.next) };
-            let active = shares::shares_renew(key, slot, old, new);
-            rate = rate.min(paced_cap(want.bits[i]) * FULL / active.max(FULL));
+            // Pacing rates are 32 bits (at most ~4.3 GB/s): a cap taken at most 2^37 bytes/s
+            // sets the same rates and keeps the budget's products below 2^64.
+            let cap = paced_cap(want.bits[i]).min(1 << 37);
+            let ring = shares::shares_renew(key, slot, old, new, cap << TRAFFIC_SHIFT | traffic);
+            let (active, boost) = (ring & u64::from(u32::MAX), ring >> 32);
+            rate = rate.min(cap * FULL / active.max(FULL) * boost / FULL);
         }
     }
     lease.held = lease.next;

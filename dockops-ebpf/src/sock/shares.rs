@@ -31,6 +31,20 @@ const MIN_WEIGHT: u64 = FULL / 32;
 /// How far back a socket's use of its share is measured, in ns: past this, what was
 /// measured counts half.
 const USE_SPAN_NS: u64 = 32_000_000;
+/// log2 of a budget period in slots (4 slots, ~67 ms): a ring compares what its sockets
+/// sent in one with what the cap allows.
+const PERIOD_SHIFT: u32 = 2;
+/// The most the budget raises the shares: 2×.
+const MAX_BOOST: u64 = 2 * FULL;
+/// [`shares_renew`]'s `traffic`: the packet's bytes in the low 20 bits, the flags
+/// [`QUEUED`] and [`BOUND`], and the paced cap (bytes/s) from [`TRAFFIC_SHIFT`].
+pub const TRAFFIC_SHIFT: u32 = 22;
+/// The socket's smoothed round trip is well above its least: a queue (the hard bucket or
+/// the backlog binds, not the pacing).
+pub const QUEUED: u64 = 1 << 20;
+/// The packet is not the last of what the application had written (no PSH): its socket has
+/// more to send, and its pace, not its application, holds it back.
+pub const BOUND: u64 = 1 << 21;
 
 /// Lease ring per (address or group, direction): key = address key << 1 | ingress.
 /// Userspace removes the entries of addresses that are no longer capped.
@@ -47,6 +61,15 @@ pub struct Ring {
     slot: u64,
     /// The weight of the leases ending in slot `s`, at `s % SLOTS`.
     ending: [u32; SLOTS as usize],
+    /// The budget period (`slot >> PERIOD_SHIFT`) `sent` counts.
+    period: u64,
+    /// Bytes the sockets sent in that period.
+    sent: u64,
+    /// What the shares are multiplied by, over [`FULL`].
+    boost: u32,
+    /// Of the flags [`QUEUED`] and [`BOUND`] (shifted down to bits 0 and 1), those some
+    /// packet of that period carried.
+    seen: u32,
 }
 
 const _: () = assert!(size_of::<Ring>() == size_of::<dockops_common::LeaseRing>());
@@ -167,17 +190,18 @@ pub fn length(bytes: u64, rate: u64, srtt_ns: u64) -> u64 {
         .clamp(MIN_LEASE, SLOTS - 1)
 }
 
-/// Holds the lease `new` ([`held`]) in `key`'s ring from `slot` (replacing `old` there);
-/// returns the ring's total weight now.
+/// Holds the lease `new` ([`held`]) in `key`'s ring from `slot` (replacing `old` there) and
+/// counts the packet `traffic` describes ([`QUEUED`]); returns the ring's total weight now in
+/// the low 32 bits and its boost above.
 ///
 /// The ring functions are global BPF functions: the verifier checks each once, on its own,
 /// rather than at every call site along every path (inlined, the program took 680 000 of
 /// its million instructions to verify). At most 5 arguments, scalars in and out.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn shares_renew(key: u64, slot: u64, old: u64, new: u64) -> u64 {
+pub extern "C" fn shares_renew(key: u64, slot: u64, old: u64, new: u64, traffic: u64) -> u64 {
     let Some(ring) = ring(key, slot) else {
-        return FULL;
+        return FULL | FULL << 32;
     };
     // SAFETY: a map value, valid for the program run; changed only under its lock.
     let r = unsafe { &mut *ring };
@@ -187,9 +211,48 @@ pub extern "C" fn shares_renew(key: u64, slot: u64, old: u64, new: u64) -> u64 {
     let (end, weight) = ((new >> 16) % SLOTS, (new & 0xffff) as u32);
     r.ending[end as usize] = r.ending[end as usize].saturating_add(weight);
     r.active = r.active.saturating_add(weight);
-    let active = r.active;
+    budget(r, slot, traffic);
+    let (active, boost) = (r.active, r.boost);
     unsafe { unlock(&raw mut r.lock) };
-    u64::from(active)
+    u64::from(active) | u64::from(boost) << 32
+}
+
+/// The aggregate budget: at the first packet of each period, compares what the ring's
+/// sockets sent in the one before with what their paced cap allows. When some socket was
+/// held back by its pace ([`BOUND`]) and none saw a queue ([`QUEUED`]), a shortfall raises
+/// the boost by as much (at most 5/4 a period, up to [`MAX_BOOST`]); an excess lowers it by
+/// as much (down to 1). Any other period sets it back to 1: a queue means the hard bucket or
+/// the backlog binds, no socket held back means nothing to make up, and a period without
+/// traffic means nothing measured. So the boost only makes up for shares that go unused
+/// (weights lagging sockets that wait for requests, pacing timers firing late on a busy
+/// host), and a queue ends it. Called with the lock held.
+#[inline(always)]
+fn budget(r: &mut Ring, slot: u64, traffic: u64) {
+    let period = slot >> PERIOD_SHIFT;
+    if period != r.period {
+        let boost = u64::from(r.boost).clamp(FULL, MAX_BOOST);
+        // What the paced cap allows in one period.
+        let allowed =
+            (traffic >> TRAFFIC_SHIFT) * (1 << (SLOT_SHIFT + PERIOD_SHIFT)) / 1_000_000_000;
+        let sent = r.sent;
+        let (queued, held_back) = (r.seen & 1 != 0, r.seen & 2 != 0);
+        r.boost = if period != r.period + 1 || sent == 0 || allowed == 0 || queued {
+            FULL
+        } else if sent > allowed {
+            (boost * allowed / sent).max(FULL)
+        } else if !held_back {
+            FULL
+        } else if sent * 64 < allowed * 63 {
+            (boost * allowed.min(sent + sent / 4) / sent).min(MAX_BOOST)
+        } else {
+            boost
+        } as u32;
+        r.period = period;
+        r.sent = 0;
+        r.seen = 0;
+    }
+    r.sent += traffic & (QUEUED - 1);
+    r.seen |= ((traffic >> 20) & 3) as u32;
 }
 
 /// The total weight of `key`'s ring at `slot` (at least [`FULL`]), without taking a lease.
@@ -238,6 +301,10 @@ fn ring(key: u64, slot: u64) -> Option<*mut Ring> {
         active: 0,
         slot,
         ending: [0; SLOTS as usize],
+        period: 0,
+        sent: 0,
+        boost: FULL as u32,
+        seen: 0,
     };
     if WINDOWS.insert(key, empty, 0).is_err() {
         crate::insert_failed(InsertFailures::Windows);
