@@ -68,7 +68,8 @@ pub struct Ring {
     /// What the shares are multiplied by, over [`FULL`].
     boost: u32,
     /// Of the flags [`QUEUED`] and [`BOUND`] (shifted down to bits 0 and 1), those some
-    /// packet of that period carried.
+    /// packet of that period carried; bit 2: the period is counted whole (traffic went on
+    /// from the one before).
     seen: u32,
 }
 
@@ -219,13 +220,14 @@ pub extern "C" fn shares_renew(key: u64, slot: u64, old: u64, new: u64, traffic:
 
 /// The aggregate budget: at the first packet of each period, compares what the ring's
 /// sockets sent in the one before with what their paced cap allows. When some socket was
-/// held back by its pace ([`BOUND`]) and none saw a queue ([`QUEUED`]), a shortfall raises
-/// the boost by as much (at most 5/4 a period, up to [`MAX_BOOST`]); an excess lowers it by
-/// as much (down to 1). Any other period sets it back to 1: a queue means the hard bucket or
-/// the backlog binds, no socket held back means nothing to make up, and a period without
-/// traffic means nothing measured. So the boost only makes up for shares that go unused
+/// held back by its pace ([`BOUND`]) and none saw a queue ([`QUEUED`]), a shortfall of more
+/// than 1/64 and at most 1/4 raises the boost by as much (up to [`MAX_BOOST`]), and an
+/// excess lowers it by as much and by a quarter of the boost above 1. Any other period sets
+/// it back to 1: a queue (the hard bucket or the backlog binds), no socket held back
+/// (nothing to make up), a period without traffic or the first one after it (nothing
+/// measured, or only part of a period). So the boost only makes up for shares that go unused
 /// (weights lagging sockets that wait for requests, pacing timers firing late on a busy
-/// host), and a queue ends it. Called with the lock held.
+/// host). Called with the lock held.
 #[inline(always)]
 fn budget(r: &mut Ring, slot: u64, traffic: u64) {
     let period = slot >> PERIOD_SHIFT;
@@ -235,21 +237,33 @@ fn budget(r: &mut Ring, slot: u64, traffic: u64) {
         let allowed =
             (traffic >> TRAFFIC_SHIFT) * (1 << (SLOT_SHIFT + PERIOD_SHIFT)) / 1_000_000_000;
         let sent = r.sent;
-        let (queued, held_back) = (r.seen & 1 != 0, r.seen & 2 != 0);
-        r.boost = if period != r.period + 1 || sent == 0 || allowed == 0 || queued {
-            FULL
-        } else if sent > allowed {
-            (boost * allowed / sent).max(FULL)
-        } else if !held_back {
+        let (whole, queued, held_back) = (r.seen & 4 != 0, r.seen & 1 != 0, r.seen & 2 != 0);
+        let next = period == r.period + 1;
+        r.boost = if !(next && whole && !queued && held_back) {
             FULL
         } else if sent * 64 < allowed * 63 {
-            (boost * allowed.min(sent + sent / 4) / sent).min(MAX_BOOST)
+            // Below 3/4 of the budget the shortfall is not shares left unused but a host or
+            // clients that cannot keep up (256 keep-alive connections for 4 KiB under
+            // 1 Gbit/s here: 0.3-0.65 of it a period): higher rates cannot fill it and
+            // only make each socket's bursts larger.
+            if sent * 4 < allowed * 3 {
+                FULL
+            } else {
+                (boost * allowed.min(sent + sent / 4) / (sent | 1)).min(MAX_BOOST)
+            }
+        } else if sent > allowed {
+            // Lowered by the excess and a quarter of the boost: the excess alone is small
+            // when the bucket or the backlog holds the sockets back, and kept a boost up.
+            (boost * allowed / sent)
+                .saturating_sub((boost - FULL) / 4)
+                .max(FULL)
         } else {
             boost
         } as u32;
         r.period = period;
         r.sent = 0;
-        r.seen = 0;
+        // The new period counts whole if traffic went on into it from the one before.
+        r.seen = if next { 4 } else { 0 };
     }
     r.sent += traffic & (QUEUED - 1);
     r.seen |= ((traffic >> 20) & 3) as u32;
