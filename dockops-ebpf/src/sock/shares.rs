@@ -3,7 +3,8 @@
 //! socket hands it back at once. A lease weighs what its socket uses of its share: a socket
 //! that sends all the time weighs 1 ([`FULL`]); a keep-alive connection that waits for its
 //! next request half of the time weighs 1/2, and the others' shares grow by what it leaves
-//! unused. The cap is divided by the leases' total weight.
+//! unused. The cap is divided by the leases' total weight, and multiplied by the ring's
+//! boost ([`budget`]: up to 2× while its sockets send less than the cap allows).
 //!
 //! Leases end on ~16.8 ms slots. Per cap key, a ring of 64 slots (~1.07 s) holds the weight
 //! of the leases ending in each slot, with their total: renewing, handing back and expiring
@@ -229,9 +230,9 @@ pub extern "C" fn shares_renew(key: u64, slot: u64, old: u64, new: u64, traffic:
 /// The aggregate budget: at the first packet of each period, compares what the ring's
 /// sockets sent in the one before with what their paced cap allows. When some socket was
 /// held back by its pace ([`BOUND`]) and none saw a queue ([`QUEUED`]), a shortfall of more
-/// than 1/64 and at most 1/4 raises the boost by as much (up to [`MAX_BOOST`]), and an
-/// excess lowers it by as much and by a quarter of the boost above 1. Any other period sets
-/// it back to 1: a queue (the hard bucket or the backlog binds), no socket held back
+/// than 1/64 and at most 1/4 raises the boost by as much (up to [`MAX_BOOST`]), a smaller
+/// one keeps it, and an excess lowers it by as much and by a quarter of the boost above 1.
+/// Any other period sets it back to 1: a queue (the hard bucket or the backlog binds), no socket held back
 /// (nothing to make up), a period without traffic or the first one after it (nothing
 /// measured, or only part of a period). So the boost only makes up for shares that go unused
 /// (weights lagging sockets that wait for requests, pacing timers firing late on a busy
