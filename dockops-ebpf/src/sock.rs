@@ -356,9 +356,10 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
 /// next ACK gives the congestion control's rate back (on this host's short path a bulk
 /// flow's packets, too, leave with nothing in flight, and iperf3 flows moved 0.990-0.995 of
 /// a 100 Mbit/s cap, 0.994-0.999 before). Only a first packet below one segment goes free
-/// (headers, ahead of a body): made free, a first packet of full segments (a server that
-/// corks its answer) still held the second behind its pace at the congestion control's
-/// rate, and such servers moved less than before.
+/// (headers, ahead of a body):
+/// a burst that starts with full segments (a server that corks its answer) waited a timer
+/// for its second packet behind the first's pace at the congestion control's rate, as
+/// before, and moved less.
 #[inline(always)]
 fn pace(
     ctx: &SockOpsContext,
@@ -369,20 +370,19 @@ fn pace(
     free: bool,
     pushed: bool,
 ) {
-    // Products stay below 2^64: bytes below 2^32, `part` at most 2^8, rates below 2^40.
-    let rate = rate.min(1 << 40) | 1;
-    let bytes = bytes.min(u64::from(u32::MAX));
     if free {
-        // Its pace at the share still runs before the next burst goes free: a socket that
-        // answers with single small packets faster than its share is paced, not let through.
         lease.debt = bytes;
-        lease.due_ns = now_ns + bytes * 1_000_000_000 / rate;
+        lease.due_ns = now_ns;
         return;
     }
-    // What this packet pays for: itself and the burst's free packet; its share of that, over
-    // 256, lowers its rate.
-    let owed = (bytes + lease.debt).min(1 << 32);
+    // What this packet pays for, over 256: itself and the burst's free packet. Products stay
+    // below 2^64: bytes below 2^32, `part` at most 2^8, rates taken below 2^40.
+    let (bytes, owed) = (
+        bytes.min(u64::from(u32::MAX)),
+        (bytes + lease.debt).min(1 << 32),
+    );
     let part = (bytes << 8) / (owed | 1);
+    let rate = rate.min(1 << 40) | 1;
     lease.debt = 0;
     lease.due_ns = now_ns + owed * 1_000_000_000 / rate;
     set_pacing(ctx, (rate * part >> 8).max(1));
