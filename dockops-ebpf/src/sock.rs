@@ -287,18 +287,10 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
         } else {
             0
         };
-    let current = pacing(ctx).unwrap_or(UNPACED);
-    // The share's rate at the socket's last packet (its pacing is lifted between bursts).
-    let share = if lease.rate != 0 {
-        lease.rate
-    } else {
-        u64::from(current)
-    };
-    // Read before `shares_weigh` measures this packet.
-    let starts = lease.starts_burst(now, in_flight > 0);
-    let weight = shares::shares_weigh(lease, now, bytes, share, packet);
+    let rate = u64::from(pacing(ctx).unwrap_or(UNPACED));
+    let weight = shares::shares_weigh(lease, now, bytes, rate, packet);
     lease.next = held(
-        slot + shares::length(bytes, share, u64::from(srtt8) * 125),
+        slot + shares::length(bytes, rate, u64::from(srtt8) * 125),
         weight,
     );
     let mut rate = u64::MAX;
@@ -325,69 +317,12 @@ fn sent(ctx: &SockOpsContext, bytes: u64) {
     }
     lease.held = lease.next;
     lease.keys = want.keys;
-    lease.rate = rate.min(u64::from(UNPACED - 1));
-    pace(
-        ctx,
-        lease,
-        rate,
-        bytes,
-        now,
-        starts && current == UNPACED && bytes < u64::from(mss(ctx)),
-        flags & TCPHDR_PSH != 0,
-    );
+    // Read again rather than kept from above: a value live across the loop doubles the
+    // states the verifier walks, past its limit of a million instructions.
+    set_pacing(ctx, rate);
     let clamp = window_clamp(ctx, rate);
     if clamp != lease.clamp && set_clamp(ctx, clamp) {
         lease.clamp = clamp;
-    }
-}
-
-/// Paces a data packet of `bytes` at the socket's share, `rate` bytes/s.
-///
-/// The kernel holds each packet until the one before it has been paced out, with a timer per
-/// socket; a response written in two parts (headers, then the body) waited a timer for its
-/// second part, about one timer per request, and on a virtual machine each costs an
-/// interrupt: 256 keep-alive connections for 4 KiB under 1 Gbit/s moved 0.41 of the cap,
-/// tbf 0.92. So the first packet of a burst (`free`: it `starts` one and the pacing was
-/// lifted at the end of the last) leaves at the pace the congestion control set on the ACK
-/// before it, and the next packet of the burst pays for both: every burst still takes the
-/// time its bytes take at the share, as standard pacing (which sends a burst's first packet
-/// at once too), and a burst of one packet owes nothing once its pace has run out. A packet
-/// that ends what the application wrote (`pushed`) lifts the pacing after it, so that the
-/// next ACK gives the congestion control's rate back (on this host's short path a bulk
-/// flow's packets, too, leave with nothing in flight, and iperf3 flows moved 0.990-0.995 of
-/// a 100 Mbit/s cap, 0.994-0.999 before). Only a first packet below one segment goes free
-/// (headers, ahead of a body):
-/// a burst that starts with full segments (a server that corks its answer) waited a timer
-/// for its second packet behind the first's pace at the congestion control's rate, as
-/// before, and moved less.
-#[inline(always)]
-fn pace(
-    ctx: &SockOpsContext,
-    lease: &mut Lease,
-    rate: u64,
-    bytes: u64,
-    now_ns: u64,
-    free: bool,
-    pushed: bool,
-) {
-    if free {
-        lease.debt = bytes;
-        lease.due_ns = now_ns;
-        return;
-    }
-    // What this packet pays for, over 256: itself and the burst's free packet. Products stay
-    // below 2^64: bytes below 2^32, `part` at most 2^8, rates taken below 2^40.
-    let (bytes, owed) = (
-        bytes.min(u64::from(u32::MAX)),
-        (bytes + lease.debt).min(1 << 32),
-    );
-    let part = (bytes << 8) / (owed | 1);
-    let rate = rate.min(1 << 40) | 1;
-    lease.debt = 0;
-    lease.due_ns = now_ns + owed * 1_000_000_000 / rate;
-    set_pacing(ctx, (rate * part >> 8).max(1));
-    if pushed {
-        set_int(ctx, SO_MAX_PACING_RATE, UNPACED);
     }
 }
 
@@ -415,14 +350,9 @@ fn window_rtts(ctx: &SockOpsContext, rate: u64, rtts: u64) -> u64 {
 /// What a socket paced at `rate` bytes/s sends in `span_us`, in segments, at least 2.
 #[inline(always)]
 fn window(ctx: &SockOpsContext, rate: u64, span_us: u64) -> u64 {
-    (rate.min(1 << 40) * span_us / 1_000_000 / (u64::from(mss(ctx)) | 1)).max(2)
-}
-
-/// The socket's current segment size (bytes).
-#[inline(always)]
-fn mss(ctx: &SockOpsContext) -> u32 {
     // SAFETY: ctx.ops is the program's context.
-    unsafe { read_volatile(&raw const (*ctx.ops).mss_cache) }
+    let mss = unsafe { read_volatile(&raw const (*ctx.ops).mss_cache) };
+    (rate.min(1 << 40) * span_us / 1_000_000 / (u64::from(mss) | 1)).max(2)
 }
 
 /// Sets the socket's congestion window clamp (`i32::MAX`: none); true if the kernel took it.

@@ -104,13 +104,6 @@ pub struct Lease {
     /// rather than on its application.
     busy_ns: u64,
     span_ns: u64,
-    /// The rate its share gave its last data packet (bytes/s; 0: none yet).
-    pub rate: u64,
-    /// Bytes it sent at its congestion control's own pace (the first packet of a burst
-    /// after an idle pause) that the next packet of the burst pays for.
-    pub debt: u64,
-    /// When the kernel's pacing lets its next data packet leave (ns).
-    pub due_ns: u64,
 }
 
 pub const NO_KEY: u64 = u64::MAX;
@@ -126,18 +119,7 @@ impl Lease {
         pushed: 0,
         busy_ns: 0,
         span_ns: 0,
-        rate: 0,
-        debt: 0,
-        due_ns: 0,
     };
-
-    /// Whether a data packet leaving at `now_ns` starts a burst: the socket's last one ended
-    /// what its application had written, everything was acknowledged since (`in_flight`:
-    /// not), and the kernel's pacing lets it leave at once.
-    #[inline(always)]
-    pub fn starts_burst(&self, now_ns: u64, in_flight: bool) -> bool {
-        self.pushed != 0 && !in_flight && now_ns >= self.due_ns
-    }
 }
 
 /// [`shares_weigh`]'s `packet`: the socket had segments in flight before it.
