@@ -232,9 +232,9 @@ pub extern "C" fn shares_renew(key: u64, slot: u64, old: u64, new: u64, traffic:
 /// held back by its pace ([`BOUND`]) and none saw a queue ([`QUEUED`]), a shortfall of more
 /// than 1/64 and at most 1/4 raises the boost by as much (up to [`MAX_BOOST`]), a smaller
 /// one keeps it, and an excess lowers it by as much and by a quarter of the boost above 1.
-/// Any other period sets it back to 1: a queue (the hard bucket or the backlog binds), no socket held back
-/// (nothing to make up), a period without traffic or the first one after it (nothing
-/// measured, or only part of a period). So the boost only makes up for shares that go unused
+/// Any other period sets it back to 1: a queue (the hard bucket or the backlog binds), no
+/// socket held back (nothing to make up), a period without traffic or the first one after
+/// it (nothing measured, or only part of a period). So the boost only makes up for shares that go unused
 /// (weights lagging sockets that wait for requests, pacing timers firing late on a busy
 /// host). Called with the lock held.
 #[inline(always)]
