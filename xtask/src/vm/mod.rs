@@ -2,6 +2,7 @@
 //! guest with Debian's 6.1 kernel and cgroup v2 only (no tcx: the netlink attach is the one
 //! exercised; `sch_fq` present), where most users run dockops.
 
+mod hang;
 mod image;
 
 use std::{
@@ -166,6 +167,9 @@ failed=""
 run() {
     binary=$1; shift
     echo "guest: test binary $binary $*"
+    # Where the kernel's code is (modules loaded so far included), for a hang's report:
+    # the guest runs without KASLR.
+    cat /proc/kallsyms > /share/kallsyms
     timeout -k 10 "$BINARY_TIMEOUT" /share/tests/$binary --test-threads=1 "$@"
     status=$?
     if [ $status -eq 124 ] || [ $status -eq 137 ]; then
@@ -213,6 +217,7 @@ fn build_tests() -> anyhow::Result<Vec<(String, PathBuf)>> {
 /// target/vm/console.log); returns the exit status run.sh left in the share.
 fn boot(guest: &image::Guest, share: &Path, timeout: Duration) -> anyhow::Result<i32> {
     let console = work().join("console.log");
+    let monitor = work().join("monitor.sock");
     let mut cmd = guest.qemu();
     cmd.args([
         "-accel",
@@ -237,12 +242,21 @@ fn boot(guest: &image::Guest, share: &Path, timeout: Duration) -> anyhow::Result
     .arg(guest.kernel())
     .arg("-initrd")
     .arg(guest.initrd())
-    .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
+    // A soft lockup panics (the guest stops at once instead of at the timeout) and, with
+    // warnings on the console, prints the stuck CPU's stack first.
+    // Without address randomization: the CPUs' addresses read through the monitor on a hang
+    // are looked up in the kallsyms the guest copies out at start.
+    .args([
+        "-append",
+        "console=ttyS0 quiet loglevel=5 panic=-1 softlockup_panic=1 nokaslr",
+    ])
     .arg("-drive")
     .arg(format!(
         "file={},format=raw,if=virtio,snapshot=on",
         guest.disk().display()
     ))
+    .arg("-monitor")
+    .arg(format!("unix:{},server=on,wait=off", monitor.display()))
     .arg("-virtfs")
     .arg(format!(
         "local,path={},mount_tag=share,security_model=none,id=share",
@@ -259,6 +273,11 @@ fn boot(guest: &image::Guest, share: &Path, timeout: Duration) -> anyhow::Result
             break status;
         }
         if Instant::now() > deadline {
+            // A guest hung with interrupts off prints nothing: where its CPUs are says why.
+            match hang::where_cpus_are(&monitor, &share.join("kallsyms")) {
+                Ok(report) => eprintln!("vm: the guest's CPUs, sampled:\n{report}"),
+                Err(e) => eprintln!("vm: could not sample the guest's CPUs: {e:#}"),
+            }
             let _ = child.kill();
             let _ = child.wait();
             bail!(
@@ -274,7 +293,7 @@ fn boot(guest: &image::Guest, share: &Path, timeout: Duration) -> anyhow::Result
         return Ok(code);
     }
     let log = fs::read_to_string(&console).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    let tail: Vec<&str> = log.lines().rev().take(80).collect();
     bail!(
         "the guest stopped ({exit}) without reporting a result: it did not boot or crashed. \
          Last console lines:\n{}",
