@@ -367,8 +367,12 @@ fn htb_opt(class: &Class) -> Vec<u8> {
     };
     let mut opt = ratespec(rate);
     opt.extend_from_slice(&ratespec(ceil));
-    // buffer, cbuffer, quantum (0: the kernel derives it), level, prio.
-    opt.extend_from_slice(&words(&[ticks(rate), ticks(ceil), 0, 0, prio]));
+    // The bytes a class sends per round when classes share what they borrow: what the
+    // kernel derives (rate / r2q, within 1000..=200000), given so that it does not warn
+    // "quantum of class ... is big" to the console for each class above 16 Mbit/s.
+    let quantum = u32::try_from((rate / 10).clamp(1000, 200_000)).unwrap_or(200_000);
+    // buffer, cbuffer, quantum, level, prio.
+    opt.extend_from_slice(&words(&[ticks(rate), ticks(ceil), quantum, 0, prio]));
     opt
 }
 
