@@ -243,9 +243,9 @@ fn boot(guest: &image::Guest, share: &Path, timeout: Duration) -> anyhow::Result
     .arg("-initrd")
     .arg(guest.initrd())
     // A soft lockup panics (the guest stops at once instead of at the timeout) and, with
-    // warnings on the console, prints the stuck CPU's stack first.
-    // Without address randomization: the CPUs' addresses read through the monitor on a hang
-    // are looked up in the kallsyms the guest copies out at start.
+    // warnings on the console, prints the stuck CPU's stack first. Without address
+    // randomization: the CPUs' addresses read through the monitor on a hang are looked up
+    // in the kallsyms the guest copies out before each test binary.
     .args([
         "-append",
         "console=ttyS0 quiet loglevel=5 panic=-1 softlockup_panic=1 nokaslr",
