@@ -885,6 +885,10 @@ fn sighup_reloads_the_policy_file() {
     wait_for(Duration::from_secs(20), "the rule's pids limit", || {
         inspect(&c, "PidsLimit") == 40
     });
+    // The limit is set before the agent's loop starts, and the loop's first tick (at once)
+    // re-reads a file that changed: written in between, the new rule applied without SIGHUP
+    // (CI, once). Let that first tick pass.
+    std::thread::sleep(Duration::from_secs(2));
     policy.write("[[rule]]\nname = \"dockops-it-hup\"\npids-limit = 41\n");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(inspect(&c, "PidsLimit"), 40, "not re-read before SIGHUP");
