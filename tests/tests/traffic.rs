@@ -36,9 +36,11 @@ fn download_is_counted_in_the_right_direction() {
             bytes >= SIZE,
             "{name}.{field} grew by {bytes}, less than the {SIZE}-byte file"
         );
+        // Headers alone are 4.6 % of full segments (66 of 1448 bytes); the rest covers up to a
+        // hundred retransmitted segments on a loaded host (CI saw 5.08 % once).
         assert!(
-            bytes <= SIZE + SIZE / 20,
-            "{name}.{field} grew by {bytes}: more than 5% over {SIZE}"
+            bytes <= SIZE + SIZE * 8 / 100,
+            "{name}.{field} grew by {bytes}: more than 8% over {SIZE}"
         );
     }
     // The other direction carries only the request and ACKs.
