@@ -27,11 +27,11 @@ pub mod names {
     /// Array of one `u64`: bit N set when some container's cgroup v2 directory sits at
     /// level N, where host-wide hooks look for the container of a task in a nested cgroup.
     pub const CGROUP_LEVELS: &str = "CGROUP_LEVELS";
-    /// Tracepoint `block:block_io_start` (`block_rq_issue` before 6.5): a request starts.
+    /// Raw tracepoint `block_io_start` (`block_rq_issue` before 6.5): a request starts.
     pub const BLOCK_RQ_START: &str = "block_rq_start";
-    /// Tracepoint `block:block_io_done` (`block_rq_complete` before 6.5): it completed.
+    /// Raw tracepoint `block_io_done` (`block_rq_complete` before 6.5): it completed.
     pub const BLOCK_RQ_DONE: &str = "block_rq_done";
-    /// LRU hash map: [`super::IoKey`] → [`super::IoPending`], requests in flight.
+    /// LRU hash map: request address → [`super::IoPending`], requests in flight.
     pub const BLOCK_PENDING: &str = "BLOCK_PENDING";
     /// Per-CPU hash map: [`super::LatencyKey`] → [`super::Latency`], request latency.
     pub const BLOCK_LATENCY: &str = "BLOCK_LATENCY";
@@ -527,26 +527,15 @@ pub struct TaskState {
 
 const _: () = assert!(core::mem::size_of::<TaskState>() == 24);
 
-/// A block request in flight: its device and first sector, as the start and completion
-/// tracepoints both report them.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoKey {
-    pub sector: u64,
-    pub dev: u32,
-    pub pad: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<IoKey>() == 16);
-
-/// When the request started, for which container, and whether it writes (1) or reads (0).
+/// A block request in flight (keyed by its address): when it started, for which container,
+/// whether it writes (1) or reads (0), and its device (`dev_t`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoPending {
     pub start_ns: u64,
     pub container: u64,
     pub write: u32,
-    pub pad: u32,
+    pub dev: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<IoPending>() == 24);
@@ -597,7 +586,6 @@ unsafe impl aya::Pod for SchedStats {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TaskState {}
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for IoKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for IoPending {}
 #[cfg(feature = "user")]

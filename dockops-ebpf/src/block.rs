@@ -1,17 +1,18 @@
-//! Block IO per container, from the block layer's tracepoints.
+//! Block IO per container, from the block layer's tracepoints: bios counted where they are
+//! queued (a classic tracepoint), requests timed from start to completion (raw ones).
 //!
 //! cgroup v1's `blkio.throttle.*` counters stay at zero on current kernels unless a throttle
 //! rule was ever set on the device, and v1 has no other per-cgroup IO accounting; counting
 //! bios where they are submitted works the same on v1 and v2.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use dockops_common::{
-    BlockCounters, BlockKey, InsertFailures, IoKey, IoPending, Latency, LatencyKey, MAX_BLOCK_KEYS,
+    BlockCounters, BlockKey, InsertFailures, IoPending, Latency, LatencyKey, MAX_BLOCK_KEYS,
     MAX_PENDING_IO,
 };
 
@@ -21,7 +22,7 @@ use crate::cgroup::{Watched, container_of_current};
 static BLOCK_IO: PerCpuHashMap<BlockKey, BlockCounters> = PerCpuHashMap::pinned(MAX_BLOCK_KEYS, 0);
 
 #[map(name = "BLOCK_PENDING")]
-static BLOCK_PENDING: LruHashMap<IoKey, IoPending> = LruHashMap::pinned(MAX_PENDING_IO, 0);
+static BLOCK_PENDING: LruHashMap<u64, IoPending> = LruHashMap::pinned(MAX_PENDING_IO, 0);
 
 #[map(name = "BLOCK_LATENCY")]
 static BLOCK_LATENCY: PerCpuHashMap<LatencyKey, Latency> = PerCpuHashMap::pinned(MAX_BLOCK_KEYS, 0);
@@ -36,18 +37,19 @@ static BLOCK_DEV_OFFSET: u32 = 8;
 static BLOCK_NR_SECTOR_OFFSET: u32 = 24;
 #[unsafe(no_mangle)]
 static BLOCK_RWBS_OFFSET: u32 = 28;
-/// The same for the request tracepoints: `block_io_start` (or `block_rq_issue`) and
-/// `block_io_done` (or `block_rq_complete`); `sector_t sector` is 8 bytes.
+/// Member offsets the request programs read, set by userspace from the kernel's BTF:
+/// `struct request` `q` and `cmd_flags`, `struct request_queue` `disk`, `struct gendisk`
+/// `major` and `first_minor` (the defaults are 6.18's).
 #[unsafe(no_mangle)]
-static START_DEV_OFFSET: u32 = 8;
+static RQ_QUEUE_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
-static START_SECTOR_OFFSET: u32 = 16;
+static RQ_CMD_FLAGS_OFFSET: u32 = 24;
 #[unsafe(no_mangle)]
-static START_RWBS_OFFSET: u32 = 34;
+static QUEUE_DISK_OFFSET: u32 = 104;
 #[unsafe(no_mangle)]
-static DONE_DEV_OFFSET: u32 = 8;
+static DISK_MAJOR_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
-static DONE_SECTOR_OFFSET: u32 = 16;
+static DISK_FIRST_MINOR_OFFSET: u32 = 4;
 
 /// A global set by userspace (volatile: the compiler must not fold the default in).
 #[inline(always)]
@@ -115,71 +117,88 @@ unsafe fn try_block_bio_acct(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// `block:block_io_start` (6.5+; `block_rq_issue` before), fired where a request is made
-/// from bios, in the submitting task's context on 6.5+. Before 6.5 a request dispatched by
-/// a kworker is not timed (its cgroup is no container's).
-#[tracepoint(category = "block", name = "block_io_start")]
-pub fn block_rq_start(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads within the tracepoint record, at the offsets its format gives.
-    let _ = unsafe { try_block_rq_start(&ctx) };
+/// `block_io_start(struct request *rq)` (6.5+; `block_rq_issue` before), a raw tracepoint,
+/// fired where a request is made from bios, in the submitting task's context on 6.5+. Before
+/// 6.5 a request dispatched by a kworker is not timed (its cgroup is no container's).
+///
+/// Raw tracepoints, as for the scheduler (see `sched`): a classic tracepoint program is
+/// skipped whenever another classic one runs on the CPU, and a completion interrupt that
+/// lands while `block_bio_queue` counts another bio there would go untimed; on a host busy
+/// with IO that was one completion in ten. Requests are keyed by their address.
+#[raw_tracepoint(tracepoint = "block_io_start")]
+pub fn block_rq_start(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    let Some(Watched { id: container, .. }) = container_of_current() else {
+        // The address may still hold a request of a container whose completion was not
+        // seen (it started before the completion program was attached): forget it, or this
+        // request's completion would be counted for that container.
+        let _ = BLOCK_PENDING.remove(&rq);
+        return 0;
+    };
+    // SAFETY: reads of the kernel's request, at offsets its BTF gives.
+    if unsafe { started(rq, container) }.is_none() {
+        let _ = BLOCK_PENDING.remove(&rq);
+    }
     0
 }
 
-unsafe fn try_block_rq_start(ctx: &TracePointContext) -> Result<(), i64> {
-    let Some(Watched { id: container, .. }) = container_of_current() else {
-        return Ok(());
+unsafe fn started(rq: u64, container: u64) -> Option<()> {
+    let flags: u32 = unsafe { read(rq, &RQ_CMD_FLAGS_OFFSET)? };
+    // `REQ_OP_READ` and `REQ_OP_WRITE`; flushes, discards, zeroing and zone operations
+    // move no data of the container's.
+    let write = match flags & REQ_OP_MASK {
+        0 => 0,
+        1 => 1,
+        _ => return None,
     };
-    let rwbs: [u8; 8] = unsafe { ctx.read_at(offset(&START_RWBS_OFFSET))? };
-    let Some(write) = direction(&rwbs) else {
-        return Ok(());
-    };
-    let key = IoKey {
-        sector: unsafe { ctx.read_at(offset(&START_SECTOR_OFFSET))? },
-        dev: unsafe { ctx.read_at(offset(&START_DEV_OFFSET))? },
-        pad: 0,
-    };
+    let queue: u64 = unsafe { read(rq, &RQ_QUEUE_OFFSET)? };
+    let disk: u64 = unsafe { read(queue, &QUEUE_DISK_OFFSET)? };
+    if disk == 0 {
+        return None;
+    }
+    let major: u32 = unsafe { read(disk, &DISK_MAJOR_OFFSET)? };
+    let minor: u32 = unsafe { read(disk, &DISK_FIRST_MINOR_OFFSET)? };
     let pending = IoPending {
         // SAFETY: no arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
         container,
-        write: u32::from(write),
-        pad: 0,
+        write,
+        // The kernel's `MKDEV`, as the tracepoints report devices.
+        dev: major << 20 | (minor & 0xf_ffff),
     };
-    // An LRU map: a request whose completion never matches (a merge changed its first
-    // sector) ages out instead of filling the map.
-    let _ = BLOCK_PENDING.insert(&key, &pending, 0);
-    Ok(())
+    // An LRU map: a request whose completion is never seen ages out.
+    BLOCK_PENDING.insert(&rq, &pending, 0).ok()
 }
 
-/// `block:block_io_done` (6.5+; `block_rq_complete` before), often in interrupt context:
-/// the container comes from the start's record, matched by device and first sector.
-#[tracepoint(category = "block", name = "block_io_done")]
-pub fn block_rq_done(ctx: TracePointContext) -> u32 {
-    // SAFETY: as for `block_rq_start`.
-    let _ = unsafe { try_block_rq_done(&ctx) };
-    0
+/// `REQ_OP_MASK`: the low 8 bits of `cmd_flags` are the operation.
+const REQ_OP_MASK: u32 = 0xff;
+
+/// The `T` at `base` plus the offset in `global`.
+#[inline(always)]
+unsafe fn read<T>(base: u64, global: &'static u32) -> Option<T> {
+    // SAFETY: the helper checks the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + offset(global) as u64) as *const T) }.ok()
 }
 
-unsafe fn try_block_rq_done(ctx: &TracePointContext) -> Result<(), i64> {
-    let io = IoKey {
-        sector: unsafe { ctx.read_at(offset(&DONE_SECTOR_OFFSET))? },
-        dev: unsafe { ctx.read_at(offset(&DONE_DEV_OFFSET))? },
-        pad: 0,
-    };
+/// `block_io_done(struct request *rq)` (6.5+; `block_rq_complete(rq, error, nr_bytes)`
+/// before), often in interrupt context: the container comes from the start's record.
+#[raw_tracepoint(tracepoint = "block_io_done")]
+pub fn block_rq_done(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
     // SAFETY: copied out before the entry is removed.
-    let Some(pending) = (unsafe { BLOCK_PENDING.get(&io) }).copied() else {
-        return Ok(());
+    let Some(pending) = (unsafe { BLOCK_PENDING.get(&rq) }).copied() else {
+        return 0;
     };
-    let _ = BLOCK_PENDING.remove(&io);
+    let _ = BLOCK_PENDING.remove(&rq);
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if now <= pending.start_ns {
-        return Ok(());
+        return 0;
     }
     let ns = now - pending.start_ns;
     let key = LatencyKey {
         cgroup_id: pending.container,
-        dev: io.dev,
+        dev: pending.dev,
         write: pending.write,
     };
     if let Some(l) = BLOCK_LATENCY.get_ptr_mut(&key) {
@@ -192,7 +211,7 @@ unsafe fn try_block_rq_done(ctx: &TracePointContext) -> Result<(), i64> {
             crate::insert_failed(InsertFailures::BlockLatency);
         }
     }
-    Ok(())
+    0
 }
 
 /// `Some(true)` for a write, `Some(false)` for a read, `None` for discards, secure erases,

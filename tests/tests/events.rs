@@ -204,9 +204,17 @@ impl Drop for Child {
 #[test]
 fn block_latency_counts_each_direct_write_and_nested_cgroups() {
     // 300 direct 4 KiB writes from a process in a cgroup the container's init made below
-    // its own; an idle container beside it.
+    // its own; an idle container beside it, and a noisy one keeping the disk and the block
+    // hooks busy all along. (Timed by classic tracepoints, 282 to 295 of the 300 were timed
+    // beside this noise: a completion that landed while a bio of the noise was being
+    // counted on the same CPU was skipped.)
     const WRITES: u64 = 300;
     let _one = exclusive();
+    let noise = Container::start(
+        "io-noise",
+        "while :; do dd if=/dev/zero of=/d bs=4k count=2000 oflag=direct 2>/dev/null; done & \
+         while :; do dd if=/dev/zero of=/e bs=4k count=2000 oflag=direct 2>/dev/null; done",
+    );
     let writer = Container::start(
         "io-nested",
         &format!(
@@ -229,11 +237,10 @@ fn block_latency_counts_each_direct_write_and_nested_cgroups() {
         timed,
         number(&stats, &writer.name, "/blkio/latency_us/write/count")
     );
-    // A completion (in interrupt context) that lands while a block start is being counted
-    // on the same CPU is skipped by the kernel (classic tracepoints do not nest): a few
-    // may go untimed, none are invented.
+    // Each is timed (a raw tracepoint program is only skipped inside itself, which a
+    // completion interrupting another completion would be: 1 % allowed); none are invented.
     assert!(
-        (WRITES * 97 / 100..WRITES + 50).contains(&timed),
+        (WRITES * 99 / 100..WRITES + 50).contains(&timed),
         "{WRITES} direct writes from a nested cgroup, {timed} timed"
     );
     assert!(
@@ -255,7 +262,7 @@ fn block_latency_counts_each_direct_write_and_nested_cgroups() {
         number(&stats, &idle.name, "/blkio/latency_us/read/count"),
         0
     );
-    drop((writer, idle));
+    drop((writer, idle, noise));
     drop(child);
 }
 

@@ -9,7 +9,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     os::fd::AsFd as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use aya::{
@@ -25,7 +25,7 @@ use dockops_common::{
     names,
 };
 
-use super::{BlockByCgroup, DatapathError, chain, pins::Layout, program_err};
+use super::{BlockByCgroup, DatapathError, btf::Btf, chain, pins::Layout, program_err};
 
 /// One program on one host-wide hook; its link is pinned under `global/` by `tracepoint`
 /// (the hook's name).
@@ -92,20 +92,16 @@ impl Family {
                 "block IO latency per container",
                 vec![
                     (
-                        hook(names::BLOCK_RQ_START, Kind::Tracepoint("block"), start),
+                        hook(names::BLOCK_RQ_START, Kind::Raw, start),
                         vec![
-                            ("dev", "START_DEV_OFFSET", 4, 4),
-                            ("sector", "START_SECTOR_OFFSET", 8, 8),
-                            ("rwbs", "START_RWBS_OFFSET", 8, 64),
+                            ("request.q", "RQ_QUEUE_OFFSET", 8, 8),
+                            ("request.cmd_flags", "RQ_CMD_FLAGS_OFFSET", 4, 4),
+                            ("request_queue.disk", "QUEUE_DISK_OFFSET", 8, 8),
+                            ("gendisk.major", "DISK_MAJOR_OFFSET", 4, 4),
+                            ("gendisk.first_minor", "DISK_FIRST_MINOR_OFFSET", 4, 4),
                         ],
                     ),
-                    (
-                        hook(names::BLOCK_RQ_DONE, Kind::Tracepoint("block"), done),
-                        vec![
-                            ("dev", "DONE_DEV_OFFSET", 4, 4),
-                            ("sector", "DONE_SECTOR_OFFSET", 8, 8),
-                        ],
-                    ),
+                    (hook(names::BLOCK_RQ_DONE, Kind::Raw, done), Vec::new()),
                 ],
             ),
             (
@@ -172,25 +168,42 @@ impl Family {
         let mut hooks = Vec::new();
         for (hook, fields) in wanted {
             hooks.push(hook);
-            let Kind::Tracepoint(category) = hook.kind else {
+            if fields.is_empty() {
                 continue;
+            }
+            // Where the fields are described: the tracepoint's format for a classic one;
+            // the kernel's BTF for a raw one, which is passed pointers to kernel structs.
+            let (path, source) = if let Kind::Tracepoint(category) = hook.kind {
+                let path = tracefs
+                    .join("events")
+                    .join(category)
+                    .join(hook.tracepoint)
+                    .join("format");
+                let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+                (path, Source::Format(text))
+            } else {
+                let path = PathBuf::from(VMLINUX);
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                let types = Btf::parse(&bytes).map_err(|why| DatapathError::TracepointFormat {
+                    path: path.clone(),
+                    why,
+                })?;
+                (path, Source::Btf(types))
             };
-            let path = tracefs
-                .join("events")
-                .join(category)
-                .join(hook.tracepoint)
-                .join("format");
-            let text = std::fs::read_to_string(&path).map_err(|source| DatapathError::Io {
-                path: path.clone(),
-                source,
-            })?;
             for (field, global, min, max) in fields {
-                let offset = offset(&text, field, min, max).map_err(|why| {
-                    DatapathError::TracepointFormat {
+                let offset = source
+                    .field(field)
+                    .and_then(|(offset, size)| {
+                        if (min..=max).contains(&size) {
+                            Ok(offset)
+                        } else {
+                            Err(format!("{field} is {size} bytes, not {min} to {max}"))
+                        }
+                    })
+                    .map_err(|why| DatapathError::TracepointFormat {
                         path: path.clone(),
                         why,
-                    }
-                })?;
+                    })?;
                 match globals.iter().find(|(g, _)| *g == global) {
                     Some(&(_, known)) if known != offset => {
                         return Err(DatapathError::TracepointFormat {
@@ -211,6 +224,36 @@ impl Family {
     }
 }
 
+/// The kernel's types, which raw tracepoint programs read struct members by.
+const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DatapathError {
+    let path = path.to_owned();
+    move |source| DatapathError::Io { path, source }
+}
+
+/// What describes the fields a hook's program reads.
+enum Source {
+    /// A classic tracepoint's format file.
+    Format(String),
+    /// The kernel's BTF (read for the one raw hook that has fields); fields are named
+    /// `struct.member`.
+    Btf(Btf),
+}
+
+impl Source {
+    /// The field's offset and size.
+    fn field(&self, name: &str) -> Result<(u32, u32), String> {
+        match self {
+            Self::Format(text) => offset(text, name),
+            Self::Btf(types) => {
+                let (ty, member) = name.split_once('.').unwrap_or_default();
+                types.member(ty, member)
+            }
+        }
+    }
+}
+
 const fn hook(program: &'static str, kind: Kind, tracepoint: &'static str) -> Hook {
     Hook {
         program,
@@ -219,10 +262,9 @@ const fn hook(program: &'static str, kind: Kind, tracepoint: &'static str) -> Ho
     }
 }
 
-/// The offset of `wanted` in a tracepoint's format, from lines such as
-/// `field:dev_t dev; offset:8; size:4; signed:0;` (tab-separated), checking that the field
-/// has a size the program reads.
-fn offset(format: &str, wanted: &str, min_size: u32, max_size: u32) -> Result<u32, String> {
+/// The offset and size of `wanted` in a tracepoint's format, from lines such as
+/// `field:dev_t dev; offset:8; size:4; signed:0;` (tab-separated).
+fn offset(format: &str, wanted: &str) -> Result<(u32, u32), String> {
     for line in format.lines() {
         let mut name = None;
         let mut offset = None;
@@ -240,12 +282,9 @@ fn offset(format: &str, wanted: &str, min_size: u32, max_size: u32) -> Result<u3
         if name != Some(wanted) {
             continue;
         }
-        return match (offset, size) {
-            (Some(offset), Some(size)) if (min_size..=max_size).contains(&size) => Ok(offset),
-            _ => Err(format!(
-                "field {wanted} is not {min_size} to {max_size} bytes: {line}"
-            )),
-        };
+        return offset
+            .zip(size)
+            .ok_or_else(|| format!("field {wanted} has no offset and size: {line}"));
     }
     Err(format!("no field {wanted}"))
 }
@@ -652,7 +691,9 @@ pub(super) fn swap(layout: &Layout, hook: Hook) -> Result<(), DatapathError> {
 
 #[cfg(test)]
 mod tests {
-    use super::offset;
+    use std::path::Path;
+
+    use super::{Family, Kind, offset};
 
     /// `block_bio_queue` on 6.18 (rwbs grew from 8 to 10 bytes in 6.x).
     const FORMAT_6_18: &str = "name: block_bio_queue
@@ -669,31 +710,79 @@ format:
 ";
 
     #[test]
-    fn reads_offsets_from_the_format() {
-        assert_eq!(offset(FORMAT_6_18, "dev", 4, 4), Ok(8));
-        assert_eq!(offset(FORMAT_6_18, "nr_sector", 4, 4), Ok(24));
-        assert_eq!(offset(FORMAT_6_18, "rwbs", 8, 64), Ok(28));
-        assert_eq!(offset(FORMAT_6_18, "sector", 8, 8), Ok(16));
+    fn reads_offsets_and_sizes_from_the_format() {
+        assert_eq!(offset(FORMAT_6_18, "dev"), Ok((8, 4)));
+        assert_eq!(offset(FORMAT_6_18, "nr_sector"), Ok((24, 4)));
+        assert_eq!(offset(FORMAT_6_18, "rwbs"), Ok((28, 10)));
+        assert_eq!(offset(FORMAT_6_18, "sector"), Ok((16, 8)));
         let moved = FORMAT_6_18.replace("offset:24", "offset:32");
-        assert_eq!(offset(&moved, "nr_sector", 4, 4), Ok(32));
+        assert_eq!(offset(&moved, "nr_sector"), Ok((32, 4)));
+        let gone = FORMAT_6_18.replace("nr_sector", "nr_sectors");
+        assert_eq!(offset(&gone, "nr_sector"), Err("no field nr_sector".into()));
     }
 
     #[test]
     fn refuses_fields_it_cannot_read() {
+        let dir = std::env::temp_dir().join(format!("dockops-format-{}", std::process::id()));
+        let event = dir.join("events/block/block_bio_queue");
+        std::fs::create_dir_all(&event).unwrap();
+        let hooks = || {
+            vec![(
+                super::hook(
+                    "block_bio_acct",
+                    Kind::Tracepoint("block"),
+                    "block_bio_queue",
+                ),
+                vec![
+                    ("dev", "BLOCK_DEV_OFFSET", 4, 4),
+                    ("rwbs", "BLOCK_RWBS_OFFSET", 8, 64),
+                ],
+            )]
+        };
+        std::fs::write(event.join("format"), FORMAT_6_18).unwrap();
+        let family = Family::read("block IO", hooks(), &dir).unwrap();
+        assert_eq!(
+            family.globals,
+            [("BLOCK_DEV_OFFSET", 8), ("BLOCK_RWBS_OFFSET", 28)]
+        );
         let wide = FORMAT_6_18.replace(
             "dev_t dev;\toffset:8;\tsize:4",
             "dev_t dev;\toffset:8;\tsize:8",
         );
-        assert!(offset(&wide, "dev", 4, 4).unwrap_err().contains("dev"));
+        std::fs::write(event.join("format"), wide).unwrap();
+        let error = Family::read("block IO", hooks(), &dir).unwrap_err();
+        assert!(
+            error.to_string().ends_with("dev is 8 bytes, not 4 to 4"),
+            "{error}"
+        );
         let short = FORMAT_6_18.replace(
             "rwbs[10];\toffset:28;\tsize:10",
             "rwbs[6];\toffset:28;\tsize:6",
         );
-        assert!(offset(&short, "rwbs", 8, 64).is_err());
-        let gone = FORMAT_6_18.replace("nr_sector", "nr_sectors");
-        assert_eq!(
-            offset(&gone, "nr_sector", 4, 4),
-            Err("no field nr_sector".into())
+        std::fs::write(event.join("format"), short).unwrap();
+        assert!(Family::read("block IO", hooks(), &dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_request_members_from_the_kernels_btf() {
+        let hooks = vec![(
+            super::hook("block_rq_start", Kind::Raw, "block_rq_issue"),
+            vec![
+                ("request.q", "RQ_QUEUE_OFFSET", 8, 8),
+                ("gendisk.first_minor", "DISK_FIRST_MINOR_OFFSET", 4, 4),
+            ],
+        )];
+        let family = Family::read("latency", hooks, Path::new("/nonexistent")).unwrap();
+        assert_eq!(family.globals[0], ("RQ_QUEUE_OFFSET", 0));
+        let wrong = vec![(
+            super::hook("block_rq_start", Kind::Raw, "block_rq_issue"),
+            vec![("request.q", "RQ_QUEUE_OFFSET", 4, 4)],
+        )];
+        let error = Family::read("latency", wrong, Path::new("/nonexistent")).unwrap_err();
+        assert!(
+            error.to_string().contains("request.q is 8 bytes"),
+            "{error}"
         );
     }
 }

@@ -6,6 +6,7 @@
 mod attach;
 mod backlog;
 mod bpffs;
+mod btf;
 mod caps;
 mod events;
 mod maps;

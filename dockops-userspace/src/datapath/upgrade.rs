@@ -35,6 +35,8 @@ use crate::state::{Store, StoredCaps};
 const LEGACY_DESIRED_CAPS: &str = "DESIRED_CAPS";
 /// Counter maps: rebuilding one restarts the counters it holds.
 const COUNTERS: [&str; 2] = [names::TRAFFIC, names::BLOCK_IO];
+/// Maps of what the programs are timing (requests, threads): rebuilt, a sample or so is lost.
+const IN_FLIGHT: [&str; 3] = [names::BLOCK_PENDING, names::TASKS, names::SCHED_CPU];
 
 /// True when something is pinned but not by this build.
 pub(super) fn pinned_by_other_build(layout: &Layout, build: &str) -> bool {
@@ -132,7 +134,12 @@ pub(super) fn check_maps(
         if found == *want {
             continue;
         }
-        if COUNTERS.contains(&name.as_str()) {
+        if IN_FLIGHT.contains(&name.as_str()) {
+            tracing::info!(
+                "map {name} has a new layout in this build: rebuilt (what was in flight goes \
+                 untimed)"
+            );
+        } else if COUNTERS.contains(&name.as_str()) {
             tracing::warn!(
                 "map {name} has a new layout in this build ({found:?} -> {want:?}): rebuilt, \
                  so its counters restart from zero"
