@@ -45,7 +45,16 @@ pub fn run(args: &Args, tc_attach: TcAttach) -> anyhow::Result<()> {
             ": no EDT pacing in tc"
         }
     );
-    println!("{:<18}{}", "btf", yes(report.btf));
+    println!(
+        "{:<18}{}{}",
+        "btf",
+        yes(report.btf),
+        if report.btf {
+            ""
+        } else {
+            ": no block request latency"
+        }
+    );
     println!("{:<18}{}", "psi", yes(report.psi));
     println!("{:<18}{}", "kprobes", yes(report.kprobes));
     println!("{:<18}{}", "swap accounting", yes(report.swap_accounting));
