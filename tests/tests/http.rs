@@ -137,6 +137,98 @@ fn new_connections_start_with_the_window_their_share_sends() {
     dockops_ok(&["unlimit", &web.name]);
 }
 
+/// Under caps of 537 Mbit/s and more, no socket is paced below 1/16 of the cap: TCP sends
+/// what its pace lets out in packets of about 1 ms of it, so hundreds of sockets at their
+/// share each sent 2-segment packets on their own timers, and a 2-core host ran out of CPU
+/// (256 connections for 64 KiB under 1 Gbit/s: 0.63 of the cap, 0.97 with the floor). Under
+/// smaller caps a socket is paced at its share. 64 keep-alive connections fetch 256 KiB
+/// objects; the most each socket may pace at is read with `ss` while they do.
+#[test]
+fn large_caps_pace_no_socket_below_a_sixteenth_of_the_cap() {
+    const CONNECTIONS: usize = 64;
+    for (cap, mbit, floored) in [("1gbit", 1000.0, true), ("200mbit", 200.0, false)] {
+        let (web, url, pid) = capped_nginx(&format!("http-floor-{cap}"), cap);
+        let rates = thread::scope(|scope| {
+            let load = scope.spawn(|| {
+                Command::new("wrk")
+                    .args(["-t2", "-c", &CONNECTIONS.to_string(), "-d3s", &url])
+                    .output()
+                    .expect("wrk")
+            });
+            thread::sleep(Duration::from_millis(1500));
+            let rates = pacing_rates(&pid);
+            load.join().expect("wrk thread");
+            rates
+        });
+        // The pacing program's cap: 99.5 % of the cap, in bits/s.
+        let sixteenth = mbit * 1e6 * 0.995 / 16.0;
+        let (least, most) = rates
+            .iter()
+            .fold((f64::MAX, 0.0_f64), |(l, m), &r| (l.min(r), m.max(r)));
+        eprintln!(
+            "{cap}: {} paced sockets at {least:.0}-{most:.0} bit/s, 1/16 of the cap {sixteenth:.0}",
+            rates.len()
+        );
+        assert!(
+            rates.len() >= CONNECTIONS / 2,
+            "{cap}: {} of {CONNECTIONS} connections paced",
+            rates.len()
+        );
+        if floored {
+            // ss prints 3 significant digits.
+            assert!(
+                least >= sixteenth * 0.99,
+                "{cap}: a socket paced at {least:.0} bit/s, below 1/16 of the cap"
+            );
+        } else {
+            assert!(
+                least < sixteenth * 0.5,
+                "{cap}: the least paced socket has {least:.0} bit/s: 64 sockets share the cap"
+            );
+        }
+        dockops_ok(&["unlimit", &web.name]);
+    }
+}
+
+/// The most (bit/s) each established socket of port 80 in the network namespace of `pid`
+/// may pace at, from `ss -tin`.
+fn pacing_rates(pid: &str) -> Vec<f64> {
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            pid,
+            "-n",
+            "ss",
+            "-tin",
+            "state",
+            "established",
+            "( sport = :80 )",
+        ])
+        .output()
+        .expect("nsenter ss");
+    parse_pacing_rates(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// ss prints `pacing_rate 19488168bps/62187496bps`: the pace TCP keeps, then the most it may
+/// (`SO_MAX_PACING_RATE`, which the pacing program sets); sockets without a most are left out.
+fn parse_pacing_rates(text: &str) -> Vec<f64> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "pacing_rate")
+        .filter_map(|w| {
+            let most = w[1].split_once('/')?.1.trim_end_matches("bps");
+            let (digits, scale) = match most.chars().last()? {
+                'K' => (&most[..most.len() - 1], 1e3),
+                'M' => (&most[..most.len() - 1], 1e6),
+                'G' => (&most[..most.len() - 1], 1e9),
+                _ => (most, 1.0),
+            };
+            digits.parse::<f64>().ok().map(|n| n * scale)
+        })
+        .collect()
+}
+
 /// A listener's SYN-ACKs carry its priority (none of dockops'), and a connecting socket's
 /// SYN comes before `sock_ops` marks it: the `cgroup_skb` egress program gives both the bulk
 /// priority in a capped container, over IPv4 and IPv6 (nginx listens on both), so they wait
@@ -485,6 +577,15 @@ fn segments(pid: &str) -> (u64, u64) {
         values[i].parse().expect("a counter")
     };
     (get("OutSegs"), get("RetransSegs"))
+}
+
+#[test]
+fn pacing_rates_parse() {
+    let text = "ESTAB 0 0 172.17.0.2:80 172.17.0.1:4242\n\t bbr rto:216 \
+                pacing_rate 19488168bps/62187496bps delivery_rate 16671984bps\n\
+                ESTAB 0 0 172.17.0.2:80 172.17.0.1:4243\n\t pacing_rate 2.5Mbps\n\
+                ESTAB 0 0 172.17.0.2:80 172.17.0.1:4244\n\t pacing_rate 1Gbps/999Kbps\n";
+    assert_eq!(parse_pacing_rates(text), [62_187_496.0, 999e3]);
 }
 
 #[test]
