@@ -124,7 +124,7 @@ unsafe fn try_block_bio_acct(ctx: &TracePointContext) -> Result<(), i64> {
 /// Raw tracepoints, as for the scheduler (see `sched`): a classic tracepoint program is
 /// skipped whenever another classic one runs on the CPU, and a completion interrupt that
 /// lands while `block_bio_queue` counts another bio there would go untimed; on a host busy
-/// with IO that was one completion in ten. Requests are keyed by their address.
+/// with IO that was up to one completion in ten. Requests are keyed by their address.
 #[raw_tracepoint(tracepoint = "block_io_start")]
 pub fn block_rq_start(ctx: RawTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
