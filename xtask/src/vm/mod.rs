@@ -155,8 +155,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
 /// The guest side: import the test image, run each selected test binary, clean up.
 const RUN_HEADER: &str = r#"#!/bin/sh
+# DOCKOPS_TEST_EMULATED: the guest runs under software emulation, where tests leave out
+# load that only makes a point on real hardware.
 export DOCKER_HOST=unix:///var/run/docker.sock DOCKOPS_BIN=/share/dockops-bpf \
-    DOCKOPS_TEST_IMAGE=dockops-test/busybox:latest RUST_BACKTRACE=1
+    DOCKOPS_TEST_IMAGE=dockops-test/busybox:latest RUST_BACKTRACE=1 DOCKOPS_TEST_EMULATED=1
 # A test binary that hangs is killed with what shows why, and the others still run (the
 # longest takes about 4 minutes here).
 BINARY_TIMEOUT=600
