@@ -181,8 +181,9 @@ fn large_caps_pace_no_socket_below_a_sixteenth_of_the_cap() {
                 "{cap}: a socket paced at {least:.0} bit/s, below 1/16 of the cap"
             );
         } else {
+            // Their share is the cap / 64, at most doubled by the budget: below the floor.
             assert!(
-                least < sixteenth * 0.5,
+                least < sixteenth,
                 "{cap}: the least paced socket has {least:.0} bit/s: 64 sockets share the cap"
             );
         }
