@@ -114,12 +114,7 @@ fn new_connections_start_with_the_window_their_share_sends() {
     const CONNECTIONS: u64 = 64;
     let (web, url, pid) = capped_nginx("http-window", "10mbit");
     let deepest = thread::scope(|scope| {
-        let load = scope.spawn(|| {
-            Command::new("wrk")
-                .args(["-t2", "-c", &CONNECTIONS.to_string(), "-d3s", &url])
-                .output()
-                .expect("wrk")
-        });
+        let load = scope.spawn(|| wrk_3s(&url, CONNECTIONS));
         let mut deepest = 0;
         while !load.is_finished() {
             deepest = deepest.max(bulk_backlog(&pid));
@@ -149,12 +144,7 @@ fn large_caps_pace_no_socket_below_a_sixteenth_of_the_cap() {
     for (cap, mbit, floored) in [("1gbit", 1000.0, true), ("200mbit", 200.0, false)] {
         let (web, url, pid) = capped_nginx(&format!("http-floor-{cap}"), cap);
         let rates = thread::scope(|scope| {
-            let load = scope.spawn(|| {
-                Command::new("wrk")
-                    .args(["-t2", "-c", &CONNECTIONS.to_string(), "-d3s", &url])
-                    .output()
-                    .expect("wrk")
-            });
+            let load = scope.spawn(|| wrk_3s(&url, CONNECTIONS));
             thread::sleep(Duration::from_millis(1500));
             let rates = pacing_rates(&pid);
             load.join().expect("wrk thread");
@@ -500,6 +490,15 @@ fn assert_bulk(bulk: u64, prompt: u64) {
         bulk > 0 && prompt < (bulk + prompt) / 10,
         "bulk class sent {bulk} bytes, prompt class {prompt}: the data was not told apart"
     );
+}
+
+/// Runs wrk for 3 s with `connections` keep-alive connections, for tests that watch the
+/// container meanwhile.
+fn wrk_3s(url: &str, connections: impl std::fmt::Display) -> std::process::Output {
+    Command::new("wrk")
+        .args(["-t2", "-c", &connections.to_string(), "-d3s", url])
+        .output()
+        .expect("wrk")
 }
 
 /// Runs wrk for 8 s with `connections` and `options` (`-H "Connection: close"`: one
