@@ -244,14 +244,13 @@ fn boot(guest: &image::Guest, share: &Path, timeout: Duration) -> anyhow::Result
     .arg(guest.kernel())
     .arg("-initrd")
     .arg(guest.initrd())
-    // A soft lockup panics (the guest stops at once instead of at the timeout) and, with
-    // warnings on the console, prints the stuck CPU's stack first. Without address
-    // randomization: the CPUs' addresses read through the monitor on a hang are looked up
-    // in the kallsyms the guest copies out before each test binary.
-    .args([
-        "-append",
-        "console=ttyS0 quiet loglevel=5 panic=-1 softlockup_panic=1 nokaslr",
-    ])
+    // A soft lockup prints the stuck CPU's stack (warnings reach the console) and the guest
+    // goes on: under emulation a vCPU the host starves trips the watchdog with nothing
+    // wrong in the guest (twice in CI: in runc's cgroup mkdir, and beside two dd loops),
+    // so it must not panic. A guest really stuck runs into the timeout, where its CPUs are
+    // read through the monitor; without address randomization those addresses are looked
+    // up in the kallsyms the guest copies out before each test binary.
+    .args(["-append", "console=ttyS0 quiet loglevel=5 panic=-1 nokaslr"])
     .arg("-drive")
     .arg(format!(
         "file={},format=raw,if=virtio,snapshot=on",
