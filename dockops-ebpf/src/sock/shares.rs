@@ -334,12 +334,16 @@ fn ring(key: u64) -> Option<*mut Ring> {
 
 /// Ends the leases of the slots after `r.slot` up to `slot`. Called with the lock held.
 ///
-/// Always 64 rounds without a branch (a mask says whether a round's slot has passed): a loop
-/// whose length or body branches on the data makes the verifier walk every combination, at
-/// every call site, past its million instructions.
+/// Nothing when no slot has passed (most packets); otherwise always 64 rounds without a
+/// branch (a mask says whether a round's slot has passed): a loop whose length or body
+/// branches on the data makes the verifier walk every combination, at every call site, past
+/// its million instructions.
 #[inline(always)]
 fn expire(r: &mut Ring, slot: u64) {
-    let passed = slot.saturating_sub(r.slot).min(SLOTS);
+    if slot <= r.slot {
+        return;
+    }
+    let passed = (slot - r.slot).min(SLOTS);
     let mut ended_total = 0u64;
     for i in 0..SLOTS {
         let s = ((r.slot + 1 + i) & (SLOTS - 1)) as usize;
@@ -354,7 +358,7 @@ fn expire(r: &mut Ring, slot: u64) {
     r.active = r
         .active
         .saturating_sub(ended_total.min(u64::from(u32::MAX)) as u32);
-    r.slot = r.slot.max(slot);
+    r.slot = slot;
 }
 
 /// Hands back the lease `old` ([`held`]) if it has not ended. Called with the lock held,
