@@ -101,16 +101,21 @@ enum Which {
     /// Bandwidth caps: dockops against tc tbf and no cap, egress and ingress, at 10, 100 and
     /// 1000 Mbit/s: goodput, first second, retransmits, ping under load, overhead; and HTTP
     /// (nginx and wrk, 4 KiB to 1 MiB objects, 8 to 256 connections, keep-alive or not):
-    /// goodput, retransmits, request latency, ping under load.
+    /// goodput, retransmits, request latency, ping under load; and what HTTP moves with no cap.
     Shaping {
         /// Seconds per iperf3 run.
         #[arg(long, default_value_t = 8)]
         seconds: u64,
-        /// Seconds per wrk run (288 of them).
+        /// Seconds per wrk run (288 of them, and 36 for the ceiling).
         #[arg(long, default_value_t = 4)]
         http_seconds: u64,
         /// Parts to measure (each is recorded on its own).
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "flows,http")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "flows,http,ceiling"
+        )]
         parts: Vec<shaping::Part>,
     },
 }

@@ -88,6 +88,41 @@ pub fn run(
     Ok(table(&results))
 }
 
+/// Runs of each ceiling row.
+const CEILING_RUNS: usize = 3;
+
+/// The 4 KiB rows with no cap at all: what wrk and nginx move on this host, the ceiling of
+/// the 1 Gbit/s 4 KiB rows (a cap above it cannot bind). Returns the table; the caller's
+/// guard removes the containers.
+pub fn ceiling(engine: &Engine, seconds: u64) -> anyhow::Result<String> {
+    let bench = Bench::start(engine, seconds)?;
+    let mut table = String::from(
+        "| direction | object | connections | keep-alive | goodput, median of 3 | least – most |\n|---|---|---|---|---|---|\n",
+    );
+    for direction in [Direction::Egress, Direction::Ingress] {
+        for connections in CONNECTIONS {
+            for keep_alive in [true, false] {
+                let mut gbits = Vec::with_capacity(CEILING_RUNS);
+                for _ in 0..CEILING_RUNS {
+                    let run = bench.wrk(direction, 4, connections, keep_alive)?;
+                    gbits.push(run.goodput_bits / 1e9);
+                }
+                gbits.sort_by(f64::total_cmp);
+                let _ = writeln!(
+                    table,
+                    "| {} | 4 KiB | {connections} | {} | {:.3} Gbit/s | {:.3} – {:.3} |",
+                    direction.name(),
+                    if keep_alive { "yes" } else { "no" },
+                    gbits[CEILING_RUNS / 2],
+                    gbits[0],
+                    gbits[CEILING_RUNS - 1],
+                );
+            }
+        }
+    }
+    Ok(table)
+}
+
 type Key = (&'static str, u64, u64, u32, bool);
 
 fn table(results: &BTreeMap<(Key, bool), anyhow::Result<Run>>) -> String {

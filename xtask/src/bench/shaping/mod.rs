@@ -31,6 +31,8 @@ pub enum Part {
     Flows,
     /// HTTP: nginx and wrk, objects of 4 KiB to 1 MiB, 8 to 256 connections.
     Http,
+    /// HTTP with no cap, 4 KiB objects: what wrk and nginx alone move on this host.
+    Ceiling,
 }
 
 pub fn run(seconds: u64, http_seconds: u64, parts: &[Part]) -> anyhow::Result<()> {
@@ -56,6 +58,12 @@ pub fn run(seconds: u64, http_seconds: u64, parts: &[Part]) -> anyhow::Result<()
         dockops(&["reset"])?;
         println!("{table}");
         super::record("shaping-http", &table)?;
+        guard.remove();
+    }
+    if parts.contains(&Part::Ceiling) {
+        let table = http::ceiling(&engine, http_seconds)?;
+        println!("{table}");
+        super::record("shaping-ceiling", &table)?;
     }
     Ok(())
 }
