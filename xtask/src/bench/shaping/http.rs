@@ -386,8 +386,10 @@ impl<'a> Bench<'a> {
 /// The load generator's `sysctl`: a new connection may take the port of one in `TIME_WAIT`
 /// (timestamps keep it safe). Without it, wrk's connections one per request from one address
 /// to one server used up the ephemeral ports within a run or two; its `connect` then spent
-/// the CPU searching for a free one (by hand, 8 connections uncapped: 700-950 requests a
-/// second, 96 % of both CPUs in the kernel, `__inet_hash_connect` on top; with it 15 900).
+/// the CPU searching for a free one (by hand, 4 KiB uncapped over 8 connections: 13 800
+/// requests a second, then 700-950 in the next runs, 96 % of both CPUs in the kernel,
+/// `__inet_hash_connect` on top). With it, 256 connections ran 15 900 a second in each of 4
+/// runs back to back, and the ceiling's 8 connections 0.477-0.488 Gbit/s in each of 3.
 const TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
 
 /// [`TW_REUSE`] on the host (wrk's side for egress) while it lives; the value before comes
