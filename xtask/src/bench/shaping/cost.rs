@@ -31,30 +31,10 @@ impl RunTime {
 /// What the tc programs spent while `f` ran, with kernel BPF statistics switched on for it
 /// (they cost two clock reads per program run).
 pub fn measure<T>(f: impl FnOnce() -> T) -> anyhow::Result<(T, RunTime)> {
-    let _on = StatsOn::new()?;
+    let _on = super::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
     let before = totals()?;
     let out = f();
     Ok((out, totals()?.minus(before)))
-}
-
-/// `kernel.bpf_stats_enabled` while it lives.
-struct StatsOn;
-
-impl StatsOn {
-    fn new() -> anyhow::Result<Self> {
-        sysctl("1")?;
-        Ok(Self)
-    }
-}
-
-impl Drop for StatsOn {
-    fn drop(&mut self) {
-        let _ = sysctl("0");
-    }
-}
-
-fn sysctl(value: &str) -> anyhow::Result<()> {
-    sh::run(Command::new("sysctl").args(["-q", &format!("kernel.bpf_stats_enabled={value}")]))
 }
 
 fn totals() -> anyhow::Result<RunTime> {

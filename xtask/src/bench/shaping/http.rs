@@ -41,7 +41,7 @@ struct Run {
 
 struct Bench<'a> {
     engine: &'a Engine,
-    _reuse: TwReuse,
+    _reuse: super::Sysctl,
     web_ip: String,
     web_pid: String,
     client_pid: String,
@@ -191,7 +191,7 @@ impl<'a> Bench<'a> {
             .map(|k| format!("head -c {} /dev/zero > /www/{k}", k << 10))
             .collect();
         let script = format!("mkdir -p /www && {} && exec nginx", objects.join(" && "));
-        let reuse = TwReuse::new()?;
+        let reuse = super::Sysctl::set("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
         let runs: [(&str, &[&str], &str); 2] = [
             (WEB, &[], script.as_str()),
             (CLIENT, &["--sysctl", TW_REUSE], "exec sleep 86400"),
@@ -389,28 +389,9 @@ impl<'a> Bench<'a> {
 /// the CPU searching for a free one (by hand, 4 KiB uncapped over 8 connections: 13 800
 /// requests a second, then 700-950 in the next runs, 96 % of both CPUs in the kernel,
 /// `__inet_hash_connect` on top). With it, 256 connections ran 15 900 a second in each of 4
-/// runs back to back, and the ceiling's 8 connections 0.477-0.488 Gbit/s in each of 3.
+/// runs back to back, and the ceiling's 8 connections 0.477-0.488 Gbit/s in each of 3. Set in
+/// the client container, and on the host (wrk's side for egress) while a [`Bench`] lives.
 const TW_REUSE: &str = "net.ipv4.tcp_tw_reuse=1";
-
-/// [`TW_REUSE`] on the host (wrk's side for egress) while it lives; the value before comes
-/// back on drop.
-struct TwReuse(String);
-
-const TW_REUSE_PATH: &str = "/proc/sys/net/ipv4/tcp_tw_reuse";
-
-impl TwReuse {
-    fn new() -> anyhow::Result<Self> {
-        let before = fs::read_to_string(TW_REUSE_PATH).context(TW_REUSE_PATH)?;
-        fs::write(TW_REUSE_PATH, "1").context(TW_REUSE_PATH)?;
-        Ok(Self(before.trim().to_owned()))
-    }
-}
-
-impl Drop for TwReuse {
-    fn drop(&mut self) {
-        let _ = fs::write(TW_REUSE_PATH, &self.0);
-    }
-}
 
 /// "  1234 requests in 8.01s, 39.01MB read" → (bytes, seconds).
 fn summary(text: &str) -> Option<(f64, f64)> {

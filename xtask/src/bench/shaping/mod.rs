@@ -24,6 +24,30 @@ const TBF: &str = "tc tbf (burst 256kb, latency 25ms)";
 /// Bare and attached runs for the overhead, alternated.
 const OVERHEAD_ROUNDS: usize = 3;
 
+/// A sysctl (its file under `/proc/sys`) set while this lives; the value it had comes back
+/// on drop.
+struct Sysctl {
+    path: &'static str,
+    before: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> anyhow::Result<Self> {
+        let before = std::fs::read_to_string(path).with_context(|| path.to_owned())?;
+        std::fs::write(path, value).with_context(|| path.to_owned())?;
+        Ok(Self {
+            path,
+            before: before.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, &self.before);
+    }
+}
+
 /// Which rows to measure.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
